@@ -1,0 +1,115 @@
+"""The array backend: one switch between NumPy (CPU) and CuPy (CUDA).
+
+Every op in minibert reads its array module from here at call time:
+
+    from minibert import backend
+    xp = backend.xp          # numpy or cupy, whichever is selected
+
+Select with the environment variable ``MINIBERT_BACKEND=numpy|cupy`` (read once, at
+import) or with ``backend.use("cupy")`` at run time. Where NumPy and CuPy differ, this
+module exposes one name so that ops have one code path:
+
+    scatter_add(a, idx, v)   a[idx[i]] += v[i] for every i, repeated indices accumulate
+    erf(x)                   the error function (scipy.special on the host, cupyx on device)
+    rng(seed)                a seeded random Generator on the current device
+    to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
+
+Nothing is half-initialised: ``use("cupy")`` first checks that CuPy imports and sees a
+GPU, and only then switches.
+"""
+import os
+
+import numpy
+
+xp = numpy  # the array module in use: numpy or cupy
+name = "numpy"
+
+_INSTALL_HINT = (
+    "Install CuPy for your CUDA version, e.g. pip install -e '.[cuda12]' "
+    "(cupy-cuda12x) or pip install -e '.[cuda13]' (cupy-cuda13x), on a machine with an "
+    "NVIDIA GPU and driver; or use MINIBERT_BACKEND=numpy."
+)
+
+
+def use(backend_name):
+    """Select the array backend: "numpy" or "cupy". Raises before changing anything."""
+    global xp, name
+    if backend_name == "numpy":
+        xp, name = numpy, "numpy"
+        return xp
+    if backend_name != "cupy":
+        raise ValueError(f"unknown backend {backend_name!r}: expected 'numpy' or 'cupy'")
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError(f"backend 'cupy' asked for, but CuPy is not installed ({e}). {_INSTALL_HINT}") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # the driver or runtime is missing or broken
+        raise RuntimeError(f"backend 'cupy' asked for, but no usable CUDA GPU was found ({e}). {_INSTALL_HINT}") from None
+    if n < 1:
+        raise RuntimeError(f"backend 'cupy' asked for, but no CUDA GPU is visible. {_INSTALL_HINT}")
+    xp, name = cupy, "cupy"
+    return xp
+
+
+def cupy_available():
+    """True when CuPy imports and sees at least one GPU (used by tests to skip cleanly)."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def erf(x, out=None):
+    """Elementwise error function on the current backend."""
+    if xp is numpy:
+        from scipy.special import erf as _erf
+    else:
+        from cupyx.scipy.special import erf as _erf
+    return _erf(x) if out is None else _erf(x, out=out)
+
+
+def scatter_add(a, indices, values):
+    """In place a[indices[i]] += values[i], accumulating repeated indices."""
+    if xp is numpy:
+        numpy.add.at(a, indices, values)
+    else:
+        import cupyx
+        cupyx.scatter_add(a, indices, values)
+    return a
+
+
+def rng(seed):
+    """A random Generator on the current device, seeded by an int or a tuple of ints.
+
+    A tuple such as (seed, step, micro_batch) gives an independent stream per step, so a
+    resumed run redraws exactly the dropout masks an uninterrupted run would have drawn.
+    """
+    seeds = numpy.random.SeedSequence(list(seed) if isinstance(seed, (tuple, list)) else seed)
+    if xp is numpy:
+        return numpy.random.default_rng(seeds)
+    return xp.random.default_rng(int(seeds.generate_state(1, numpy.uint64)[0]))
+
+
+def to_host(a):
+    """A NumPy array (or Python scalar passed through) from an array on either backend."""
+    if xp is numpy or isinstance(a, numpy.ndarray) or numpy.isscalar(a):
+        return a
+    return xp.asnumpy(a)
+
+
+def to_device(a, dtype=None):
+    """An array of the current backend from a host array (no copy on NumPy when possible)."""
+    return xp.asarray(a, dtype=dtype)
+
+
+def synchronize():
+    """Wait for queued device work (for timing); a no-op on NumPy."""
+    if xp is not numpy:
+        xp.cuda.Device().synchronize()
+
+
+_env = os.environ.get("MINIBERT_BACKEND", "numpy").strip().lower() or "numpy"
+use(_env)
