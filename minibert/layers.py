@@ -1,0 +1,344 @@
+"""BERT's layers as forward/backward pairs of plain functions.
+
+Every op is a pair:
+
+    out, cache = op_forward(inputs...)
+    d_inputs... = op_backward(dout, cache)
+
+The backward outputs follow the forward inputs in order. The cache holds only what the
+backward needs (the comment at each return says why), nothing is kept on objects, and no
+backward writes into `dout` or its cache. Arrays come from `backend.xp` (NumPy or CuPy).
+
+Dimension letters used in the shape comments, everywhere in minibert:
+    B batch, T sequence length, H hidden size, A attention heads, D = H / A head size,
+    I intermediate (feed-forward) size, V vocabulary, P masked positions, N = B * T rows.
+
+Reference: Devlin et al. 2019, "BERT" (arXiv:1810.04805) and Vaswani et al. 2017,
+"Attention is all you need": Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V. The encoder
+layer is post-LN: x = LN(x + Attn(x)); x = LN(x + FFN(x)). The derivation of every
+backward below is written out in docs/internals.md.
+"""
+import math
+
+from minibert import backend
+
+# Added to the attention scores of padded keys. A finite large negative (as in the original
+# BERT) rather than -inf: exp() sends it to exactly 0 next to any real key, and a row whose
+# keys are all padding stays a defined (uniform) softmax instead of 0/0 = NaN.
+MASK_VALUE = -10000.0
+
+
+# ----------------------------------------------------------------------------------------
+# linear: out = x @ w + b
+
+
+def linear_forward(x, w, b):
+    xp = backend.xp
+    out = xp.matmul(x, w)  # (..., OUT)
+    if b is not None:
+        out += b
+    # backward needs x for dw and w for dx
+    return out, (x, w)
+
+
+def linear_backward(dout, cache):
+    x, w = cache
+    n_in, n_out = w.shape
+    # forward: out = x @ w + b, so dx = dout @ w.T
+    dx = dout @ w.T  # (..., IN)
+    # ... and dw = x^T @ dout summed over every row, db = sum of dout over rows
+    dout2 = dout.reshape(-1, n_out)  # (N, OUT)
+    dw = x.reshape(-1, n_in).T @ dout2  # (IN, OUT)
+    db = dout2.sum(axis=0)  # (OUT,)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# embeddings: out = word[input_ids] + pos[0:T] + type[token_type_ids]
+
+
+def embedding_forward(input_ids, token_type_ids, w_word, w_pos, w_type):
+    T = input_ids.shape[1]
+    out = w_word[input_ids]  # (B, T, H)
+    out += w_pos[:T]  # (T, H) broadcast over the batch
+    out += w_type[token_type_ids]  # (B, T, H)
+    # backward needs the ids to route gradients back to rows, and the table shapes
+    return out, (input_ids, token_type_ids, w_word.shape, w_pos.shape, w_type.shape)
+
+
+def embedding_backward(dout, cache):
+    xp = backend.xp
+    input_ids, token_type_ids, word_shape, pos_shape, type_shape = cache
+    B, T, H = dout.shape
+    dout2 = dout.reshape(B * T, H)  # (N, H)
+    # forward: out[b, t] += word[ids[b, t]], so row ids[b, t] of dword gets dout[b, t];
+    # a token id that occurs twice receives the sum, hence scatter-add, not assignment
+    dword = xp.zeros(word_shape, dtype=dout.dtype)  # (V, H)
+    backend.scatter_add(dword, input_ids.reshape(-1), dout2)
+    # forward: out[b, t] += pos[t], so dpos[t] = sum over the batch of dout[:, t]
+    dpos = xp.zeros(pos_shape, dtype=dout.dtype)  # (max_position, H)
+    dpos[:T] = dout.sum(axis=0)
+    # forward: out[b, t] += type[type_ids[b, t]], same routing as the word table
+    dtt = xp.zeros(type_shape, dtype=dout.dtype)  # (type_vocab, H)
+    backend.scatter_add(dtt, token_type_ids.reshape(-1), dout2)
+    return dword, dpos, dtt
+
+
+# ----------------------------------------------------------------------------------------
+# layer norm over the last axis: out = (x - mean) * rstd * w + b
+
+
+def layernorm_forward(x, w, b, eps):
+    xp = backend.xp
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = x - mean  # (..., H)
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1) biased variance, as BERT
+    rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
+    out = xc * rstd  # (..., H) the normalised x_hat
+    out *= w
+    out += b
+    # backward needs x (to rebuild x_hat), w, and the per-row statistics mean and rstd
+    return out, (x, w, mean, rstd)
+
+
+def layernorm_backward(dout, cache):
+    x, w, mean, rstd = cache
+    H = x.shape[-1]
+    xhat = (x - mean) * rstd  # (..., H)
+    # forward: out = xhat * w + b, so dw = sum over rows of dout * xhat and db = sum of dout
+    dw = (dout * xhat).reshape(-1, H).sum(axis=0)  # (H,)
+    db = dout.reshape(-1, H).sum(axis=0)  # (H,)
+    # forward: xhat = (x - mean) * rstd with mean and rstd functions of x too, so
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    dxhat = dout * w  # (..., H)
+    dx = dxhat - dxhat.mean(axis=-1, keepdims=True)  # (..., H)
+    dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    dx *= rstd
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------
+# GELU: exact x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), or the tanh approximation
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TANH_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_forward(x, approximate="none"):
+    xp = backend.xp
+    if approximate == "tanh":
+        inner = _TANH_C * (x + 0.044715 * x * x * x)  # (...)
+        out = 0.5 * x * (1.0 + xp.tanh(inner))  # (...)
+    elif approximate == "none":
+        out = 0.5 * x * (1.0 + backend.erf(x * _SQRT_HALF))  # (...)
+    else:
+        raise ValueError(f"unknown GELU approximation {approximate!r}: 'none' or 'tanh'")
+    # backward recomputes from x: cheaper in memory than keeping erf(x) as well
+    return out, (x, approximate)
+
+
+def gelu_backward(dout, cache):
+    xp = backend.xp
+    x, approximate = cache
+    if approximate == "tanh":
+        # forward: out = 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3), so
+        # dout/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) c (1 + 3 * 0.044715 x^2)
+        th = xp.tanh(_TANH_C * (x + 0.044715 * x * x * x))  # (...)
+        dgelu = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * _TANH_C * (1.0 + 3 * 0.044715 * x * x)
+    else:
+        # forward: out = x Phi(x), so dout/dx = Phi(x) + x phi(x), phi the normal density
+        cdf = 0.5 * (1.0 + backend.erf(x * _SQRT_HALF))  # (...)
+        pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)  # (...)
+        dgelu = cdf + x * pdf
+    return (dout * dgelu,)
+
+
+# ----------------------------------------------------------------------------------------
+# dropout (inverted): out = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
+
+
+def dropout_forward(x, p, rng):
+    """Identity when p == 0 or rng is None (evaluation); otherwise a fresh mask from rng."""
+    if p == 0.0 or rng is None:
+        return x, None
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    keep = rng.random(x.shape, dtype=x.dtype) >= p  # (...) bool
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    mask = keep * scale  # (...) 0 or 1/(1-p)
+    # backward needs the scaled mask itself
+    return x * mask, mask
+
+
+def dropout_backward(dout, cache):
+    mask = cache
+    # forward: out = x * mask, so dx = dout * mask (or dout itself when nothing was dropped)
+    return (dout if mask is None else dout * mask,)
+
+
+# ----------------------------------------------------------------------------------------
+# softmax over the last axis
+
+
+def softmax_forward(x):
+    xp = backend.xp
+    # subtract the row max so exp cannot overflow; the result is unchanged
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))  # (..., K)
+    y = e / e.sum(axis=-1, keepdims=True)  # (..., K)
+    # backward needs only the output: dy_i/dx_j = y_i (delta_ij - y_j)
+    return y, y
+
+
+def softmax_backward(dout, cache):
+    y = cache
+    # forward: y = exp(x) / sum exp(x), so dx = y * (dout - sum(dout * y))
+    dx = dout - (dout * y).sum(axis=-1, keepdims=True)  # (..., K)
+    dx *= y
+    return (dx,)
+
+
+# ----------------------------------------------------------------------------------------
+# multi-head self-attention with a fused Q/K/V projection
+
+
+def attention_forward(x, attn_bias, w_qkv, b_qkv, w_o, b_o, num_heads, p_drop=0.0, rng=None):
+    """x (B, T, H); attn_bias (B, 1, 1, T) additive: 0 for real keys, MASK_VALUE for padding."""
+    B, T, H = x.shape
+    A = num_heads
+    D = H // A
+    qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)  # (B, T, 3H)
+    qkv = qkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # (B, A, T, D) each
+    scale = 1.0 / math.sqrt(D)
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, A, T, T)
+    scores += attn_bias  # padded keys get a large negative score
+    probs, c_soft = softmax_forward(scores)  # (B, A, T, T)
+    probs_d, c_drop = dropout_forward(probs, p_drop, rng)  # (B, A, T, T)
+    ctx = probs_d @ v  # (B, A, T, D)
+    ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H) heads side by side
+    out, c_o = linear_forward(ctx, w_o, b_o)  # (B, T, H)
+    # backward needs q, k, v, the dropped probabilities and each sub-op's cache
+    return out, (c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, scale, A)
+
+
+def attention_backward(dout, cache):
+    xp = backend.xp
+    c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, scale, A = cache
+    B, T, H = dout.shape
+    D = H // A
+    # forward: out = ctx @ w_o + b_o
+    dctx, dw_o, db_o = linear_backward(dout, c_o)  # (B, T, H)
+    dctx = dctx.reshape(B, T, A, D).transpose(0, 2, 1, 3)  # (B, A, T, D)
+    # forward: ctx = probs_d @ v, so dprobs_d = dctx @ v^T and dv = probs_d^T @ dctx
+    dprobs_d = dctx @ v.transpose(0, 1, 3, 2)  # (B, A, T, T)
+    dv = probs_d.transpose(0, 1, 3, 2) @ dctx  # (B, A, T, D)
+    # forward: probs_d = dropout(probs)
+    (dprobs,) = dropout_backward(dprobs_d, c_drop)
+    # forward: probs = softmax(scores)
+    (dscores,) = softmax_backward(dprobs, c_soft)  # (B, A, T, T)
+    # forward: scores = q @ k^T * scale + attn_bias (the bias is a constant)
+    dq = (dscores @ k) * scale  # (B, A, T, D)
+    dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale  # (B, A, T, D)
+    # forward: q, k, v = split of qkv reshaped to heads; undo the reshape and transpose
+    dqkv = xp.stack([dq, dk, dv])  # (3, B, A, T, D)
+    dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H)  # (B, T, 3H)
+    # forward: qkv = x @ w_qkv + b_qkv
+    dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)  # (B, T, H)
+    return dx, dw_qkv, db_qkv, dw_o, db_o
+
+
+# ----------------------------------------------------------------------------------------
+# feed-forward block: out = gelu(x @ w_fc + b_fc) @ w_proj + b_proj
+
+
+def ffn_forward(x, w_fc, b_fc, w_proj, b_proj, approximate="none"):
+    h, c_fc = linear_forward(x, w_fc, b_fc)  # (B, T, I)
+    a, c_act = gelu_forward(h, approximate)  # (B, T, I)
+    out, c_proj = linear_forward(a, w_proj, b_proj)  # (B, T, H)
+    return out, (c_fc, c_act, c_proj)
+
+
+def ffn_backward(dout, cache):
+    c_fc, c_act, c_proj = cache
+    # forward: out = a @ w_proj + b_proj
+    da, dw_proj, db_proj = linear_backward(dout, c_proj)  # (B, T, I)
+    # forward: a = gelu(h)
+    (dh,) = gelu_backward(da, c_act)  # (B, T, I)
+    # forward: h = x @ w_fc + b_fc
+    dx, dw_fc, db_fc = linear_backward(dh, c_fc)  # (B, T, H)
+    return dx, dw_fc, db_fc, dw_proj, db_proj
+
+
+# ----------------------------------------------------------------------------------------
+# the post-LN encoder layer:
+#   h = LN1(x + dropout(attention(x)))
+#   out = LN2(h + dropout(ffn(h)))
+
+ENCODER_LAYER_PARAMS = (
+    "attn.w_qkv", "attn.b_qkv", "attn.w_o", "attn.b_o", "ln1.w", "ln1.b",
+    "ffn.w_fc", "ffn.b_fc", "ffn.w_proj", "ffn.b_proj", "ln2.w", "ln2.b",
+)
+
+
+def encoder_layer_forward(x, attn_bias, p, num_heads, eps, hidden_act="gelu", p_drop=0.0, p_attn_drop=0.0, rng=None):
+    """p: dict of this layer's params keyed as in ENCODER_LAYER_PARAMS."""
+    approx = gelu_approximation(hidden_act)
+    a, c_attn = attention_forward(x, attn_bias, p["attn.w_qkv"], p["attn.b_qkv"], p["attn.w_o"], p["attn.b_o"],
+                                  num_heads, p_attn_drop, rng)  # (B, T, H)
+    a, c_drop1 = dropout_forward(a, p_drop, rng)  # (B, T, H)
+    h, c_ln1 = layernorm_forward(x + a, p["ln1.w"], p["ln1.b"], eps)  # (B, T, H) residual then LN
+    f, c_ffn = ffn_forward(h, p["ffn.w_fc"], p["ffn.b_fc"], p["ffn.w_proj"], p["ffn.b_proj"], approx)  # (B, T, H)
+    f, c_drop2 = dropout_forward(f, p_drop, rng)  # (B, T, H)
+    out, c_ln2 = layernorm_forward(h + f, p["ln2.w"], p["ln2.b"], eps)  # (B, T, H)
+    return out, (c_attn, c_drop1, c_ln1, c_ffn, c_drop2, c_ln2)
+
+
+def encoder_layer_backward(dout, cache):
+    """Returns (dx, grads) with grads keyed as in ENCODER_LAYER_PARAMS."""
+    c_attn, c_drop1, c_ln1, c_ffn, c_drop2, c_ln2 = cache
+    g = {}
+    # forward: out = LN2(h + f); the residual sends the same gradient to h and to f
+    dres2, g["ln2.w"], g["ln2.b"] = layernorm_backward(dout, c_ln2)  # (B, T, H)
+    (df,) = dropout_backward(dres2, c_drop2)
+    dh, g["ffn.w_fc"], g["ffn.b_fc"], g["ffn.w_proj"], g["ffn.b_proj"] = ffn_backward(df, c_ffn)
+    dh += dres2  # the residual path h -> h + f
+    # forward: h = LN1(x + a)
+    dres1, g["ln1.w"], g["ln1.b"] = layernorm_backward(dh, c_ln1)  # (B, T, H)
+    (da,) = dropout_backward(dres1, c_drop1)
+    dx, g["attn.w_qkv"], g["attn.b_qkv"], g["attn.w_o"], g["attn.b_o"] = attention_backward(da, c_attn)
+    dx += dres1  # the residual path x -> x + a
+    return dx, g
+
+
+def gelu_approximation(hidden_act):
+    """Map a Hugging Face hidden_act name to gelu_forward's `approximate` argument."""
+    if hidden_act == "gelu":
+        return "none"
+    if hidden_act in ("gelu_new", "gelu_pytorch_tanh", "gelu_tanh"):
+        return "tanh"
+    raise ValueError(f"unsupported hidden_act {hidden_act!r}: use 'gelu' (exact) or 'gelu_tanh'")
+
+
+# ----------------------------------------------------------------------------------------
+# pooler: pooled = tanh(x[:, 0] @ w + b), the [CLS] summary used by NSP and classifiers
+
+
+def pooler_forward(x, w, b):
+    xp = backend.xp
+    h, c_lin = linear_forward(x[:, 0], w, b)  # (B, H)
+    out = xp.tanh(h)  # (B, H)
+    # backward needs tanh's output (d tanh = 1 - tanh^2), and x's shape to scatter into
+    return out, (c_lin, out, x.shape)
+
+
+def pooler_backward(dout, cache):
+    xp = backend.xp
+    c_lin, out, x_shape = cache
+    # forward: out = tanh(h), so dh = dout * (1 - out^2)
+    dh = dout * (1.0 - out * out)  # (B, H)
+    # forward: h = x[:, 0] @ w + b; only the first position of x receives gradient
+    dx0, dw, db = linear_backward(dh, c_lin)  # (B, H)
+    dx = xp.zeros(x_shape, dtype=dout.dtype)  # (B, T, H)
+    dx[:, 0] = dx0
+    return dx, dw, db

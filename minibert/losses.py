@@ -1,0 +1,41 @@
+"""The pretraining losses: softmax cross-entropy as a forward/backward pair.
+
+Both BERT objectives are a mean cross-entropy over rows of logits:
+    MLM: L = -1/P sum_p log softmax(logits_p)[y_p] over the P labelled (masked) positions,
+         the seed's L = -sum_i y_i log(y_hat_i) with y one-hot, averaged;
+    NSP: the same with 2 classes over the B [CLS] rows. A 2-way softmax is a binary
+         logistic model: softmax([z0, z1])[1] = sigmoid(z1 - z0), so its cross-entropy is
+         exactly the seed's binary cross-entropy on p = sigmoid(z1 - z0)
+         (docs/internals.md works it through).
+Shapes: logits (R, K), targets (R,) integer class ids; R rows, K classes.
+"""
+from minibert import backend
+
+
+def cross_entropy_forward(logits, targets):
+    """Mean cross-entropy over rows. R == 0 rows gives loss 0 (defined, never NaN)."""
+    xp = backend.xp
+    R = logits.shape[0]
+    if R == 0:  # nothing labelled: a defined zero loss whose gradient is empty
+        return xp.zeros((), dtype=logits.dtype), (xp.zeros_like(logits), targets, 0)
+    # log-softmax with the row max subtracted so exp cannot overflow
+    shifted = logits - logits.max(axis=1, keepdims=True)  # (R, K)
+    e = xp.exp(shifted)  # (R, K)
+    sum_e = e.sum(axis=1, keepdims=True)  # (R, 1)
+    logp_target = shifted[xp.arange(R), targets] - xp.log(sum_e[:, 0])  # (R,)
+    loss = -logp_target.mean()  # ()
+    probs = e / sum_e  # (R, K)
+    # backward needs the probabilities and the targets
+    return loss, (probs, targets, R)
+
+
+def cross_entropy_backward(dloss, cache):
+    xp = backend.xp
+    probs, targets, R = cache
+    if R == 0:
+        return (probs.copy(),)  # (0, K)
+    # forward: loss = -1/R sum_r log probs[r, y_r], so dlogits = (probs - onehot(y)) / R
+    dlogits = probs.copy()  # (R, K)
+    dlogits[xp.arange(R), targets] -= 1.0
+    dlogits *= dloss / R
+    return (dlogits,)
