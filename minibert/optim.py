@@ -1,0 +1,231 @@
+"""AdamW, the learning-rate schedule, gradient clipping and gradient accumulation.
+
+Parameters and gradients are dicts name -> array of the current backend (``backend.xp``),
+with the same keys and shapes. The optimizer updates the parameter arrays IN PLACE, so the
+model keeps its references; it owns the moment buffers ``m`` and ``v`` (one of each per
+parameter, same shape and dtype) and one flat scratch buffer per dtype, sized to the
+largest parameter, that every element op writes into with ``out=``.
+
+AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", Algorithm 2), in the
+form ``torch.optim.AdamW`` computes, for step t = 1, 2, ...:
+
+    p <- p * (1 - lr * wd)                     decoupled decay, applied before the update
+    m <- b1 * m + (1 - b1) * g
+    v <- b2 * v + (1 - b2) * g * g
+    m_hat = m / (1 - b1^t),  v_hat = v / (1 - b2^t)
+    p <- p - lr * m_hat / (sqrt(v_hat) + eps)
+
+One-dimensional parameters (biases, layer-norm weights and biases) get no weight decay by
+default, as in BERT's original optimizer.
+
+The schedule (``lr_at``) is linear warmup then linear decay; ``clip_grad_norm`` follows
+``torch.nn.utils.clip_grad_norm_``; ``accumulate`` sums micro-batch gradients.
+"""
+import math
+
+import numpy
+
+from minibert import backend
+
+
+def _check_same(params, grads, what="grads"):
+    """Raise ValueError unless grads has exactly the keys and shapes of params."""
+    if grads.keys() != params.keys():
+        missing = sorted(set(params) - set(grads))
+        extra = sorted(set(grads) - set(params))
+        raise ValueError(f"{what} keys differ from params: missing {missing}, unexpected {extra}")
+    for k, p in params.items():
+        if tuple(grads[k].shape) != tuple(p.shape):
+            raise ValueError(f"{what}[{k!r}] has shape {tuple(grads[k].shape)}, param has {tuple(p.shape)}")
+
+
+def _default_no_decay(name, p):
+    """Biases and layer-norm parameters (anything with fewer than 2 dims) get no decay."""
+    return p.ndim < 2
+
+
+class AdamW:
+    """AdamW with decoupled weight decay, updating ``params`` in place.
+
+    params: dict name -> array (numpy or cupy, whichever ``backend.xp`` is).
+    no_decay: optional predicate ``(name, array) -> bool``; True means no weight decay for
+    that parameter. Default: parameters with ndim < 2.
+    """
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, no_decay=None):
+        xp = backend.xp
+        if not params:
+            raise ValueError("AdamW needs at least one parameter")
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
+        self.params = params
+        self.lr = float(lr)
+        self.betas = (float(b1), float(b2))
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.t = 0  # optimizer steps taken so far
+        pred = _default_no_decay if no_decay is None else no_decay
+        self.decay = {k: not pred(k, p) for k, p in params.items()}
+        self.m = {k: xp.zeros_like(p) for k, p in params.items()}  # first moment, like p
+        self.v = {k: xp.zeros_like(p) for k, p in params.items()}  # second moment, like p
+        # one scratch buffer per dtype, as large as the largest parameter of that dtype;
+        # each step reshapes a prefix of it, so no element op allocates
+        sizes = {}
+        for p in params.values():
+            sizes[p.dtype] = max(sizes.get(p.dtype, 0), p.size)
+        self._scratch = {dt: xp.empty(n, dtype=dt) for dt, n in sizes.items()}  # (max size,)
+
+    def step(self, grads, lr=None):
+        """One AdamW update of every parameter from ``grads`` (same keys and shapes).
+
+        lr, when given, replaces the base learning rate for this step (the schedule).
+        """
+        xp = backend.xp
+        _check_same(self.params, grads)
+        lr = self.lr if lr is None else float(lr)
+        b1, b2 = self.betas
+        self.t += 1
+        bc1 = 1.0 - b1 ** self.t
+        bc2_sqrt = math.sqrt(1.0 - b2 ** self.t)
+        # lr * m_hat / (sqrt(v_hat) + eps) = (lr * bc2_sqrt / bc1) * m / (sqrt(v) + eps * bc2_sqrt),
+        # which folds both bias corrections into two scalars and saves a pass over the data
+        step_size = lr * bc2_sqrt / bc1
+        eps_hat = self.eps * bc2_sqrt
+        decay_factor = 1.0 - lr * self.weight_decay
+        for k, p in self.params.items():
+            g, m, v = grads[k], self.m[k], self.v[k]
+            s = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
+            if self.decay[k] and self.weight_decay != 0.0:
+                p *= decay_factor  # decoupled decay: p <- p * (1 - lr * wd), before the update
+            # m <- b1 * m + (1 - b1) * g
+            xp.multiply(g, 1.0 - b1, out=s)
+            m *= b1
+            m += s
+            # v <- b2 * v + (1 - b2) * g * g
+            xp.multiply(g, g, out=s)
+            s *= 1.0 - b2
+            v *= b2
+            v += s
+            # p <- p - step_size * m / (sqrt(v) + eps_hat)
+            xp.sqrt(v, out=s)
+            s += eps_hat
+            xp.divide(m, s, out=s)
+            s *= step_size
+            p -= s
+
+    def state_dict(self):
+        """The optimizer state as (tensors, meta).
+
+        tensors: flat dict of host numpy arrays, "m.<name>" and "v.<name>" (copies).
+        meta: JSON-able dict: t, lr (the base lr), betas, eps, weight_decay, and no_decay
+        (sorted names of parameters without weight decay, checked again on load).
+        """
+        tensors = {}
+        for k in self.params:
+            tensors["m." + k] = numpy.array(backend.to_host(self.m[k]), copy=True)
+            tensors["v." + k] = numpy.array(backend.to_host(self.v[k]), copy=True)
+        meta = {
+            "t": self.t,
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "no_decay": sorted(k for k, d in self.decay.items() if not d),
+        }
+        return tensors, meta
+
+    def load_state_dict(self, tensors, meta):
+        """Restore the state written by ``state_dict`` exactly (bitwise).
+
+        Raises ValueError, before changing anything, when names, shapes, dtypes or meta
+        fields do not match this optimizer's parameters.
+        """
+        expected = {f"{prefix}.{k}" for k in self.params for prefix in ("m", "v")}
+        if set(tensors) != expected:
+            missing = sorted(expected - set(tensors))
+            extra = sorted(set(tensors) - expected)
+            raise ValueError(f"optimizer state names differ: missing {missing}, unexpected {extra}")
+        for key, a in tensors.items():
+            p = self.params[key[2:]]
+            if tuple(a.shape) != tuple(p.shape) or a.dtype != p.dtype:
+                raise ValueError(
+                    f"optimizer state {key!r} is {a.dtype}{tuple(a.shape)}, parameter is {p.dtype}{tuple(p.shape)}"
+                )
+        for field in ("t", "lr", "betas", "eps", "weight_decay"):
+            if field not in meta:
+                raise ValueError(f"optimizer meta lacks {field!r}")
+        t = meta["t"]
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise ValueError(f"optimizer meta 't' must be an int >= 0, got {t!r}")
+        if len(meta["betas"]) != 2:
+            raise ValueError(f"optimizer meta 'betas' must have two values, got {meta['betas']!r}")
+        if "no_decay" in meta:
+            ours = sorted(k for k, d in self.decay.items() if not d)
+            if sorted(meta["no_decay"]) != ours:
+                raise ValueError(
+                    f"saved no-decay parameters {sorted(meta['no_decay'])} differ from this optimizer's {ours}"
+                )
+        for k in self.params:
+            self.m[k][...] = backend.to_device(tensors["m." + k])
+            self.v[k][...] = backend.to_device(tensors["v." + k])
+        self.t = t
+        self.lr = float(meta["lr"])
+        self.betas = (float(meta["betas"][0]), float(meta["betas"][1]))
+        self.eps = float(meta["eps"])
+        self.weight_decay = float(meta["weight_decay"])
+
+
+def lr_at(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    """The learning rate for optimizer step ``step`` (0-based: the step about to be taken).
+
+    Warmup:  step < warmup_steps             lr = max_lr * (step + 1) / warmup_steps
+             (step 0 gets max_lr / warmup_steps, never 0; step warmup_steps - 1 gets max_lr)
+    Decay:   warmup_steps <= step < total    lr = min_lr + (max_lr - min_lr) * (total - step) / (total - warmup)
+             (step warmup_steps gets max_lr; the line reaches min_lr at step == total_steps)
+    After:   step >= total_steps             lr = min_lr
+    """
+    if warmup_steps < 0 or total_steps < warmup_steps or step < 0:
+        raise ValueError(f"need 0 <= warmup_steps <= total_steps and step >= 0, got {warmup_steps}, {total_steps}, {step}")
+    if step < warmup_steps:
+        return float(max_lr) * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return float(min_lr)
+    frac = (total_steps - step) / (total_steps - warmup_steps)  # 1 at the end of warmup, -> 0
+    return float(min_lr) + (float(max_lr) - float(min_lr)) * frac
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale ``grads`` in place so that their global L2 norm is at most max_norm.
+
+    Returns the global norm before clipping, as a Python float (inf or nan when some
+    gradient is not finite, so the caller can skip the step). The rule is
+    torch.nn.utils.clip_grad_norm_'s: coef = max_norm / (norm + 1e-6), and the grads are
+    multiplied by coef when coef < 1. max_norm None or <= 0: measure only.
+    On the GPU this syncs exactly once (the float of the summed squares).
+    """
+    xp = backend.xp
+    if not grads:
+        return 0.0
+    # per-tensor sums of squares on the device, without a squared temporary
+    sq = [xp.vdot(g.ravel(), g.ravel()) for g in grads.values()]  # each ()
+    norm = math.sqrt(float(xp.stack(sq).astype(xp.float64).sum()))  # the one host transfer
+    if max_norm is not None and max_norm > 0:
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for g in grads.values():
+                g *= coef
+    return norm
+
+
+def accumulate(total, grads, scale=1.0):
+    """total[k] += scale * grads[k] for every key, in place (micro-batch averaging)."""
+    _check_same(total, grads, "grads")
+    for k, t in total.items():
+        if scale == 1.0:
+            t += grads[k]
+        else:
+            t += scale * grads[k]  # one temporary per tensor; grads stays untouched
+    return total

@@ -1,0 +1,315 @@
+"""AdamW, the schedule, clipping and accumulation against independent references.
+
+References: a plain NumPy AdamW written here from the paper's equations (textbook form,
+not the folded scalars optim.py uses), torch.optim.AdamW and torch.nn.utils.clip_grad_norm_
+when torch is installed, and hand-computed schedule values.
+"""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minibert import backend
+from minibert.optim import AdamW, accumulate, clip_grad_norm, lr_at
+
+SHAPES = {"w_qkv": (6, 18), "b_qkv": (18,), "ln_w": (6,), "emb": (11, 6), "scalar": ()}
+
+
+def make_params(seed, shapes=SHAPES, dtype=np.float64):
+    """Host params and a list of host grads for many steps (random, never ones)."""
+    r = np.random.default_rng(seed)
+    params = {k: r.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    return params
+
+
+def make_grads(seed, n_steps, shapes=SHAPES, dtype=np.float64):
+    r = np.random.default_rng(seed)
+    # vary the scale per step so that v does not settle and the bias corrections matter
+    return [{k: (r.standard_normal(s) * r.uniform(0.01, 3.0)).astype(dtype) for k, s in shapes.items()}
+            for _ in range(n_steps)]
+
+
+def to_dev(d):
+    return {k: backend.to_device(v.copy()) for k, v in d.items()}
+
+
+def to_host(d):
+    return {k: np.asarray(backend.to_host(v)) for k, v in d.items()}
+
+
+def reference_adamw(params, grads_seq, lrs, b1, b2, eps, wd, decay):
+    """Textbook AdamW in float64, one parameter at a time, written from the equations."""
+    p = {k: v.astype(np.float64).copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v_ = {k: np.zeros_like(v) for k, v in p.items()}
+    for t, (grads, lr) in enumerate(zip(grads_seq, lrs), start=1):
+        for k in p:
+            g = grads[k].astype(np.float64)
+            if decay[k]:
+                p[k] = p[k] - lr * wd * p[k]
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v_[k] = b2 * v_[k] + (1 - b2) * g * g
+            m_hat = m[k] / (1 - b1 ** t)
+            v_hat = v_[k] / (1 - b2 ** t)
+            p[k] = p[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
+
+
+def run_ours(params, grads_seq, lrs, **kw):
+    dev = to_dev(params)
+    opt = AdamW(dev, **kw)
+    for grads, lr in zip(grads_seq, lrs):
+        opt.step(to_dev(grads), lr=lr)
+    return to_host(dev), opt
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_matches_reference_formula_float64(wd):
+    params = make_params(0)
+    grads_seq = make_grads(1, 60)
+    lrs = [lr_at(i, 3e-2, 10, 60) for i in range(60)]
+    ours, _ = run_ours(params, grads_seq, lrs, lr=1.0, betas=(0.9, 0.98), eps=1e-6, weight_decay=wd)
+    decay = {k: len(s) >= 2 for k, s in SHAPES.items()}  # the 1-D (and 0-D) no-decay rule
+    ref = reference_adamw(params, grads_seq, lrs, 0.9, 0.98, 1e-6, wd, decay)
+    for k in params:
+        np.testing.assert_allclose(ours[k], ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+        assert not np.allclose(ours[k], params[k])  # the parameters did move
+
+
+def test_no_decay_rule_is_visible():
+    """Decaying the 1-D params too gives a measurably different result: the test can fail."""
+    params = make_params(2)
+    grads_seq = make_grads(3, 20)
+    lrs = [1e-2] * 20
+    ours, _ = run_ours(params, grads_seq, lrs, weight_decay=0.5)
+    all_decay = reference_adamw(params, grads_seq, lrs, 0.9, 0.999, 1e-6, 0.5, {k: True for k in SHAPES})
+    assert not np.allclose(ours["b_qkv"], all_decay["b_qkv"], rtol=1e-9, atol=0)
+    np.testing.assert_allclose(ours["w_qkv"], all_decay["w_qkv"], rtol=1e-12)
+    # and the override predicate is honoured
+    ours_all, _ = run_ours(params, grads_seq, lrs, weight_decay=0.5, no_decay=lambda name, a: False)
+    for k in params:
+        np.testing.assert_allclose(ours_all[k], all_decay[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=0, max_size=3).map(tuple),
+    b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999),
+    eps=st.sampled_from([1e-8, 1e-6, 1e-3]), wd=st.floats(0.0, 0.3),
+    lr=st.floats(1e-5, 1e-1), seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_reference_formula_drawn(shape, b1, b2, eps, wd, lr, seed):
+    shapes = {"a": shape, "b": (3,)}
+    params = make_params(seed, shapes)
+    grads_seq = make_grads(seed + 1, 8, shapes)
+    lrs = [lr] * 8
+    ours, _ = run_ours(params, grads_seq, lrs, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    ref = reference_adamw(params, grads_seq, lrs, b1, b2, eps, wd, {"a": len(shape) >= 2, "b": False})
+    for k in params:
+        np.testing.assert_allclose(ours[k], ref[k], rtol=1e-11, atol=1e-13, err_msg=k)
+
+
+def test_float32_params_stay_float32_and_in_place():
+    params = make_params(4, dtype=np.float32)
+    grads_seq = make_grads(5, 30, dtype=np.float32)
+    dev = to_dev(params)
+    ids = {k: id(v) for k, v in dev.items()}
+    opt = AdamW(dev, lr=1e-2)
+    for grads in grads_seq:
+        opt.step(to_dev(grads))
+    assert {k: id(v) for k, v in dev.items()} == ids  # same array objects, updated in place
+    ref = reference_adamw(params, grads_seq, [1e-2] * 30, 0.9, 0.999, 1e-6, 0.01,
+                          {k: len(s) >= 2 for k, s in SHAPES.items()})
+    for k, v in to_host(dev).items():
+        assert v.dtype == np.float32 and opt.m[k].dtype == np.float32
+        np.testing.assert_allclose(v, ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_matches_torch_adamw():
+    torch = pytest.importorskip("torch")
+    params = make_params(6)
+    grads_seq = make_grads(7, 50)
+    lrs = [lr_at(i, 5e-3, 5, 50, min_lr=1e-4) for i in range(50)]
+    b1, b2, eps, wd = 0.9, 0.999, 1e-6, 0.05
+    ours, _ = run_ours(params, grads_seq, lrs, lr=5e-3, betas=(b1, b2), eps=eps, weight_decay=wd)
+
+    tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    groups = [
+        {"params": [tp[k] for k in params if tp[k].ndim >= 2], "weight_decay": wd},
+        {"params": [tp[k] for k in params if tp[k].ndim < 2], "weight_decay": 0.0},
+    ]
+    topt = torch.optim.AdamW(groups, lr=5e-3, betas=(b1, b2), eps=eps, foreach=False)
+    for grads, lr in zip(grads_seq, lrs):
+        for g in topt.param_groups:
+            g["lr"] = lr
+        for k, t in tp.items():
+            t.grad = torch.tensor(grads[k], dtype=torch.float64)
+        topt.step()
+    for k in params:
+        np.testing.assert_allclose(ours[k], tp[k].detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_state_roundtrip_continues_bitwise():
+    params = make_params(8)
+    grads_seq = make_grads(9, 20)
+    lrs = [lr_at(i, 1e-2, 4, 20) for i in range(20)]
+    kw = dict(lr=1e-2, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1)
+
+    full, _ = run_ours(params, grads_seq, lrs, **kw)
+
+    half, opt = run_ours(params, grads_seq[:10], lrs[:10], **kw)
+    tensors, meta = opt.state_dict()
+    meta = json.loads(json.dumps(meta))  # it must survive JSON, as in a checkpoint
+    tensors = {k: v.copy() for k, v in tensors.items()}
+    assert all(isinstance(v, np.ndarray) for v in tensors.values())
+    dev = to_dev(half)
+    opt2 = AdamW(dev)  # default hyperparameters: load_state_dict must restore them all
+    opt2.load_state_dict(tensors, meta)
+    assert opt2.t == 10 and opt2.betas == (0.8, 0.95) and opt2.eps == 1e-7
+    for grads, lr in zip(grads_seq[10:], lrs[10:]):
+        opt2.step(to_dev(grads), lr=lr)
+    for k in params:
+        np.testing.assert_array_equal(to_host(dev)[k], full[k], err_msg=k)
+
+
+def test_state_dict_is_a_copy():
+    dev = to_dev(make_params(10))
+    opt = AdamW(dev)
+    opt.step(to_dev(make_grads(11, 1)[0]))
+    tensors, _ = opt.state_dict()
+    before = tensors["m.w_qkv"].copy()
+    opt.step(to_dev(make_grads(12, 1)[0]))
+    np.testing.assert_array_equal(tensors["m.w_qkv"], before)
+
+
+def test_step_rejects_mismatched_grads():
+    dev = to_dev(make_params(13))
+    opt = AdamW(dev)
+    grads = to_dev(make_grads(14, 1)[0])
+    missing = dict(grads)
+    del missing["ln_w"]
+    with pytest.raises(ValueError, match="missing \\['ln_w'\\]"):
+        opt.step(missing)
+    with pytest.raises(ValueError, match="unexpected \\['extra'\\]"):
+        opt.step({**grads, "extra": grads["ln_w"]})
+    with pytest.raises(ValueError, match="w_qkv"):
+        opt.step({**grads, "w_qkv": grads["w_qkv"].T})
+    assert opt.t == 0  # nothing happened
+    np.testing.assert_array_equal(to_host(dev)["w_qkv"], make_params(13)["w_qkv"])
+
+
+def test_load_state_dict_rejects_mismatches():
+    dev = to_dev(make_params(15))
+    opt = AdamW(dev)
+    tensors, meta = opt.state_dict()
+    with pytest.raises(ValueError, match="missing \\['v.emb'\\]"):
+        opt.load_state_dict({k: v for k, v in tensors.items() if k != "v.emb"}, meta)
+    with pytest.raises(ValueError, match="m.emb"):
+        opt.load_state_dict({**tensors, "m.emb": np.zeros((6, 11))}, meta)
+    with pytest.raises(ValueError, match="m.emb"):
+        opt.load_state_dict({**tensors, "m.emb": tensors["m.emb"].astype(np.float32)}, meta)
+    with pytest.raises(ValueError, match="'t'"):
+        opt.load_state_dict(tensors, {k: v for k, v in meta.items() if k != "t"})
+    with pytest.raises(ValueError, match="no-decay"):
+        opt.load_state_dict(tensors, {**meta, "no_decay": []})
+
+
+def test_schedule_values():
+    # warmup 4, total 10: (step + 1) / 4 of the peak, then a line from the peak to 0 at step 10
+    expect = [0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 5 / 6 * 1e-3, 4 / 6 * 1e-3, 0.5e-3, 2 / 6 * 1e-3,
+              1 / 6 * 1e-3, 0.0, 0.0]
+    got = [lr_at(s, 1e-3, 4, 10) for s in range(12)]
+    np.testing.assert_allclose(got, expect, rtol=1e-15, atol=0)
+    assert all(isinstance(x, float) for x in got)
+    assert max(got) == 1e-3
+    # a floor, and no warmup at all
+    assert lr_at(10, 1e-3, 4, 10, min_lr=1e-5) == 1e-5
+    assert lr_at(7, 1e-3, 4, 10, min_lr=1e-4) == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-15)
+    assert lr_at(0, 2e-3, 0, 5) == 2e-3
+    assert lr_at(4, 2e-3, 0, 5) == pytest.approx(2e-3 / 5, rel=1e-15)
+    assert lr_at(3, 1e-3, 3, 3) == 0.0  # total == warmup: straight to the floor
+    with pytest.raises(ValueError):
+        lr_at(0, 1e-3, 5, 4)
+
+
+def _plain_clip(grads, max_norm):
+    flat = np.concatenate([g.ravel() for g in grads.values()])
+    norm = float(np.sqrt(np.sum(flat * flat)))
+    coef = max_norm / (norm + 1e-6)
+    return norm, {k: g * coef if coef < 1 else g.copy() for k, g in grads.items()}
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_matches_plain_formula(max_norm):
+    grads = make_grads(16, 1)[0]
+    dev = to_dev(grads)
+    norm = clip_grad_norm(dev, max_norm)
+    ref_norm, ref = _plain_clip(grads, max_norm)
+    assert isinstance(norm, float)
+    assert norm == pytest.approx(ref_norm, rel=1e-13)
+    for k, v in to_host(dev).items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-13, atol=0, err_msg=k)
+    if max_norm == 0.5:
+        total = np.sqrt(sum(np.sum(v * v) for v in to_host(dev).values()))
+        assert total == pytest.approx(0.5, rel=1e-5)
+    else:
+        for k, v in to_host(dev).items():
+            np.testing.assert_array_equal(v, grads[k])  # untouched
+
+
+@pytest.mark.parametrize("max_norm", [None, 0, -1.0])
+def test_clip_measure_only(max_norm):
+    grads = make_grads(17, 1)[0]
+    dev = to_dev(grads)
+    norm = clip_grad_norm(dev, max_norm)
+    assert norm == pytest.approx(_plain_clip(grads, 1.0)[0], rel=1e-13)
+    for k, v in to_host(dev).items():
+        np.testing.assert_array_equal(v, grads[k])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_clip_reports_non_finite():
+    grads = make_grads(18, 1)[0]
+    grads["ln_w"][2] = np.inf
+    assert clip_grad_norm(to_dev(grads), 1.0) == np.inf
+    grads["ln_w"][2] = np.nan
+    assert np.isnan(clip_grad_norm(to_dev(grads), 1.0))
+
+
+@pytest.mark.parametrize("max_norm", [0.3, 2.0, 1e3])
+def test_clip_matches_torch(max_norm):
+    torch = pytest.importorskip("torch")
+    grads = make_grads(19, 1)[0]
+    dev = to_dev(grads)
+    norm = clip_grad_norm(dev, max_norm)
+    tp = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads.values()]
+    for t, g in zip(tp, grads.values()):
+        t.grad = torch.tensor(g)
+    tnorm = torch.nn.utils.clip_grad_norm_(tp, max_norm)
+    assert norm == pytest.approx(float(tnorm), rel=1e-13)
+    for t, v in zip(tp, to_host(dev).values()):
+        np.testing.assert_allclose(v, t.grad.numpy(), rtol=1e-13, atol=0)
+
+
+def test_clip_float32_norm_accumulates_in_float():
+    grads = {k: v.astype(np.float32) for k, v in make_grads(20, 1)[0].items()}
+    norm = clip_grad_norm(to_dev(grads), None)
+    ref = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
+    assert norm == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_accumulate(scale):
+    micro = make_grads(21, 3)
+    total = to_dev({k: np.zeros(s) for k, s in SHAPES.items()})
+    for g in micro:
+        dev_g = to_dev(g)
+        accumulate(total, dev_g, scale)
+        for k, v in to_host(dev_g).items():
+            np.testing.assert_array_equal(v, g[k])  # the micro-batch grads are not touched
+    for k, v in to_host(total).items():
+        np.testing.assert_allclose(v, scale * (micro[0][k] + micro[1][k] + micro[2][k]), rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match="missing"):
+        accumulate(total, {k: v for k, v in to_dev(micro[0]).items() if k != "emb"})
