@@ -1,0 +1,132 @@
+"""The whole pretraining model: gradient of the loss w.r.t. every parameter tensor, input
+validation, and the documented edge cases (no labelled position, fully padded rows)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from minibert import backend
+from minibert.gradcheck import check_directional, check_gradients
+from minibert.model import BertConfig, BertForPreTraining
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=23, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=12,
+                max_position=16, dropout=0.0, attention_dropout=0.0, dtype="float64", layer_norm_eps=1e-5)
+    base.update(kw)
+    return BertConfig(**base)
+
+
+def make_batch(rng, B, T, V, lengths=None, n_labels=None):
+    ids = rng.integers(0, V, (B, T))
+    lengths = lengths if lengths is not None else rng.integers(1, T + 1, B)
+    mask = (np.arange(T)[None] < np.asarray(lengths)[:, None]).astype(np.int64)
+    labels = np.full((B, T), -100)
+    for b in range(B):
+        k = rng.integers(0, T + 1) if n_labels is None else n_labels
+        pos = rng.choice(T, size=min(k, T), replace=False)
+        labels[b, pos] = rng.integers(0, V, len(pos))
+    types = (np.arange(T)[None] >= rng.integers(0, T + 1, (B, 1))).astype(np.int64)
+    return dict(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels,
+                next_sentence_label=rng.integers(0, 2, B))
+
+
+@settings(max_examples=6, deadline=None)
+@given(B=st.integers(1, 3), T=st.integers(1, 6), heads=st.sampled_from([1, 2, 4]),
+       dropout=st.sampled_from([0.0, 0.1]), act=st.sampled_from(["gelu", "gelu_tanh"]), seed=st.integers(0, 10**6))
+def test_model_gradients_every_param(B, T, heads, dropout, act, seed):
+    rng = np.random.default_rng(seed)
+    c = tiny_config(num_heads=heads, dropout=dropout, attention_dropout=dropout, hidden_act=act)
+    model = BertForPreTraining(c, seed=seed)
+    for k in model.params:  # non-trivial LayerNorm weights and biases, so their gradients are tested
+        if k.endswith((".w", ".b", "bias")) and model.params[k].ndim == 1:
+            model.params[k] += backend.to_device(rng.standard_normal(model.params[k].shape) * 0.1)
+    batch = make_batch(rng, B, T, c.vocab_size)
+    # a fixed dropout stream makes the loss a fixed function for finite differences
+    f = lambda: model.loss_and_grads(batch, rng=backend.rng(seed))[0]
+    _, grads = model.loss_and_grads(batch, rng=backend.rng(seed))
+    assert grads.keys() == model.params.keys()
+    check_gradients(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, max_coords=6, seed=seed)
+    check_directional(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, seed=seed)
+
+
+def test_no_labelled_position_gives_zero_mlm_loss():
+    rng = np.random.default_rng(0)
+    c = tiny_config()
+    model = BertForPreTraining(c)
+    batch = make_batch(rng, 2, 5, c.vocab_size, n_labels=0)
+    out, cache = model.forward(batch, train=False)
+    assert float(out["mlm_loss"]) == 0.0 and out["mlm_count"] == 0
+    grads = model.backward(cache)
+    assert all(np.isfinite(backend.to_host(g)).all() for g in grads.values())
+    assert float(abs(grads["mlm.bias"]).sum()) == 0.0  # nothing flowed through the MLM head
+    check_directional(lambda: model.loss_and_grads(batch, train=False)[0], model.params, grads)
+
+
+def test_fully_padded_row_is_finite():
+    rng = np.random.default_rng(1)
+    c = tiny_config()
+    model = BertForPreTraining(c)
+    batch = make_batch(rng, 3, 6, c.vocab_size, lengths=[6, 0, 3])
+    loss, grads = model.loss_and_grads(batch, train=False)
+    assert np.isfinite(loss)
+    assert all(np.isfinite(backend.to_host(g)).all() for g in grads.values())
+
+
+def test_tied_embedding_gets_both_contributions():
+    rng = np.random.default_rng(2)
+    c = tiny_config()
+    model = BertForPreTraining(c)
+    batch = make_batch(rng, 2, 6, c.vocab_size, n_labels=3)
+    _, grads = model.loss_and_grads(batch, train=False)
+    # a vocabulary row that never occurs in the input still gets gradient from the decoder
+    unused = sorted(set(range(c.vocab_size)) - set(batch["input_ids"].ravel().tolist()))
+    assert unused and float(abs(backend.to_host(grads["emb.word"])[unused]).sum()) > 0
+
+
+def test_dropout_train_vs_eval():
+    rng = np.random.default_rng(3)
+    model = BertForPreTraining(tiny_config(dropout=0.3, attention_dropout=0.3))
+    batch = make_batch(rng, 2, 6, 23)
+    l_eval1 = model.loss_and_grads(batch, train=False)[0]
+    l_eval2 = model.loss_and_grads(batch, train=False)[0]
+    l_a = model.loss_and_grads(batch, rng=backend.rng(5))[0]
+    l_b = model.loss_and_grads(batch, rng=backend.rng(5))[0]
+    l_c = model.loss_and_grads(batch, rng=backend.rng(6))[0]
+    assert l_eval1 == l_eval2 and l_a == l_b and l_a != l_c and l_a != l_eval1
+
+
+def test_float32_default_stays_float32():
+    model = BertForPreTraining(tiny_config(dtype="float32"))
+    batch = make_batch(np.random.default_rng(4), 2, 5, 23)
+    out, cache = model.forward(batch)
+    assert out["mlm_logits"].dtype == np.float32 and out["loss"].dtype == np.float32
+    assert all(g.dtype == np.float32 for g in model.backward(cache).values())
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda b: b.update(input_ids=b["input_ids"] + 100), "outside the vocabulary"),
+    (lambda b: b.update(input_ids=-b["input_ids"] - 1), "outside the vocabulary"),
+    (lambda b: b.update(input_ids=np.zeros((2, 40), np.int64)), "exceeds max_position"),
+    (lambda b: b.update(attention_mask=b["attention_mask"][:, :3]), "attention_mask"),
+    (lambda b: b.update(input_ids=b["input_ids"].astype(np.float32)), "must hold integers"),
+    (lambda b: b.update(labels=b["labels"] + 1000), "labels"),
+    (lambda b: b.update(next_sentence_label=np.array([0, 2])), "next_sentence_label"),
+    (lambda b: b.update(next_sentence_label=np.array([0])), "next_sentence_label"),
+    (lambda b: b.pop("labels"), "missing 'labels'"),
+    (lambda b: b.update(token_type_ids=b["token_type_ids"] + 2), "token_type_ids"),
+    (lambda b: b.update(attention_mask=b["attention_mask"] * 2), "attention_mask"),
+])
+def test_bad_input_is_a_clear_value_error(mutate, message):
+    c = tiny_config()
+    model = BertForPreTraining(c)
+    batch = make_batch(np.random.default_rng(5), 2, 6, c.vocab_size)
+    mutate(batch)
+    with pytest.raises(ValueError, match=message):
+        model.loss_and_grads(batch)
+
+
+@pytest.mark.parametrize("kw", [dict(hidden_size=10, num_heads=4), dict(dropout=1.0), dict(dtype="float16"),
+                                dict(hidden_act="relu"), dict(vocab_size=0)])
+def test_bad_config(kw):
+    with pytest.raises(ValueError):
+        tiny_config(**kw)
