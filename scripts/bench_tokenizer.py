@@ -1,0 +1,117 @@
+"""Benchmark minibert's BPE tokenizer against Hugging Face `tokenizers`, in the same process.
+
+Both train on the same ~10 MB corpus (built at run time from real text on this machine: the
+Python standard library's sources) to the same vocabulary size with the same special tokens
+and min_frequency, then encode the same corpus (split into lines/documents for encode_batch).
+Figures are medians over --repeat runs.
+
+    python scripts/bench_tokenizer.py --mb 10 --vocab-size 8192 --repeat 3
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minibert.tokenizer import BPETokenizer  # noqa: E402
+
+
+@dataclass
+class Config:
+    mb: float = 10.0
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    repeat: int = 3
+    workdir: str = ""
+
+
+SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_corpus(path: Path, n_bytes: int) -> None:
+    """Concatenate the standard library's .py files (sorted, so the corpus is reproducible)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    total = 0
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        for f in sorted(stdlib.rglob("*.py")):
+            if "site-packages" in f.parts:
+                continue
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            out.write(text)
+            total += len(text.encode("utf-8"))
+            if total >= n_bytes:
+                return
+    if total < n_bytes:
+        print(f"warning: only {total / 1e6:.1f} MB of stdlib text found", file=sys.stderr)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in vars(Config()).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    cfg = Config(**vars(p.parse_args()))
+    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="minibert-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / "corpus.txt"
+    if not corpus.exists() or corpus.stat().st_size < cfg.mb * 1e6 * 0.99:
+        build_corpus(corpus, int(cfg.mb * 1e6))
+    n_bytes = corpus.stat().st_size
+    text = corpus.read_text(encoding="utf-8")
+    docs = text.splitlines(keepends=True)
+    print(f"corpus: {n_bytes / 1e6:.2f} MB, {len(docs):,} lines, from {sysconfig.get_paths()['stdlib']} | "
+          f"vocab {cfg.vocab_size} | min_frequency {cfg.min_frequency} | specials {SPECIALS} | cpus {os.cpu_count()}")
+
+    try:
+        from tokenizers import ByteLevelBPETokenizer
+    except ImportError:
+        ByteLevelBPETokenizer = None
+
+    results: dict[str, list[float]] = {}
+    for r in range(cfg.repeat):
+        t, tok = timed(lambda: BPETokenizer.train(Path(corpus), cfg.vocab_size, SPECIALS, cfg.min_frequency, progress=False))
+        results.setdefault("minibert train s", []).append(t)
+        t, ids = timed(lambda: tok.encode_batch(docs))
+        results.setdefault("minibert encode s", []).append(t)
+        n_tok = sum(map(len, ids))
+        if ByteLevelBPETokenizer is not None:
+            hf = ByteLevelBPETokenizer()
+            t, _ = timed(lambda: hf.train([str(corpus)], vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                          special_tokens=SPECIALS, show_progress=False))
+            results.setdefault("hf train s", []).append(t)
+            t, enc = timed(lambda: hf.encode_batch(docs))
+            results.setdefault("hf encode_batch s", []).append(t)
+            hf_tok = sum(len(e.ids) for e in enc)
+        print(f"run {r + 1}: " + " | ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"minibert: vocab {tok.vocab_size}, train {med['minibert train s']:.2f} s, encode "
+          f"{med['minibert encode s']:.2f} s = {n_bytes / 1e6 / med['minibert encode s']:.2f} MB/s, "
+          f"{n_tok:,} tokens ({n_bytes / n_tok:.2f} bytes/token)")
+    if ByteLevelBPETokenizer is not None:
+        print(f"hf tokenizers: vocab {hf.get_vocab_size()}, train {med['hf train s']:.2f} s, encode_batch "
+              f"{med['hf encode_batch s']:.2f} s = {n_bytes / 1e6 / med['hf encode_batch s']:.2f} MB/s, "
+              f"{hf_tok:,} tokens ({n_bytes / hf_tok:.2f} bytes/token)")
+        print(f"ratios (medians of {cfg.repeat}): train time minibert/hf = "
+              f"{med['minibert train s'] / med['hf train s']:.2f} (target <= 1.5), encode throughput minibert/hf = "
+              f"{med['hf encode_batch s'] / med['minibert encode s']:.2f} (target >= 1.0)")
+    else:
+        print("tokenizers is not installed: no Hugging Face comparison")
+
+
+if __name__ == "__main__":
+    main()
