@@ -695,8 +695,14 @@ class PretrainingData:
         self.corpus, self.max_seq_len, self.max_predictions = corpus, max_seq_len, max_predictions
         self.short_seq_prob, self.masked_lm_prob, self.seed = short_seq_prob, masked_lm_prob, seed
         self.chunk_rows = chunk_rows
-        ids = {s: tokenizer.token_to_id(s) for s in SPECIAL_TOKENS}
-        missing = [s for s, i in ids.items() if i is None]
+        ids, missing = {}, []
+        for s in SPECIAL_TOKENS:
+            try:
+                ids[s] = tokenizer.token_to_id(s)
+            except KeyError:
+                ids[s] = None
+            if ids[s] is None:
+                missing.append(s)
         if missing:
             raise ValueError(f"tokenizer lacks special tokens {missing}; train it with special_tokens=SPECIAL_TOKENS")
         self.pad_id, self.cls_id, self.sep_id, self.mask_id = (ids[s] for s in SPECIAL_TOKENS)
