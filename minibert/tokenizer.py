@@ -53,6 +53,8 @@ _NO_RANK = 1 << 62          # "no such merge": larger than any rank
 _LONG_PIECE = 128           # pre-tokens longer than this are merged with the heap algorithm
 _CACHE_LIMIT = 1 << 19      # pre-token cache entries before the cache is cleared
 _READ_BLOCK = 1 << 20       # characters read from a corpus file at a time
+_BATCH_CHARS = 1 << 20      # characters of text per pre-token counting task
+_POOL_AFTER_CHARS = 4 << 20  # a corpus larger than this is counted by worker processes too
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -563,6 +565,8 @@ class BPETokenizer:
 class _Progress:
     """Rate-limited progress lines: nothing for the first 2 s, then at most one per 2 s."""
 
+    every = 2.0
+
     def __init__(self, progress):
         self.emit = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is True else (progress or None)
         self.t0 = self.last = time.perf_counter()
@@ -572,7 +576,7 @@ class _Progress:
         if self.emit is None:
             return
         now = time.perf_counter()
-        if now - self.last >= 2.0:
+        if now - self.last >= self.every:
             self.last = now
             self.spoke = True
             self.emit(f"{line_fn()} | {now - self.t0:.1f} s")
@@ -658,12 +662,12 @@ def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _count_pretokens(corpus, pattern, specials, workers, report) -> Counter:
-    """Distinct pre-tokens with their frequencies. The first ~4 MB are counted here; a larger
-    corpus is shared with worker processes (the regex scan is the slow part)."""
+    """Distinct pre-tokens with their frequencies. The first _POOL_AFTER_CHARS are counted
+    here; the rest of a larger corpus goes to worker processes (the regex scan is the slow part)."""
     special_re = _special_regex(specials)
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
-    batches = _batches(_corpus_texts(corpus, special_re), 1 << 20)
+    batches = _batches(_corpus_texts(corpus, special_re), _BATCH_CHARS)
     _init_worker(pattern, specials)
     counts: Counter = Counter()
     seen = 0
@@ -672,7 +676,7 @@ def _count_pretokens(corpus, pattern, specials, workers, report) -> Counter:
         counts.update(_count_texts(batch))
         seen += sum(map(len, batch))
         report(lambda: f"bpe: counted {seen / 1e6:,.1f} M chars, {len(counts):,} distinct pre-tokens")
-        if workers > 1 and seen >= 4 << 20:
+        if workers > 1 and seen >= _POOL_AFTER_CHARS:
             break
     else:
         return counts
