@@ -1,0 +1,395 @@
+"""Benchmark full BERT pretraining steps: forward, backward and AdamW update.
+
+    python scripts/bench.py --preset mini --threads 2 --compare-torch
+    python scripts/bench.py --preset tiny,mini,small --compare-torch --json out.json
+    python scripts/bench.py -L 4 -H 256 -A 4 -I 1024 -V 8192 -T 128 -B 16
+    python scripts/bench.py --preset mini --profile       # cProfile of minibert's step
+
+Each implementation runs in its own child process launched by this one invocation, so its
+peak resident memory (ru_maxrss of the child, libraries included) is its own and both are
+measured in the same run with the same thread count. A third child measures the peak: a
+large float32 matmul on the same BLAS and threads, and the step's own matmuls timed alone
+(the bound on what a step can take). Step times are medians over the timed steps, after
+warm-up. Only ratios from one run count: the machine is noisy.
+
+MFU counts the model's useful FLOPs per step (every matmul of the forward, twice that for
+the backward; the MLM decoder at the P labelled positions only, which is all the loss
+needs) divided by step time and the measured matmul peak. The same count is used for
+PyTorch, which also computes the decoder at the unlabelled positions.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# L layers, H hidden, A heads, I intermediate; V and T default to 8192 and 128
+PRESETS = {
+    "tiny": dict(L=2, H=128, A=2, I=512),
+    "mini": dict(L=4, H=256, A=4, I=1024),
+    "small": dict(L=4, H=512, A=8, I=2048),
+    "base": dict(L=12, H=768, A=12, I=3072),
+}
+try:  # the training program owns the preset table once it has one in this form
+    from minibert.train import PRESETS as _TRAIN_PRESETS  # noqa: E402
+    if all(isinstance(v, dict) and set(v) <= set("LHAIVTB") for v in _TRAIN_PRESETS.values()):
+        PRESETS = {k: dict(v) for k, v in _TRAIN_PRESETS.items()}
+except Exception:
+    pass
+
+
+@dataclass
+class BenchConfig:
+    name: str = "mini"
+    L: int = 4
+    H: int = 256
+    A: int = 4
+    I: int = 1024
+    V: int = 8192
+    T: int = 128
+    B: int = 16
+    dropout: float = 0.1
+    max_predictions: int = 20  # labelled positions per sequence, at most (~15% of T)
+    threads: int = 2
+    warmup: int = 3
+    steps: int = 10
+    seed: int = 0
+    lr: float = 1e-4
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    hidden_act: str = "gelu"
+    torch_attn: str = "sdpa"
+
+
+# ----------------------------------------------------------------------------------------
+# the shared batch and the FLOP count
+
+
+def make_batch(c):
+    """A realistic pretraining batch on the host: random ids, a few padded rows, ~15% labels."""
+    rng = np.random.default_rng(c.seed)
+    B, T, V = c.B, c.T, c.V
+    ids = rng.integers(5, V, (B, T))  # (B, T)
+    lengths = np.full(B, T)  # (B,)
+    n_pad = max(1, B // 4)
+    lengths[:n_pad] = rng.integers(T // 4, T, n_pad)  # a quarter of the rows end in padding
+    mask = (np.arange(T)[None] < lengths[:, None]).astype(np.int64)  # (B, T)
+    ids = np.where(mask == 1, ids, 0)
+    sep = (lengths * rng.uniform(0.3, 0.7, B)).astype(np.int64)  # (B,) where sentence B starts
+    types = ((np.arange(T)[None] >= sep[:, None]) & (mask == 1)).astype(np.int64)  # (B, T)
+    labels = np.full((B, T), -100)  # (B, T)
+    for b in range(B):
+        k = min(c.max_predictions, max(1, int(round(0.15 * lengths[b]))))
+        pos = rng.choice(lengths[b], size=k, replace=False)
+        labels[b, pos] = rng.integers(5, V, k)
+    nsp = rng.integers(0, 2, B)  # (B,)
+    return dict(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels, next_sentence_label=nsp)
+
+
+def step_gemms(c, P):
+    """The matmuls of one minibert training step as (batch, M, K, N, transpose-pattern) tuples.
+
+    Each forward x @ w (M, K) x (K, N) has two backward matmuls of the same size:
+    dx = dy @ w.T and dw = x.T @ dy."""
+    N, D = c.B * c.T, c.H // c.A
+    fwd = []
+    for _ in range(c.L):
+        fwd += [(1, N, c.H, 3 * c.H), (c.B * c.A, c.T, D, c.T), (c.B * c.A, c.T, c.T, D), (1, N, c.H, c.H),
+                (1, N, c.H, c.I), (1, N, c.I, c.H)]
+    fwd += [(1, c.B, c.H, c.H), (1, P, c.H, c.H), (1, P, c.H, c.V), (1, c.B, c.H, 2)]
+    return fwd
+
+
+def step_flops(c, P):
+    return 3 * sum(2 * b * m * k * n for b, m, k, n in step_gemms(c, P))
+
+
+def n_labels(batch):
+    return int((batch["labels"] != -100).sum())
+
+
+# ----------------------------------------------------------------------------------------
+# children
+
+
+def _limit_threads(n):
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(n)
+
+
+def blas_info():
+    from threadpoolctl import threadpool_info
+    return [{k: d.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer")}
+            for d in threadpool_info() if d.get("user_api") == "blas"]
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def child_minibert(c, profile=False):
+    from minibert import backend
+    from minibert.model import BertConfig, BertForPreTraining
+    from minibert.optim import AdamW
+    _limit_threads(c.threads)
+    mc = BertConfig(vocab_size=c.V, hidden_size=c.H, num_layers=c.L, num_heads=c.A, intermediate_size=c.I,
+                    dropout=c.dropout, attention_dropout=c.dropout, hidden_act=c.hidden_act, dtype="float32")
+    model = BertForPreTraining(mc, seed=c.seed)
+    opt = AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
+    batch = make_batch(c)
+    times, losses = [], []
+
+    def step(i):
+        loss, grads = model.loss_and_grads(batch, rng=backend.rng((c.seed, i)))
+        opt.step(grads)
+        return loss
+
+    for i in range(c.warmup):
+        step(i)
+    if profile:
+        import cProfile
+        import io
+        import pstats
+        pr = cProfile.Profile()
+        pr.enable()
+        for i in range(c.steps):
+            step(c.warmup + i)
+        pr.disable()
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
+        print(s.getvalue(), file=sys.stderr)
+        return {}
+    for i in range(c.steps):
+        backend.synchronize()
+        t0 = time.perf_counter()
+        losses.append(step(c.warmup + i))
+        backend.synchronize()
+        times.append(time.perf_counter() - t0)
+    out = dict(impl="minibert", backend=backend.name, step_times=times, loss_first=losses[0], loss_last=losses[-1],
+               peak_rss_mb=peak_rss_mb(), blas=blas_info(), numpy=np.__version__)
+    if backend.name == "cupy":
+        import cupy
+        out["peak_device_mb"] = cupy.get_default_memory_pool().total_bytes() / 2**20
+    return out
+
+
+def child_torch(c):
+    import torch
+    import transformers
+    torch.set_num_threads(c.threads)
+    _limit_threads(c.threads)
+    torch.manual_seed(c.seed)
+    hc = transformers.BertConfig(vocab_size=c.V, hidden_size=c.H, num_hidden_layers=c.L, num_attention_heads=c.A,
+                                 intermediate_size=c.I, max_position_embeddings=512, hidden_dropout_prob=c.dropout,
+                                 attention_probs_dropout_prob=c.dropout, hidden_act=c.hidden_act,
+                                 attn_implementation=c.torch_attn)
+    model = transformers.BertForPreTraining(hc).train()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, eps=c.eps)
+    batch = {k: torch.from_numpy(v) for k, v in make_batch(c).items()}
+    times, losses = [], []
+
+    def step():
+        out = model(**batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(out.loss)
+
+    for _ in range(c.warmup):
+        step()
+    for _ in range(c.steps):
+        t0 = time.perf_counter()
+        losses.append(step())
+        times.append(time.perf_counter() - t0)
+    return dict(impl="torch", step_times=times, loss_first=losses[0], loss_last=losses[-1], peak_rss_mb=peak_rss_mb(),
+                torch=torch.__version__, transformers=transformers.__version__,
+                attn=model.config._attn_implementation, threads=torch.get_num_threads())
+
+
+def _time(f, reps):
+    f()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def child_peak(c):
+    """The machine's float32 matmul peak on this BLAS and thread count, and the step's
+    matmuls timed alone (forward and both backward matmuls of each)."""
+    from minibert import backend
+    _limit_threads(c.threads)
+    xp = backend.xp
+    r = np.random.default_rng(0)
+    n = 2048
+    a = backend.to_device(r.standard_normal((n, n), dtype=np.float32))  # (n, n)
+    b = backend.to_device(r.standard_normal((n, n), dtype=np.float32))  # (n, n)
+    o = xp.empty((n, n), dtype=np.float32)  # (n, n)
+
+    def big():
+        xp.matmul(a, b, out=o)
+        backend.synchronize()
+
+    peak = 2 * n ** 3 / _time(big, 5)
+    P = n_labels(make_batch(c))
+    total = 0.0
+    for bt, m, k, nn in step_gemms(c, P):
+        shape = (bt,) if bt > 1 else ()
+        x = backend.to_device(r.standard_normal(shape + (m, k), dtype=np.float32))
+        w = backend.to_device(r.standard_normal(shape + (k, nn), dtype=np.float32))
+        dy = backend.to_device(r.standard_normal(shape + (m, nn), dtype=np.float32))
+        sw = lambda t: xp.swapaxes(t, -1, -2)
+
+        def three():
+            xp.matmul(x, w)
+            xp.matmul(dy, sw(w))
+            xp.matmul(sw(x), dy)
+            backend.synchronize()
+
+        total += _time(three, 3)
+    return dict(impl="peak", peak_flops=peak, matmul_bound_s=total, blas=blas_info())
+
+
+def run_child(kind, c, env_extra=None):
+    env = dict(os.environ)
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[k] = str(c.threads)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-config", json.dumps(asdict(c))]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{kind} child failed:\n{p.stderr}")
+    if p.stderr.strip():
+        print(p.stderr, file=sys.stderr, end="")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# orchestration
+
+
+def summarise(c, res, peak):
+    batch = make_batch(c)
+    P = n_labels(batch)
+    flops = step_flops(c, P)
+    med = statistics.median(res["step_times"])
+    out = dict(res)
+    out.update(step_ms=med * 1e3, tokens_per_s=c.B * c.T / med, mfu=flops / med / peak["peak_flops"],
+               step_gflop=flops / 1e9, P=P)
+    return out
+
+
+def bench_one(c, compare_torch, rounds):
+    peak = run_child("peak", c)
+    runs = {"minibert": [], "torch": []}
+    for r in range(rounds):  # alternate the order between rounds
+        order = ["minibert", "torch"] if r % 2 == 0 else ["torch", "minibert"]
+        for kind in order:
+            if kind == "torch" and not compare_torch:
+                continue
+            runs[kind].append(run_child(kind, c))
+    result = {"config": asdict(c), "peak": peak}
+    for kind, rs in runs.items():
+        if not rs:
+            continue
+        merged = dict(rs[-1])
+        merged["step_times"] = [t for x in rs for t in x["step_times"]]
+        merged["peak_rss_mb"] = max(x["peak_rss_mb"] for x in rs)
+        result[kind] = summarise(c, merged, peak)
+    mb = result["minibert"]
+    mb["matmul_bound_ms"] = peak["matmul_bound_s"] * 1e3
+    mb["step_over_bound"] = mb["step_ms"] / mb["matmul_bound_ms"]
+    if "torch" in result:
+        t = result["torch"]
+        result["ratios"] = dict(tokens_per_s=mb["tokens_per_s"] / t["tokens_per_s"],
+                                peak_rss=mb["peak_rss_mb"] / t["peak_rss_mb"])
+    return result
+
+
+def print_table(results):
+    head = (f"{'config':<7} {'impl':<9} {'step ms':>8} {'tok/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
+            f"{'bound ms':>8} {'x bound':>7} {'tok/s ratio':>11} {'RSS ratio':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        name = r["config"]["name"]
+        for kind in ("minibert", "torch"):
+            if kind not in r:
+                continue
+            x = r[kind]
+            bound = f"{x['matmul_bound_ms']:8.1f} {x['step_over_bound']:7.2f}" if kind == "minibert" else f"{'':8} {'':7}"
+            ratios = ""
+            if kind == "minibert" and "ratios" in r:
+                ratios = f"{r['ratios']['tokens_per_s']:11.2f} {r['ratios']['peak_rss']:9.2f}"
+            label = kind if kind == "minibert" else f"torch/{x['attn']}"
+            print(f"{name:<7} {label:<9} {x['step_ms']:8.1f} {x['tokens_per_s']:8.0f} {x['peak_rss_mb']:11.0f} "
+                  f"{100 * x['mfu']:5.1f}% {bound} {ratios}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="mini", help="comma-separated presets: " + ", ".join(PRESETS))
+    for k in ("L", "H", "A", "I", "V", "T", "B"):
+        ap.add_argument(f"-{k}", type=int, default=None, help=f"override {k}")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat both children, alternating their order")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--hidden-act", default="gelu", choices=["gelu", "gelu_tanh"])
+    ap.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
+    ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="cProfile minibert's timed steps (no table)")
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-config", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.child:
+        c = BenchConfig(**json.loads(a.child_config))
+        if a.child == "profile":
+            child_minibert(c, profile=True)
+            return
+        res = {"minibert": child_minibert, "torch": child_torch, "peak": child_peak}[a.child](c)
+        print(json.dumps(res))
+        return
+
+    results = []
+    for name in a.preset.split(","):
+        kw = dict(PRESETS[name]) if name in PRESETS else {}
+        kw.update({k: getattr(a, k) for k in ("L", "H", "A", "I", "V", "T", "B") if getattr(a, k) is not None})
+        c = BenchConfig(name=name, threads=a.threads, steps=a.steps, warmup=a.warmup, dropout=a.dropout,
+                        hidden_act=a.hidden_act, torch_attn=a.torch_attn, **kw)
+        if a.profile:
+            env = dict(os.environ, OMP_NUM_THREADS=str(c.threads), OPENBLAS_NUM_THREADS=str(c.threads))
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "profile", "--child-config",
+                            json.dumps(asdict(c))], env=env)
+            continue
+        results.append(bench_one(c, a.compare_torch, a.rounds))
+    if a.profile:
+        return
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} | threads {a.threads} | BLAS {results[0]['peak']['blas']} | "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} | "
+          f"peak {results[0]['peak']['peak_flops'] / 1e9:.0f} GFLOP/s float32")
+    print_table(results)
+    print(json.dumps(results))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
