@@ -30,6 +30,7 @@ Lone surrogates (e.g. "\\ud800", which has no UTF-8 encoding) are rejected: `enc
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import heapq
 import json
@@ -604,26 +605,42 @@ def _safe_cut(buf: str, special_re) -> int:
             return cut
 
 
-def _corpus_texts(corpus, special_re) -> Iterator[str]:
+def read_file_blocks(path: str | os.PathLike, stop: int | None = None, special_tokens: Iterable[str] = ()) -> Iterator[str]:
+    """Stream a UTF-8 file as texts whose pre-tokens, taken one text at a time, are exactly
+    those of the whole file (see _safe_cut). `stop`: read only the first `stop` bytes."""
+    special_re = _special_regex(special_tokens)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {str(path)!r} does not exist (to train on a text, pass [text])")
+    decoder = codecs.getincrementaldecoder("utf-8")()   # strict: a file that is not UTF-8 raises
+    left = stop if stop is not None else -1
+    buf = ""
+    with open(path, "rb") as f:   # bytes in, so "\r\n" stays as written
+        while left != 0:
+            block = f.read(_READ_BLOCK if left < 0 else min(_READ_BLOCK, left))
+            if not block:
+                break
+            left = left - len(block) if left > 0 else left
+            try:
+                buf += decoder.decode(block)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: not valid UTF-8 ({e})") from None
+            cut = _safe_cut(buf, special_re)
+            if cut:
+                yield buf[:cut]
+                buf = buf[cut:]
+    buf += decoder.decode(b"", final=True)
+    if buf:
+        yield buf
+
+
+def _corpus_texts(corpus, special_tokens) -> Iterator[str]:
     """Yield the corpus as texts that can be pre-tokenized independently."""
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [Path(corpus)]
     for item in corpus:
         if isinstance(item, os.PathLike):
-            path = Path(item)
-            if not path.is_file():
-                raise FileNotFoundError(f"corpus file {str(path)!r} does not exist (to train on a text, pass [text])")
-            # newline="" keeps "\r\n" as written: the bytes trained on are the bytes in the file
-            with open(path, encoding="utf-8", newline="") as f:
-                buf = ""
-                while block := f.read(_READ_BLOCK):
-                    buf += block
-                    cut = _safe_cut(buf, special_re)
-                    if cut:
-                        yield buf[:cut]
-                        buf = buf[cut:]
-                if buf:
-                    yield buf
+            yield from read_file_blocks(item, special_tokens=special_tokens)
         elif isinstance(item, str):
             yield item
         else:
@@ -633,10 +650,9 @@ def _corpus_texts(corpus, special_re) -> Iterator[str]:
 _worker_state: dict = {}
 
 
-def _count_texts(texts: list[str], pattern: str | None = None, specials: list[str] | None = None) -> Counter:
-    """Pre-token counts of some texts (also runs in worker processes)."""
-    if pattern is not None:
-        _worker_state["pat"], _worker_state["special_re"] = regex.compile(pattern), _special_regex(specials)
+def _count_texts(texts: list[str]) -> Counter:
+    """Pre-token counts of some texts, split on special tokens first (also runs in worker
+    processes, which _init_worker has given the compiled regexes)."""
     pat, special_re = _worker_state["pat"], _worker_state["special_re"]
     counts: Counter = Counter()
     for text in texts:
@@ -664,14 +680,12 @@ def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
 def _count_pretokens(corpus, pattern, specials, workers, report) -> Counter:
     """Distinct pre-tokens with their frequencies. The first _POOL_AFTER_CHARS are counted
     here; the rest of a larger corpus goes to worker processes (the regex scan is the slow part)."""
-    special_re = _special_regex(specials)
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
-    batches = _batches(_corpus_texts(corpus, special_re), _BATCH_CHARS)
+    batches = _batches(_corpus_texts(corpus, specials), _BATCH_CHARS)
     _init_worker(pattern, specials)
     counts: Counter = Counter()
     seen = 0
-    first = []
     for batch in batches:   # count in-process until the corpus proves large
         counts.update(_count_texts(batch))
         seen += sum(map(len, batch))
