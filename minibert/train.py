@@ -37,7 +37,7 @@ import numpy as np
 
 from minibert import backend
 from minibert.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
-from minibert.model import BertConfig, BertForPreTraining
+from minibert.model import BertConfig, BertForPreTraining, check_params
 
 PRESETS = {  # the shapes of Turc et al. 2019's small BERTs (tiny, mini, small) and BERT-base
     "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
@@ -180,7 +180,7 @@ def save_run_checkpoint(tc, name, model, opt, step, position, tok, best_loss):
 
 def restore(tc, model, opt, tok):
     """Load OUT/last into model and opt; returns (step, data position, best loss)."""
-    params, tensors, meta = load_checkpoint(tc.out, "last", expect_params=model.params)
+    params, tensors, meta = load_checkpoint(tc.out, "last")
     if meta.get("kind") != "minibert-pretraining":
         raise CheckpointError(f"{tc.out}/last.json is not a pretraining checkpoint (kind {meta.get('kind')!r})")
     if meta["config"] != model.config.to_dict():
@@ -194,9 +194,9 @@ def restore(tc, model, opt, tok):
     if diff:
         raise ValueError(f"cannot resume {tc.out} exactly: settings differ from the checkpoint's "
                          f"(setting: (checkpoint, now) {diff})")
-    xp = backend.xp
+    check_params(params, {k: tuple(v.shape) for k, v in model.params.items()}, model.config.dtype)
     for k, v in params.items():
-        model.params[k][...] = xp.asarray(v)
+        model.params[k][...] = backend.to_device(v)
     opt.load_state_dict(tensors, meta["optim"])
     return meta["step"], tuple(meta["data_position"]), meta.get("best_eval_loss")
 

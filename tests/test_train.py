@@ -1,0 +1,186 @@
+"""The pretraining program end to end: loss falls, exact resume after kill -9, Ctrl-C saves,
+refusals with clear messages, fill-mask and evaluation on the result."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from minibert import backend
+from minibert.checkpoint import load_checkpoint
+from minibert.train import TrainConfig, main, pretrain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position=64)
+SMALL_ARGS = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
+              "--max-position", "64"]
+
+
+def write_corpus(path, n_docs=150, seed=0):
+    """A synthetic corpus in BERT's format: a sentence per line, blank line between documents."""
+    rng = np.random.default_rng(seed)
+    subjects = ["the parser", "a socket", "the module", "this function", "the queue", "an iterator"]
+    verbs = ["returns", "reads", "writes", "closes", "opens", "yields"]
+    objects = ["the next item", "a byte string", "the buffer", "a new list", "the file", "an integer"]
+    with open(path, "w") as f:
+        for _ in range(n_docs):
+            for _ in range(rng.integers(2, 7)):
+                s, v, o = rng.choice(subjects), rng.choice(verbs), rng.choice(objects)
+                f.write(f"{s.capitalize()} {v} {o}.\n")
+            f.write("\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return str(write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt"))
+
+
+def small_tc(out, corpus, **kw):
+    base = dict(corpus=[corpus], out=str(out), vocab_size=600, steps=60, batch_size=8, seq_len=32,
+                max_predictions=5, warmup=5, lr=3e-3, log_every=10, eval_every=30, save_every=30,
+                eval_batches=4, fill_mask_examples=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run_args(out, corpus, tokenizer, *extra):
+    return [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), "--corpus", corpus, "--out", str(out),
+            "--tokenizer", tokenizer, "--seq-len", "32", "--batch-size", "8", "--max-predictions", "5",
+            "--warmup", "5", "--lr", "3e-3", "--log-every", "5", "--eval-every", "1000", "--eval-batches", "2",
+            "--fill-mask-examples", "0", "--backend", "numpy", *SMALL_ARGS, *extra]
+
+
+def test_short_run_loss_falls(tmp_path, corpus):
+    model, tok, ev, _ = pretrain(small_tc(tmp_path, corpus, steps=300, eval_every=150, save_every=150), dict(SMALL))
+    recs = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    train = [r for r in recs if "mlm_loss" in r and "eval_mlm_loss" not in r]
+    assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 1.0  # it learns
+    assert {"step", "loss", "mlm_acc", "nsp_acc", "lr", "grad_norm", "ms_per_step", "tokens_per_s"} <= set(train[0])
+    assert any("eval_mlm_acc" in r for r in recs)
+    assert os.path.exists(tmp_path / "best.json") and os.path.exists(tmp_path / "last.json")
+
+    from minibert.inference import fill_mask, load_pretrained
+    m2, t2 = load_pretrained(str(tmp_path))
+    preds = fill_mask(m2, t2, "The parser [MASK] the buffer.", top_k=3)
+    assert len(preds) == 1 and len(preds[0]) == 3 and abs(sum(p for _, p in preds[0]) - 1) < 1
+    # the trained model has learnt the corpus' verbs for the verb slot
+    assert preds[0][0][0].strip() in {"returns", "reads", "writes", "closes", "opens", "yields"}
+
+
+@pytest.fixture(scope="module")
+def trained_tokenizer(tmp_path_factory, corpus):
+    from minibert.data import SPECIAL_TOKENS
+    from minibert.tokenizer import BPETokenizer
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    BPETokenizer.train([open(corpus).read()], 600, special_tokens=SPECIAL_TOKENS, progress=False).save(str(path))
+    return str(path)
+
+
+def final_params(out):
+    return load_checkpoint(str(out), "last")[0]
+
+
+def test_exact_resume_after_kill_9(tmp_path, corpus, trained_tokenizer):
+    steps = ["--steps", "40", "--save-every", "10"]
+    full = tmp_path / "full"
+    subprocess.run(run_args(full, corpus, trained_tokenizer, *steps), check=True, capture_output=True, timeout=300)
+
+    part = tmp_path / "part"
+    proc = subprocess.Popen(run_args(part, corpus, trained_tokenizer, *steps), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill -9 as soon as a mid-run checkpoint exists
+        rec = part / "last.json"
+        if rec.exists() and 10 <= json.loads(rec.read_text())["meta"]["step"] < 40:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((part / "last.json").read_text())["meta"]["step"]
+    assert killed_at < 40, "the run finished before it could be killed"
+    r = subprocess.run(run_args(part, corpus, trained_tokenizer, *steps, "--resume"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"resumed {part} at step {killed_at}" in r.stdout
+    a, b = final_params(full), final_params(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), f"{k} differs after resume"  # bitwise
+
+
+def test_ctrl_c_saves_then_resumes(tmp_path, corpus, trained_tokenizer):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(run_args(out, corpus, trained_tokenizer, "--steps", "100000", "--save-every", "100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = out / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted: saved" in stdout
+    step = json.loads((out / "last.json").read_text())["meta"]["step"]
+    assert step >= 5
+
+
+def test_refusals(tmp_path, corpus, trained_tokenizer, capsys):
+    out = tmp_path / "run"
+    args = ["--corpus", corpus, "--out", str(out), "--tokenizer", trained_tokenizer, "--seq-len", "32",
+            "--batch-size", "8", "--steps", "10", "--eval-every", "1000", "--eval-batches", "1",
+            "--fill-mask-examples", "0", *SMALL_ARGS]
+    assert main(args) == 0
+    assert main(args) == 1  # an existing run is not overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--resume", "--hidden-size", "64"]) == 1  # another model config
+    assert "model config differs" in capsys.readouterr().err
+    assert main([*args, "--resume", "--batch-size", "4"]) == 1  # exact resume needs the same batches
+    assert "batch_size" in capsys.readouterr().err
+    assert main([*args[:2], "--out", str(tmp_path / "none"), "--resume"]) == 1
+    assert "no checkpoint" in capsys.readouterr().err
+    # a truncated checkpoint: a clear error naming the file, no traceback
+    tensors = next(p for p in os.listdir(out) if p.startswith("last.") and p.endswith(".safetensors"))
+    with open(out / tensors, "r+b") as f:
+        f.truncate(100)
+    assert main([*args, "--resume", "--steps", "20"]) == 1
+    err = capsys.readouterr().err
+    assert tensors in err and "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point of the test
+def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, corpus, trained_tokenizer, capsys):
+    out = tmp_path / "run"
+    args = ["--corpus", corpus, "--out", str(out), "--tokenizer", trained_tokenizer, "--seq-len", "32",
+            "--batch-size", "8", "--eval-every", "1000", "--eval-batches", "1", "--fill-mask-examples", "0",
+            "--save-every", "5", *SMALL_ARGS]
+    assert main([*args, "--steps", "5"]) == 0
+    before = (out / "last.json").read_text()
+    # an absurd learning rate overflows the weights within a few steps
+    assert main([*args, "--steps", "40", "--resume", "--lr", "1e38", "--warmup", "0", "--grad-clip", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "at step" in err
+    step = json.loads((out / "last.json").read_text())["meta"]["step"]
+    assert step % 5 == 0  # what is on disk is a checkpoint from before the blow-up
+    if step == 5:
+        assert (out / "last.json").read_text() == before
+
+
+def test_evaluate_script(tmp_path, corpus, trained_tokenizer):
+    out = tmp_path / "run"
+    subprocess.run(run_args(out, corpus, trained_tokenizer, "--steps", "5"), check=True, capture_output=True, timeout=300)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--model", str(out),
+                        "--max-batches", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0 <= ev["mlm_acc"] <= 1 and ev["perplexity"] > 1
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fill_mask.py"), "--model", str(out),
+                        "The parser [MASK] the buffer."], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "[MASK] #1" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fill_mask.py"), "--model", str(out),
+                        "no mask here"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "no [MASK]" in r.stderr
