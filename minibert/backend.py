@@ -73,7 +73,15 @@ def erf(x, out=None):
 
 def scatter_add(a, indices, values):
     """In place a[indices[i]] += values[i], accumulating repeated indices."""
-    if xp is numpy:
+    if xp is numpy and a.ndim == 2 and indices.ndim == 1:
+        # rows: sort the indices, sum each run of equal indices with one reduceat, then add
+        # once per distinct row (np.add.at adds row by row and is many times slower)
+        order = numpy.argsort(indices, kind="stable")  # (N,)
+        sorted_idx = indices[order]  # (N,)
+        starts = numpy.flatnonzero(numpy.r_[True, sorted_idx[1:] != sorted_idx[:-1]])  # (U,)
+        if len(starts):
+            a[sorted_idx[starts]] += numpy.add.reduceat(values[order], starts, axis=0)  # (U, H)
+    elif xp is numpy:
         numpy.add.at(a, indices, values)
     else:
         import cupyx
