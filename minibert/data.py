@@ -36,7 +36,8 @@ truncate_seq_pair then removes tokens from the longer segment (B on a tie), each
 or back with probability 1/2. One optional change, on by default (PretrainingData's
 balance_nsp): a chunk that could go either way takes the 1/2 coin only while random labels are
 not ahead in the epoch, because on short documents the forced one-sentence randoms would
-otherwise make ~72% of the stdlib corpus's labels "random"; balance_nsp=False is the original. Because a sentence range of one document is a contiguous range of
+otherwise make ~72% of the stdlib corpus's labels "random"; balance_nsp=False is the original.
+Because a sentence range of one document is a contiguous range of
 the flat token array, every segment, before and after truncation, is a (start, length) span.
 
 Masking (mask_tokens): k = min(P, max(1, round(0.15 * n))) positions chosen uniformly without
@@ -44,6 +45,11 @@ replacement among the n non-special tokens of a sequence (the original counts [C
 here they are never candidates, so they do not count); each chosen token becomes [MASK] with
 probability 0.8, a uniformly random non-special token 0.1, unchanged 0.1. labels hold the
 original id there and -100 everywhere else.
+
+Differences from the original, all deliberate: k counts non-special tokens only; a random
+replacement is never a special token; truncate_seq_pair's per-token front/back coins are drawn
+as one binomial per segment (same distribution, vectorised); instead of dupe_factor static
+copies, every epoch redraws pairs and masks; balance_nsp (above).
 
 Everything random in epoch e is a function of (seed, e): masks are redrawn every epoch (dynamic
 masking, as in RoBERTa) and pairs are re-drawn too. A data position is the pair
@@ -60,7 +66,6 @@ import random
 import re
 import shutil
 import struct
-import sys
 import sysconfig
 import tempfile
 import warnings
@@ -341,7 +346,8 @@ def _npy_header(dtype, n, size=128):
 def _is_paths(source):
     if isinstance(source, (str, os.PathLike)):
         return True
-    return isinstance(source, (list, tuple)) and len(source) > 0 and all(isinstance(p, (str, os.PathLike)) for p in source)
+    return (isinstance(source, (list, tuple)) and len(source) > 0
+            and all(isinstance(p, (str, os.PathLike)) for p in source))
 
 
 def _encode_sentences(tokenizer, sentences, specials):
