@@ -55,7 +55,7 @@ _LONG_PIECE = 128           # pre-tokens longer than this are merged with the he
 _CACHE_LIMIT = 1 << 19      # pre-token cache entries before the cache is cleared
 _READ_BLOCK = 1 << 20       # characters read from a corpus file at a time
 _BATCH_CHARS = 1 << 20      # characters of text per pre-token counting task
-_POOL_AFTER_CHARS = 4 << 20  # a corpus larger than this is counted by worker processes too
+_POOL_AFTER_CHARS = 2 << 20  # a corpus larger than this is counted by worker processes too
 
 
 def _bytes_to_unicode() -> dict[int, str]:
