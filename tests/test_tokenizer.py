@@ -431,3 +431,15 @@ def test_gpt2_parity_across_code_points(gpt2_tok, tiktoken_gpt2):
     for ctx in ("a{}b", " {} ", "x {}\n", "'{}s"):
         text = "".join(ctx.format(chr(c)) for c in cps)
         assert gpt2_tok.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all"), ctx
+
+
+def test_read_file_blocks(tmp_path, monkeypatch):
+    path = tmp_path / "c.txt"
+    text = "line one\nline two\r\nthird  line\n\n   end é"
+    path.write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(tokmod, "_READ_BLOCK", 5)
+    assert "".join(tokmod.read_file_blocks(path)) == text
+    assert "".join(tokmod.read_file_blocks(path, stop=9)) == text[:9]
+    path.write_bytes(b"ok\xff\xfe not utf-8")
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        BPETokenizer.train(path, 300, progress=False)
