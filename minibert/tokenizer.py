@@ -267,9 +267,16 @@ class BPETokenizer:
         as ordinary text; a set of strings allows just those. Special tokens not allowed are
         plain text, never an error. Raises ValueError for a lone surrogate.
         """
+        return self._encode(text, self._allowed_regex(allowed_special))
+
+    def encode_batch(self, texts: Iterable[str], allowed_special: str | Iterable[str] = "all") -> list[list[int]]:
+        """encode() for each text (they share the pre-token cache)."""
+        special_re = self._allowed_regex(allowed_special)
+        return [self._encode(t, special_re) for t in texts]
+
+    def _encode(self, text: str, special_re) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"encode expects str, got {type(text).__name__}")
-        special_re = self._allowed_regex(allowed_special)
         out: list[int] = []
         try:
             if special_re is None:
@@ -284,10 +291,6 @@ class BPETokenizer:
         except UnicodeEncodeError:
             raise _surrogate_error(text) from None
         return out
-
-    def encode_batch(self, texts: Iterable[str], allowed_special: str | Iterable[str] = "all") -> list[list[int]]:
-        """encode() for each text (they share the pre-token cache)."""
-        return [self.encode(t, allowed_special) for t in texts]
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes the ids stand for; ValueError for an id outside the vocabulary."""
