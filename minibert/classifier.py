@@ -1,0 +1,276 @@
+"""BERT for sequence classification (and regression): the pretrained encoder, a new head.
+
+Data flow, with the shape letters of minibert/layers.py (B batch, T tokens, H hidden) and
+C the number of labels:
+
+    input_ids, token_type_ids (B, T)
+      -> encoder_forward (embeddings, L encoder layers, pooler)          pooled (B, H)
+      -> dropout(pooled, config.dropout)                                  (B, H)
+      -> logits = h @ cls.w + cls.b                                       (B, C)
+    C > 1:  loss = mean cross-entropy of the logits against class ids y (B,)
+    C == 1: regression, loss = mean squared error of logits[:, 0] against targets y (B,)
+
+This is Devlin et al. 2019, section 4.1 (GLUE): "the final hidden vector C of the [CLS]
+token ... classification layer weights W (K x H) ... standard classification loss
+log(softmax(C W^T))"; the [CLS] vector goes through the pooler first, as in the released
+code and in transformers.BertForSequenceClassification, whose dropout on the pooled output
+is classifier_dropout when set, else hidden_dropout_prob (minibert's config.dropout), and
+whose loss for num_labels == 1 is MSE (problem_type "regression").
+
+Parameters: the encoder's (model.encoder_param_shapes) plus "cls.w" (H, C) and "cls.b"
+(C,). The classifier is drawn from its own seeded stream, N(0, initializer_range) weights
+and zero bias, so the same seed gives the same head whichever encoder it sits on.
+
+    model = BertForSequenceClassification.from_pretrained_run("runs/pretrain", num_labels=10)
+    loss, grads = model.loss_and_grads({"input_ids": ..., "attention_mask": ..., "labels": y})
+"""
+import json
+import os
+
+import numpy as np  # host side only: input validation and seeded initialisation
+
+from minibert import backend
+from minibert.checkpoint import CheckpointError, load_checkpoint
+from minibert.layers import dropout_backward, dropout_forward, linear_backward, linear_forward
+from minibert.losses import cross_entropy_backward, cross_entropy_forward
+from minibert.model import (
+    BertConfig, check_grads, check_params, encoder_backward, encoder_forward, encoder_param_shapes, init_params,
+    to_device_batch, validate_batch,
+)
+
+PRETRAINING_KIND = "minibert-pretraining"
+CLASSIFICATION_KIND = "minibert-classification"
+
+
+# ----------------------------------------------------------------------------------------
+# mean squared error: loss = 1/B sum_b (pred_b - target_b)^2
+
+
+def mse_forward(pred, target):
+    """Mean squared error over B rows; pred and target (B,). B == 0 gives a defined 0."""
+    xp = backend.xp
+    B = pred.shape[0]
+    if B == 0:
+        return xp.zeros((), dtype=pred.dtype), (pred - target, 0)
+    diff = pred - target  # (B,)
+    loss = (diff * diff).mean()  # ()
+    # backward needs the residuals only
+    return loss, (diff, B)
+
+
+def mse_backward(dloss, cache):
+    diff, B = cache
+    if B == 0:
+        return (diff.copy(),)  # (0,)
+    # forward: loss = 1/B sum diff^2 with diff = pred - target, so dpred = 2 diff / B
+    dpred = diff * (2.0 * dloss / B)  # (B,)
+    return (dpred,)
+
+
+# ----------------------------------------------------------------------------------------
+# parameters
+
+
+def classifier_param_shapes(c, num_labels):
+    shapes = encoder_param_shapes(c)
+    shapes.update({"cls.w": (c.hidden_size, num_labels), "cls.b": (num_labels,)})
+    return shapes
+
+
+def init_classifier(c, num_labels, seed):
+    """A fresh head: cls.w ~ N(0, initializer_range), cls.b = 0, from the stream [seed, 1]
+    (its own stream, so it does not depend on whether the encoder was drawn too)."""
+    shapes = {"cls.w": (c.hidden_size, num_labels), "cls.b": (num_labels,)}
+    return init_params(shapes, c, [int(seed), 1])
+
+
+def _check_num_labels(num_labels):
+    if not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
+        raise ValueError(f"num_labels must be a positive integer (1 means regression), got {num_labels!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# the model
+
+
+class BertForSequenceClassification:
+    """BERT encoder + pooler, dropout, linear classifier over num_labels classes
+    (num_labels == 1: regression with MSE). `params` is a dict name -> backend array."""
+
+    def __init__(self, config, num_labels, seed=0, params=None):
+        _check_num_labels(num_labels)
+        self.config = config
+        self.num_labels = int(num_labels)
+        self.seed = seed
+        self._dropout_calls = 0
+        shapes = classifier_param_shapes(config, self.num_labels)
+        if params is None:
+            params = init_params(encoder_param_shapes(config), config, seed)
+            params.update(init_classifier(config, self.num_labels, seed))
+        self.params = params
+        check_params(self.params, shapes, config.dtype)
+
+    @property
+    def is_regression(self):
+        return self.num_labels == 1
+
+    def num_parameters(self):
+        return sum(int(np.prod(p.shape)) for p in self.params.values())
+
+    # -- construction from a pretrained encoder --------------------------------------
+
+    @classmethod
+    def from_encoder(cls, config, encoder_params, num_labels, seed=0):
+        """The given encoder params (emb.*, layers.*, pool.*) and a fresh seeded head."""
+        _check_num_labels(num_labels)
+        check_params(encoder_params, encoder_param_shapes(config), config.dtype)
+        params = dict(encoder_params)
+        params.update(init_classifier(config, int(num_labels), seed))
+        return cls(config, num_labels, seed=seed, params=params)
+
+    @classmethod
+    def from_pretrained_run(cls, run_dir, num_labels, seed=0, name="last", dtype=None):
+        """From a minibert pretraining run directory: its encoder, the MLM/NSP heads dropped,
+        a fresh classifier drawn from `seed`. Another kind of checkpoint is a CheckpointError."""
+        config, params, _ = read_pretrained_encoder(run_dir, name, dtype)
+        return cls.from_encoder(config, params, num_labels, seed)
+
+    @classmethod
+    def from_hf(cls, path, num_labels, seed=0, dtype="float32"):
+        """From a Hugging Face BERT directory (BertModel, BertForPreTraining, or a task model
+        whose encoder sits under "bert."), through minibert.interop; any head in the files
+        is ignored and a fresh classifier is drawn from `seed`."""
+        from minibert.interop import load_hf_encoder_params
+        config, params = load_hf_encoder_params(path, dtype)
+        return cls.from_encoder(config, params, num_labels, seed)
+
+    # -- forward / backward -----------------------------------------------------------
+
+    def _dropout_rng(self, train, rng):
+        c = self.config
+        if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
+            return None
+        if rng is None:  # no stream given: draw a fresh one from (seed, call count)
+            self._dropout_calls += 1
+            rng = backend.rng((self.seed, self._dropout_calls))
+        return rng
+
+    def validate_labels(self, batch, B):
+        """labels (B,) as a host array: class ids in [0, C), or finite floats for C == 1."""
+        y = np.asarray(backend.to_host(batch["labels"]))
+        if y.shape != (B,):
+            raise ValueError(f"batch['labels'] has shape {y.shape}, expected {(B,)} (one label per sequence)")
+        if self.is_regression:
+            if y.dtype.kind not in "iuf":
+                raise ValueError(f"regression labels must be numbers, got dtype {y.dtype}")
+            y = y.astype(self.config.dtype)
+            if not np.isfinite(y).all():
+                raise ValueError("regression labels must be finite")
+            return y
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"class labels must be integer ids, got dtype {y.dtype}")
+        if y.min() < 0 or y.max() >= self.num_labels:
+            bad = y[(y < 0) | (y >= self.num_labels)][0]
+            raise ValueError(f"label {bad} is outside the classes [0, {self.num_labels})")
+        return y
+
+    def forward(self, batch, train=True, rng=None):
+        """Logits (and, when batch has "labels", the loss) for a batch, and the cache.
+
+        batch: dict of host arrays: input_ids (B, T), optional token_type_ids and
+        attention_mask (B, T), optional labels (B,) (class ids; floats for regression).
+        train: dropout on when True; rng: the backend Generator for the dropout masks.
+        Returns (out, cache); out holds device arrays: logits (B, C), preds (B,) (class
+        ids, or the predicted values for regression), and with labels: loss (),
+        correct () (classification only) and count B.
+        """
+        c, p = self.config, self.params
+        hb = validate_batch(batch, c, require_labels=False)
+        B = hb["input_ids"].shape[0]
+        has_labels = "labels" in batch
+        if has_labels:
+            hb["labels"] = self.validate_labels(batch, B)
+        db = to_device_batch(hb)
+        rng = self._dropout_rng(train, rng)
+        (_, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
+        h, c_drop = dropout_forward(pooled, c.dropout, rng)  # (B, H)
+        logits, c_cls = linear_forward(h, p["cls.w"], p["cls.b"])  # (B, C)
+        preds = logits[:, 0] if self.is_regression else logits.argmax(axis=1)  # (B,)
+        out = {"logits": logits, "preds": preds, "count": B}
+        c_loss = None
+        if has_labels:
+            if self.is_regression:
+                out["loss"], c_loss = mse_forward(logits[:, 0], db["labels"])
+            else:
+                out["loss"], c_loss = cross_entropy_forward(logits, db["labels"])
+                out["correct"] = (preds == db["labels"]).sum()
+        return out, (c_enc, c_drop, c_cls, c_loss, B)
+
+    def backward(self, cache):
+        """Gradients of out["loss"] w.r.t. every param: a dict with params' keys and shapes."""
+        c_enc, c_drop, c_cls, c_loss, B = cache
+        if c_loss is None:
+            raise ValueError("backward needs a loss: the batch given to forward had no 'labels'")
+        g = {}
+        if self.is_regression:
+            # forward: loss = mse(logits[:, 0], y)
+            (dpred,) = mse_backward(1.0, c_loss)  # (B,)
+            dlogits = dpred.reshape(B, 1)  # (B, 1)
+        else:
+            # forward: loss = cross_entropy(logits, y)
+            (dlogits,) = cross_entropy_backward(1.0, c_loss)  # (B, C)
+        # forward: logits = h @ cls.w + cls.b
+        dh, g["cls.w"], g["cls.b"] = linear_backward(dlogits, c_cls)  # (B, H)
+        # forward: h = dropout(pooled)
+        (dpooled,) = dropout_backward(dh, c_drop)  # (B, H)
+        # only the pooled [CLS] feeds the head: no gradient arrives at the sequence output
+        g.update(encoder_backward(None, dpooled, c_enc))
+        check_grads(self.params, g)
+        return g
+
+    def loss_and_grads(self, batch, train=True, rng=None):
+        """(loss as a Python float, grads dict) for a labelled batch; see forward."""
+        out, cache = self.forward(batch, train=train, rng=rng)
+        if "loss" not in out:
+            raise ValueError("loss_and_grads needs batch['labels']")
+        return float(out["loss"]), self.backward(cache)
+
+    def predict(self, batch):
+        """Evaluation-mode forward (no dropout); the same `out` dict as forward."""
+        return self.forward(batch, train=False)[0]
+
+
+# ----------------------------------------------------------------------------------------
+# reading a pretraining run
+
+
+def read_pretrained_encoder(run_dir, name="last", dtype=None):
+    """(BertConfig, encoder params on the device, meta) from a minibert pretraining run.
+
+    Only the encoder (emb.*, layers.*, pool.*) is kept: the MLM and NSP heads are dropped.
+    Raises CheckpointError for a checkpoint of another kind, naming what it is."""
+    params, _, meta = load_checkpoint(run_dir, name)
+    kind = meta.get("kind")
+    if kind != PRETRAINING_KIND:
+        hint = (" (it is a fine-tuned classifier: load it with minibert.finetune.load_classifier, or fine-tune "
+                "from the pretraining run it came from)") if kind == CLASSIFICATION_KIND else ""
+        raise CheckpointError(f"{os.path.join(run_dir, name + '.json')} is not a pretraining checkpoint: "
+                              f"its kind is {kind!r}, expected {PRETRAINING_KIND!r}{hint}")
+    config = BertConfig.from_dict(meta["config"])
+    if dtype is not None:
+        config.dtype = dtype
+    shapes = encoder_param_shapes(config)
+    missing = sorted(set(shapes) - set(params))
+    if missing:
+        raise CheckpointError(f"{run_dir}/{name}.json lacks encoder weights {missing}")
+    params = {k: backend.to_device(params[k], dtype=config.dtype) for k in shapes}
+    return config, params, meta
+
+
+def run_heldout_fraction(run_dir, default=0.05):
+    """The heldout_fraction a pretraining run used (its config.json), else `default`."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            return float(json.load(f)["train"]["heldout_fraction"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return default
