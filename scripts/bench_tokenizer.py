@@ -3,7 +3,7 @@
 Both train on the same ~10 MB corpus (built at run time from real text on this machine: the
 Python standard library's sources) to the same vocabulary size with the same special tokens
 and min_frequency, then encode the same corpus (split into lines/documents for encode_batch).
-Figures are medians over --repeat runs.
+Figures are medians over --repeat runs; the per-run ratios show how much a busy machine moves them.
 
     python scripts/bench_tokenizer.py --mb 10 --vocab-size 8192 --repeat 3
 """
@@ -124,6 +124,9 @@ def main() -> None:
               f"{med['minibert train s'] / med['hf train s']:.2f} (target <= 1.5); encode throughput minibert/hf = "
               f"{mbps['minibert encode s'] / mbps['hf encode_batch s']:.2f} on lines, "
               f"{mbps['minibert encode chunks s'] / mbps['hf encode_batch chunks s']:.2f} on chunks (target >= 1.0)")
+        per_run = [(a / b, c / d) for a, b, c, d in zip(results["minibert train s"], results["hf train s"],
+                                                         results["hf encode_batch s"], results["minibert encode s"])]
+        print("per-run (train ratio, encode-lines ratio): " + ", ".join(f"({a:.2f}, {b:.2f})" for a, b in per_run))
     else:
         print("tokenizers is not installed: no Hugging Face comparison")
 
