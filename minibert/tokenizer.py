@@ -141,6 +141,8 @@ class BPETokenizer:
             raise ValueError(f"pattern {pattern!r} is not a valid regex: {e}") from None
         self._pattern = pattern
 
+        if isinstance(special_tokens, str):
+            raise TypeError(f"special_tokens must be a list of strings, not the string {special_tokens!r}")
         if not isinstance(special_tokens, dict):
             special_tokens = list(special_tokens)
             if len(set(special_tokens)) != len(special_tokens):
@@ -402,6 +404,8 @@ class BPETokenizer:
         that long), False prints nothing, a callable receives each line instead.
         workers: processes that count pre-tokens (None: 2 when the machine has them).
         """
+        if isinstance(special_tokens, str):
+            raise TypeError(f"special_tokens must be a list of strings, not the string {special_tokens!r}")
         special_tokens = list(special_tokens)
         if len(set(special_tokens)) != len(special_tokens):
             raise ValueError(f"duplicate special tokens in {special_tokens!r}")
@@ -412,7 +416,7 @@ class BPETokenizer:
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise ValueError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
         report = _Progress(progress)
-        tok = cls([], special_tokens, pattern)   # validates pattern and special tokens
+        cls([], special_tokens, pattern)   # fail early on a bad pattern or special token
         counts = _count_pretokens(corpus, pattern, special_tokens, workers, report)
         merges = _learn_merges(counts, vocab_size - n_base, min_frequency, report)
         report.done(f"bpe: {len(merges):,} merges, vocab {n_base + len(set(a + b for a, b in merges)):,}")

@@ -250,6 +250,8 @@ def test_training_arguments():
         BPETokenizer.train("/no/such/corpus.txt", 300, progress=False)
     with pytest.raises(TypeError):
         BPETokenizer.train([b"bytes"], 300, progress=False)
+    with pytest.raises(TypeError, match="list of strings"):
+        BPETokenizer.train(["abc"], 300, special_tokens="[MASK]", progress=False)
     # min_frequency stops early; a corpus with few pairs gives a smaller vocabulary
     tok = BPETokenizer.train(["ab ab cd"], 300, min_frequency=2, progress=False)
     assert tok.merges == [(b"a", b"b")] and tok.vocab_size == 257
