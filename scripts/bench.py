@@ -7,7 +7,9 @@
 
 Each implementation runs in its own child process launched by this one invocation, so its
 peak resident memory (ru_maxrss of the child, libraries included) is its own and both are
-measured in the same run with the same thread count. A third child measures the peak: a
+measured in the same run with the same thread count. Both children stay alive and their
+steps are interleaved one by one (the order alternating), so both see the same machine
+load; "paired" is the median over those pairs of torch's step time / minibert's. A third child measures the peak: a
 large float32 matmul on the same BLAS and threads, and the step's own matmuls timed alone
 (the bound on what a step can take). Step times are medians over the timed steps, after
 warm-up. Only ratios from one run count: the machine is noisy.
@@ -136,7 +138,8 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def child_minibert(c, profile=False):
+def setup_minibert(c):
+    """Build minibert, AdamW and the batch; return (step function, info function)."""
     from minibert import backend
     from minibert.model import BertConfig, BertForPreTraining
     from minibert.optim import AdamW
@@ -146,43 +149,26 @@ def child_minibert(c, profile=False):
     model = BertForPreTraining(mc, seed=c.seed)
     opt = AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
     batch = make_batch(c)
-    times, losses = [], []
+    count = [0]
 
-    def step(i):
-        loss, grads = model.loss_and_grads(batch, rng=backend.rng((c.seed, i)))
+    def step():
+        count[0] += 1
+        loss, grads = model.loss_and_grads(batch, rng=backend.rng((c.seed, count[0])))  # the one host sync
         opt.step(grads)
+        backend.synchronize()
         return loss
 
-    for i in range(c.warmup):
-        step(i)
-    if profile:
-        import cProfile
-        import io
-        import pstats
-        pr = cProfile.Profile()
-        pr.enable()
-        for i in range(c.steps):
-            step(c.warmup + i)
-        pr.disable()
-        s = io.StringIO()
-        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
-        print(s.getvalue(), file=sys.stderr)
-        return {}
-    for i in range(c.steps):
-        backend.synchronize()
-        t0 = time.perf_counter()
-        losses.append(step(c.warmup + i))
-        backend.synchronize()
-        times.append(time.perf_counter() - t0)
-    out = dict(impl="minibert", backend=backend.name, step_times=times, loss_first=losses[0], loss_last=losses[-1],
-               peak_rss_mb=peak_rss_mb(), blas=blas_info(), numpy=np.__version__)
-    if backend.name == "cupy":
-        import cupy
-        out["peak_device_mb"] = cupy.get_default_memory_pool().total_bytes() / 2**20
-    return out
+    def info():
+        out = dict(impl="minibert", backend=backend.name, blas=blas_info(), numpy=np.__version__)
+        if backend.name == "cupy":
+            import cupy
+            out["peak_device_mb"] = cupy.get_default_memory_pool().total_bytes() / 2**20
+        return out
+
+    return step, info
 
 
-def child_torch(c):
+def setup_torch(c):
     import torch
     import transformers
     torch.set_num_threads(c.threads)
@@ -198,24 +184,50 @@ def child_torch(c):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, eps=c.eps)
     batch = {k: torch.from_numpy(v) for k, v in make_batch(c).items()}
-    times, losses = [], []
 
     def step():
         out = model(**batch)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(out.loss)
+        return out.loss.item()
 
+    def info():
+        return dict(impl="torch", torch=torch.__version__, transformers=transformers.__version__,
+                    attn=model.config._attn_implementation, threads=torch.get_num_threads(), blas=blas_info())
+
+    return step, info
+
+
+def serve(setup, c):
+    """A child's loop: one line in ("step" or "done"), one JSON line out."""
+    step, info = setup(c)
+    print(json.dumps({"ready": True}), flush=True)
+    losses = []
+    for line in sys.stdin:
+        if line.strip() == "step":
+            t0 = time.perf_counter()
+            losses.append(step())
+            print(json.dumps({"t": time.perf_counter() - t0}), flush=True)
+        else:
+            out = info()
+            out.update(loss_first=losses[0], loss_last=losses[-1], peak_rss_mb=peak_rss_mb())
+            print(json.dumps(out), flush=True)
+            return
+
+
+def profile_minibert(c):
+    import cProfile
+    import pstats
+    step, _ = setup_minibert(c)
     for _ in range(c.warmup):
         step()
+    pr = cProfile.Profile()
+    pr.enable()
     for _ in range(c.steps):
-        t0 = time.perf_counter()
-        losses.append(step())
-        times.append(time.perf_counter() - t0)
-    return dict(impl="torch", step_times=times, loss_first=losses[0], loss_last=losses[-1], peak_rss_mb=peak_rss_mb(),
-                torch=torch.__version__, transformers=transformers.__version__,
-                attn=model.config._attn_implementation, threads=torch.get_num_threads())
+        step()
+    pr.disable()
+    pstats.Stats(pr, stream=sys.stderr).sort_stats("tottime").print_stats(25)
 
 
 def _time(f, reps):
@@ -264,17 +276,49 @@ def child_peak(c):
     return dict(impl="peak", peak_flops=peak, matmul_bound_s=total, blas=blas_info())
 
 
-def run_child(kind, c, env_extra=None):
+def _child_env(c):
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = str(c.threads)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-config", json.dumps(asdict(c))]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return env
+
+
+def _cmd(kind, c):
+    return [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-config", json.dumps(asdict(c))]
+
+
+def run_child(kind, c):
+    """Run a one-shot child (the peak measurement) and return its JSON result."""
+    p = subprocess.run(_cmd(kind, c), env=_child_env(c), capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{p.stderr}")
-    if p.stderr.strip():
-        print(p.stderr, file=sys.stderr, end="")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+class Child:
+    """A live child process that runs one training step per request."""
+
+    def __init__(self, kind, c):
+        self.kind = kind
+        self.p = subprocess.Popen(_cmd(kind, c), env=_child_env(c), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True, bufsize=1)
+        self._read()  # wait until the model is built
+
+    def _read(self):
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.kind} child died (exit {self.p.wait()})")
+        return json.loads(line)
+
+    def step(self):
+        self.p.stdin.write("step\n")
+        return self._read()["t"]
+
+    def finish(self):
+        self.p.stdin.write("done\n")
+        out = self._read()
+        self.p.wait()
+        return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -292,36 +336,38 @@ def summarise(c, res, peak):
     return out
 
 
-def bench_one(c, compare_torch, rounds):
+def bench_one(c, compare_torch):
+    """Both children alive at once, their steps interleaved (the order alternating every
+    step), so that both see the same machine load; medians over the timed steps."""
     peak = run_child("peak", c)
-    runs = {"minibert": [], "torch": []}
-    for r in range(rounds):  # alternate the order between rounds
-        order = ["minibert", "torch"] if r % 2 == 0 else ["torch", "minibert"]
-        for kind in order:
-            if kind == "torch" and not compare_torch:
-                continue
-            runs[kind].append(run_child(kind, c))
+    kinds = ["minibert", "torch"] if compare_torch else ["minibert"]
+    children = {k: Child(k, c) for k in kinds}
+    times = {k: [] for k in kinds}
+    for i in range(c.warmup + c.steps):
+        for k in (kinds if i % 2 == 0 else kinds[::-1]):
+            t = children[k].step()
+            if i >= c.warmup:
+                times[k].append(t)
     result = {"config": asdict(c), "peak": peak}
-    for kind, rs in runs.items():
-        if not rs:
-            continue
-        merged = dict(rs[-1])
-        merged["step_times"] = [t for x in rs for t in x["step_times"]]
-        merged["peak_rss_mb"] = max(x["peak_rss_mb"] for x in rs)
-        result[kind] = summarise(c, merged, peak)
+    for k in kinds:
+        res = children[k].finish()
+        res["step_times"] = times[k]
+        result[k] = summarise(c, res, peak)
     mb = result["minibert"]
     mb["matmul_bound_ms"] = peak["matmul_bound_s"] * 1e3
     mb["step_over_bound"] = mb["step_ms"] / mb["matmul_bound_ms"]
-    if "torch" in result:
+    if compare_torch:
         t = result["torch"]
+        pair = [b / a for a, b in zip(times["minibert"], times["torch"])]  # per interleaved pair
         result["ratios"] = dict(tokens_per_s=mb["tokens_per_s"] / t["tokens_per_s"],
+                                tokens_per_s_paired_median=statistics.median(pair),
                                 peak_rss=mb["peak_rss_mb"] / t["peak_rss_mb"])
     return result
 
 
 def print_table(results):
     head = (f"{'config':<7} {'impl':<9} {'step ms':>8} {'tok/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
-            f"{'bound ms':>8} {'x bound':>7} {'tok/s ratio':>11} {'RSS ratio':>9}")
+            f"{'bound ms':>8} {'x bound':>7} {'tok/s ratio':>11} {'paired':>6} {'RSS ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -333,7 +379,8 @@ def print_table(results):
             bound = f"{x['matmul_bound_ms']:8.1f} {x['step_over_bound']:7.2f}" if kind == "minibert" else f"{'':8} {'':7}"
             ratios = ""
             if kind == "minibert" and "ratios" in r:
-                ratios = f"{r['ratios']['tokens_per_s']:11.2f} {r['ratios']['peak_rss']:9.2f}"
+                rr = r["ratios"]
+                ratios = f"{rr['tokens_per_s']:11.2f} {rr['tokens_per_s_paired_median']:6.2f} {rr['peak_rss']:9.2f}"
             label = kind if kind == "minibert" else f"torch/{x['attn']}"
             print(f"{name:<7} {label:<9} {x['step_ms']:8.1f} {x['tokens_per_s']:8.0f} {x['peak_rss_mb']:11.0f} "
                   f"{100 * x['mfu']:5.1f}% {bound} {ratios}")
@@ -347,7 +394,6 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=1, help="repeat both children, alternating their order")
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--hidden-act", default="gelu", choices=["gelu", "gelu_tanh"])
     ap.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
@@ -361,10 +407,11 @@ def main():
     if a.child:
         c = BenchConfig(**json.loads(a.child_config))
         if a.child == "profile":
-            child_minibert(c, profile=True)
-            return
-        res = {"minibert": child_minibert, "torch": child_torch, "peak": child_peak}[a.child](c)
-        print(json.dumps(res))
+            profile_minibert(c)
+        elif a.child == "peak":
+            print(json.dumps(child_peak(c)))
+        else:
+            serve({"minibert": setup_minibert, "torch": setup_torch}[a.child], c)
         return
 
     results = []
@@ -374,11 +421,9 @@ def main():
         c = BenchConfig(name=name, threads=a.threads, steps=a.steps, warmup=a.warmup, dropout=a.dropout,
                         hidden_act=a.hidden_act, torch_attn=a.torch_attn, **kw)
         if a.profile:
-            env = dict(os.environ, OMP_NUM_THREADS=str(c.threads), OPENBLAS_NUM_THREADS=str(c.threads))
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "profile", "--child-config",
-                            json.dumps(asdict(c))], env=env)
+            subprocess.run(_cmd("profile", c), env=_child_env(c))
             continue
-        results.append(bench_one(c, a.compare_torch, a.rounds))
+        results.append(bench_one(c, a.compare_torch))
     if a.profile:
         return
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} | threads {a.threads} | BLAS {results[0]['peak']['blas']} | "
