@@ -10,6 +10,7 @@ import) or with ``backend.use("cupy")`` at run time. Where NumPy and CuPy differ
 module exposes one name so that ops have one code path:
 
     scatter_add(a, idx, v)   a[idx[i]] += v[i] for every i, repeated indices accumulate
+    batched_matmul(a, b)     a @ b over a stack of small matrices (attention's per-head products)
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
     rng(seed)                a seeded random Generator on the current device
     to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
@@ -87,6 +88,30 @@ def scatter_add(a, indices, values):
         import cupyx
         cupyx.scatter_add(a, indices, values)
     return a
+
+
+_blas_controller = []  # [threadpoolctl.ThreadpoolController] once made, [None] when unavailable
+
+
+def batched_matmul(a, b, out=None):
+    """a @ b for stacks of small matrices, e.g. (B, A, T, D) @ (B, A, D, T).
+
+    NumPy hands each (T, D) product to BLAS separately, and a multi-threaded BLAS spends
+    more on waking and joining its threads than the tiny product takes (worst when the
+    machine is busy), so on the host these run with one BLAS thread. Results are identical:
+    the thread count splits output blocks, not the sums.
+    """
+    if xp is numpy:
+        if not _blas_controller:
+            try:
+                from threadpoolctl import ThreadpoolController
+                _blas_controller.append(ThreadpoolController())
+            except Exception:  # threadpoolctl missing: plain matmul, still correct
+                _blas_controller.append(None)
+        if _blas_controller[0] is not None:
+            with _blas_controller[0].limit(limits=1, user_api="blas"):
+                return numpy.matmul(a, b, out=out)
+    return xp.matmul(a, b, out=out)
 
 
 def rng(seed):

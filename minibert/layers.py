@@ -271,12 +271,12 @@ def attention_forward(x, attn_bias, w_qkv, b_qkv, w_o, b_o, num_heads, p_drop=0.
     qkv = qkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D)
     q, k, v = qkv[0], qkv[1], qkv[2]  # (B, A, T, D) each
     scale = x.dtype.type(1.0 / math.sqrt(D))
-    scores = q @ k.transpose(0, 1, 3, 2)  # (B, A, T, T)
+    scores = backend.batched_matmul(q, k.transpose(0, 1, 3, 2))  # (B, A, T, T)
     scores *= scale
     scores += attn_bias  # padded keys get a large negative score
     probs, c_soft = softmax_forward(scores)  # (B, A, T, T)
     probs_d, c_drop = dropout_forward(probs, p_drop, rng)  # (B, A, T, T)
-    ctx = probs_d @ v  # (B, A, T, D)
+    ctx = backend.batched_matmul(probs_d, v)  # (B, A, T, D)
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H) heads side by side
     out, c_o = linear_forward(ctx, w_o, b_o)  # (B, T, H)
     # backward needs q, k, v, the dropped probabilities and each sub-op's cache
@@ -292,8 +292,8 @@ def attention_backward(dout, cache):
     dctx, dw_o, db_o = linear_backward(dout, c_o)  # (B, T, H)
     dctx = dctx.reshape(B, T, A, D).transpose(0, 2, 1, 3)  # (B, A, T, D)
     # forward: ctx = probs_d @ v, so dprobs_d = dctx @ v^T and dv = probs_d^T @ dctx
-    dprobs_d = dctx @ v.transpose(0, 1, 3, 2)  # (B, A, T, T)
-    dv = probs_d.transpose(0, 1, 3, 2) @ dctx  # (B, A, T, D)
+    dprobs_d = backend.batched_matmul(dctx, v.transpose(0, 1, 3, 2))  # (B, A, T, T)
+    dv = backend.batched_matmul(probs_d.transpose(0, 1, 3, 2), dctx)  # (B, A, T, D)
     # forward: probs_d = dropout(probs)
     (dprobs,) = dropout_backward(dprobs_d, c_drop)
     # forward: probs = softmax(scores)
@@ -303,8 +303,8 @@ def attention_backward(dout, cache):
     # into the (B, T, 3, A, D) layout of qkv, which undoes the forward's reshape and transpose
     dqkv = xp.empty((B, T, 3, A, D), dtype=dout.dtype)  # (B, T, 3, A, D)
     dqkv_h = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
-    xp.matmul(dscores, k, out=dqkv_h[0])
-    xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv_h[1])
+    backend.batched_matmul(dscores, k, out=dqkv_h[0])
+    backend.batched_matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv_h[1])
     dqkv_h[:2] *= scale
     dqkv_h[2] = dv
     dqkv = dqkv.reshape(B, T, 3 * H)  # (B, T, 3H)
