@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from itertools import chain, repeat
+from itertools import chain
 from operator import add
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -50,8 +50,6 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 FORMAT_NAME = "minibert-bpe"
 FORMAT_VERSION = 1
 
-_NO_RANK = 1 << 62          # "no such merge": larger than any rank
-_LONG_PIECE = 128           # pre-tokens longer than this are merged with the heap algorithm
 _CACHE_LIMIT = 1 << 19      # pre-token cache entries before the cache is cleared
 _READ_BLOCK = 1 << 20       # characters read from a corpus file at a time
 _BATCH_CHARS = 1 << 20      # characters of text per pre-token counting task
@@ -334,28 +332,16 @@ class BPETokenizer:
 
     def _encode_piece(self, piece: str) -> list[int]:
         s = piece.encode("utf-8").decode("latin-1")   # one symbol per byte
-        if len(s) > _LONG_PIECE:
-            s = self._merge_long(s)
-        elif len(s) > 1:
-            s = self._merge_short(s)
+        if len(s) > 1:
+            s = self._merge(s)
         sym_id = self._sym_id
         return [sym_id[ord(c)] for c in s]
 
-    def _merge_short(self, s: str) -> str:
-        """Exact BPE on a short symbol string: find the lowest-rank adjacent pair, merge its
-        leftmost occurrence, repeat. O(n^2) in C loops, the fastest choice for short pieces."""
-        get, merge_pair, merge_sym = self._ranks.get, self._merge_pair, self._merge_sym
-        while len(s) > 1:
-            rank = min(map(get, map(add, s, s[1:]), repeat(_NO_RANK)))
-            if rank == _NO_RANK:
-                break
-            s = s.replace(merge_pair[rank], merge_sym[rank], 1)
-        return s
-
-    def _merge_long(self, s: str) -> str:
-        """The same merges as _merge_short, O(n log n): a heap of (rank, position) over a linked
-        list of symbols. Entries are not removed when a merge changes their pair; a popped entry
-        is used only if its pair is still there (lazy invalidation)."""
+    def _merge(self, s: str) -> str:
+        """Exact BPE on a symbol string: merge the lowest-rank adjacent pair, leftmost first,
+        until no adjacent pair is a learned merge. O(n log n): a heap of (rank, position) over a
+        linked list of symbols. Entries are not removed when a merge changes their pair; a popped
+        entry is used only if its pair is still there (lazy invalidation)."""
         ranks, merge_pair, merge_sym = self._ranks, self._merge_pair, self._merge_sym
         n = len(s)
         sym = list(s)                    # sym[i]: symbol starting at position i ("" once merged away)
