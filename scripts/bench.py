@@ -7,12 +7,12 @@
 
 Each implementation runs in its own child process launched by this one invocation, so its
 peak resident memory (ru_maxrss of the child, libraries included) is its own and both are
-measured in the same run with the same thread count. Both children stay alive and their
-steps are interleaved one by one (the order alternating), so both see the same machine
-load; "paired" is the median over those pairs of torch's step time / minibert's. A third child measures the peak: a
-large float32 matmul on the same BLAS and threads, and the step's own matmuls timed alone
-(the bound on what a step can take). Step times are medians over the timed steps, after
-warm-up. Only ratios from one run count: the machine is noisy.
+measured in the same run with the same thread count. A third child measures the bound: a
+large float32 matmul (the peak, same BLAS and threads) and the step's own matmuls run
+alone. All children stay alive and their steps are interleaved one by one (the order
+alternating), so all see the same machine load. Step times are medians over the timed
+steps, after warm-up; "paired" is the median over the interleaved pairs of torch's step
+time / minibert's. Only ratios from one run count: the machine is noisy.
 
 MFU counts the model's useful FLOPs per step (every matmul of the forward, twice that for
 the backward; the MLM decoder at the P labelled positions only, which is all the loss
@@ -207,8 +207,10 @@ def serve(setup, c):
     for line in sys.stdin:
         if line.strip() == "step":
             t0 = time.perf_counter()
-            losses.append(step())
-            print(json.dumps({"t": time.perf_counter() - t0}), flush=True)
+            loss = step()
+            t = time.perf_counter() - t0
+            losses.append(loss)
+            print(json.dumps(dict(loss, t=t) if isinstance(loss, dict) else {"t": t}), flush=True)
         else:
             out = info()
             out.update(loss_first=losses[0], loss_last=losses[-1], peak_rss_mb=peak_rss_mb())
@@ -230,19 +232,11 @@ def profile_minibert(c):
     pstats.Stats(pr, stream=sys.stderr).sort_stats("tottime").print_stats(25)
 
 
-def _time(f, reps):
-    f()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def child_peak(c):
-    """The machine's float32 matmul peak on this BLAS and thread count, and the step's
-    matmuls timed alone (forward and both backward matmuls of each)."""
+def setup_bound(c):
+    """The machine's float32 matmul peak on this BLAS and thread count (a 2048^3 product),
+    and the step's own matmuls run alone (each forward product and both of its backward
+    products, with their transposes): the time no implementation of the step can beat.
+    A live child like the others, so it is measured under the same load."""
     from minibert import backend
     _limit_threads(c.threads)
     xp = backend.xp
@@ -251,29 +245,27 @@ def child_peak(c):
     a = backend.to_device(r.standard_normal((n, n), dtype=np.float32))  # (n, n)
     b = backend.to_device(r.standard_normal((n, n), dtype=np.float32))  # (n, n)
     o = xp.empty((n, n), dtype=np.float32)  # (n, n)
+    sw = lambda t: xp.swapaxes(t, -1, -2)
+    ops = []
+    for bt, m, k, nn in step_gemms(c, n_labels(make_batch(c))):
+        shape = (bt,) if bt > 1 else ()
+        x = backend.to_device(r.standard_normal(shape + (m, k), dtype=np.float32))  # (.., M, K)
+        w = backend.to_device(r.standard_normal(shape + (k, nn), dtype=np.float32))  # (.., K, N)
+        dy = backend.to_device(r.standard_normal(shape + (m, nn), dtype=np.float32))  # (.., M, N)
+        mm = backend.batched_matmul if bt > 1 else xp.matmul  # as the model calls them
+        ops += [(mm, x, w), (mm, dy, sw(w)), (mm, sw(x), dy)]
 
-    def big():
+    def step():
+        t0 = time.perf_counter()
         xp.matmul(a, b, out=o)
         backend.synchronize()
+        t1 = time.perf_counter()
+        for mm, x, y in ops:
+            mm(x, y)
+        backend.synchronize()
+        return {"peak_flops": 2 * n ** 3 / (t1 - t0), "bound_s": time.perf_counter() - t1}
 
-    peak = 2 * n ** 3 / _time(big, 5)
-    P = n_labels(make_batch(c))
-    total = 0.0
-    for bt, m, k, nn in step_gemms(c, P):
-        shape = (bt,) if bt > 1 else ()
-        x = backend.to_device(r.standard_normal(shape + (m, k), dtype=np.float32))
-        w = backend.to_device(r.standard_normal(shape + (k, nn), dtype=np.float32))
-        dy = backend.to_device(r.standard_normal(shape + (m, nn), dtype=np.float32))
-        sw = lambda t: xp.swapaxes(t, -1, -2)
-
-        def three():
-            xp.matmul(x, w)
-            xp.matmul(dy, sw(w))
-            xp.matmul(sw(x), dy)
-            backend.synchronize()
-
-        total += _time(three, 3)
-    return dict(impl="peak", peak_flops=peak, matmul_bound_s=total, blas=blas_info())
+    return step, lambda: dict(impl="bound", blas=blas_info())
 
 
 def _child_env(c):
@@ -285,14 +277,6 @@ def _child_env(c):
 
 def _cmd(kind, c):
     return [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-config", json.dumps(asdict(c))]
-
-
-def run_child(kind, c):
-    """Run a one-shot child (the peak measurement) and return its JSON result."""
-    p = subprocess.run(_cmd(kind, c), env=_child_env(c), capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"{kind} child failed:\n{p.stderr}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 class Child:
@@ -312,7 +296,7 @@ class Child:
 
     def step(self):
         self.p.stdin.write("step\n")
-        return self._read()["t"]
+        return self._read()
 
     def finish(self):
         self.p.stdin.write("done\n")
@@ -337,19 +321,23 @@ def summarise(c, res, peak):
 
 
 def bench_one(c, compare_torch):
-    """Both children alive at once, their steps interleaved (the order alternating every
-    step), so that both see the same machine load; medians over the timed steps."""
-    peak = run_child("peak", c)
-    kinds = ["minibert", "torch"] if compare_torch else ["minibert"]
+    """All children alive at once, their steps interleaved (the order alternating every
+    step), so that all see the same machine load; medians over the timed steps."""
+    kinds = ["minibert", "torch", "bound"] if compare_torch else ["minibert", "bound"]
     children = {k: Child(k, c) for k in kinds}
-    times = {k: [] for k in kinds}
+    reps = {k: [] for k in kinds}
     for i in range(c.warmup + c.steps):
         for k in (kinds if i % 2 == 0 else kinds[::-1]):
-            t = children[k].step()
+            rep = children[k].step()
             if i >= c.warmup:
-                times[k].append(t)
+                reps[k].append(rep)
+    b = children.pop("bound").finish()
+    peak = dict(b, peak_flops=statistics.median(r["peak_flops"] for r in reps["bound"]),
+                matmul_bound_s=statistics.median(r["bound_s"] for r in reps["bound"]))
+    del peak["loss_first"], peak["loss_last"]
     result = {"config": asdict(c), "peak": peak}
-    for k in kinds:
+    times = {k: [r["t"] for r in reps[k]] for k in children}
+    for k in children:
         res = children[k].finish()
         res["step_times"] = times[k]
         result[k] = summarise(c, res, peak)
@@ -408,10 +396,8 @@ def main():
         c = BenchConfig(**json.loads(a.child_config))
         if a.child == "profile":
             profile_minibert(c)
-        elif a.child == "peak":
-            print(json.dumps(child_peak(c)))
         else:
-            serve({"minibert": setup_minibert, "torch": setup_torch}[a.child], c)
+            serve({"minibert": setup_minibert, "torch": setup_torch, "bound": setup_bound}[a.child], c)
         return
 
     results = []
