@@ -18,9 +18,9 @@ or Hugging Face files keeps the ids of those files.
 
 Internally a token sequence is a `str` with one character per token (the "symbol"): bytes are
 chr(0)..chr(255) (so `bytes.decode("latin-1")` turns UTF-8 into symbols), merge results are
-chr(256), chr(257), ... A pair of adjacent tokens is then a 2-character string, merging one
-occurrence is `str.replace`, and finding pairs is `str.find`: the C loops of `str` do the byte
-scanning, Python does the bookkeeping.
+chr(256), chr(257), ... A pair of adjacent tokens is then a 2-character string (a dict key),
+finding it in a word is `str.find` and merging it throughout the word is `str.replace`: the C
+loops of `str` do the scanning, Python does the bookkeeping.
 
 Token strings (`token_to_id`, `id_to_token`, the saved files) use GPT-2's printable map of the
 256 bytes (space is "Ġ", newline is "Ċ"), the same strings as GPT-2's vocab.json.
