@@ -63,6 +63,14 @@ def gpt2_tok():
     return BPETokenizer.from_gpt2_files(GPT2 / "vocab.json", GPT2 / "merges.txt")
 
 
+def import_or_skip(name):
+    """The module, or a skip when it is not installed (or fails to import)."""
+    try:
+        return __import__(name)
+    except ImportError as e:
+        pytest.skip(f"{name} not available: {e}")
+
+
 def fixture_texts():
     if not BPE_REF.is_dir():
         return []
@@ -301,7 +309,7 @@ def test_training_matches_reference_merges_and_vocab():
 # ---------------------------------------------------------------------- GPT-2 parity (tiktoken)
 
 def _tiktoken_gpt2():
-    tiktoken = pytest.importorskip("tiktoken")
+    tiktoken = import_or_skip("tiktoken")
     vocab = json.loads((GPT2 / "vocab.json").read_text(encoding="utf-8"))
     ranks = {token_str_to_bytes(s): i for s, i in vocab.items() if s != "<|endoftext|>"}
     return tiktoken.Encoding("gpt2-fixture", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
@@ -363,7 +371,7 @@ def test_gpt2_files_errors(tmp_path, small_tok):
 # ---------------------------------------------------------------------- Hugging Face round trip
 
 def test_hugging_face_loads_what_minibert_trained(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    tokenizers = import_or_skip("tokenizers")
     docs = [(BPE_REF / "corpus.en").read_text(encoding="utf-8")] if BPE_REF.is_dir() else SMALL_CORPUS
     specials = ["<|endoftext|>", "[MASK]"]
     tok = BPETokenizer.train(docs, 600, special_tokens=specials, progress=False)
@@ -375,7 +383,7 @@ def test_hugging_face_loads_what_minibert_trained(tmp_path):
 
 
 def test_minibert_loads_what_hugging_face_trained(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    tokenizers = import_or_skip("tokenizers")
     hf = tokenizers.ByteLevelBPETokenizer()
     specials = ["<s>", "<pad>", "</s>", "<mask>"]
     hf.train_from_iterator(SMALL_CORPUS, vocab_size=500, min_frequency=2, special_tokens=specials, show_progress=False)
