@@ -11,6 +11,9 @@ module exposes one name so that ops have one code path:
 
     scatter_add(a, idx, v)   a[idx[i]] += v[i] for every i, repeated indices accumulate
     batched_matmul(a, b)     a @ b over a stack of small matrices (attention's per-head products)
+    blockwise(f, x)          f(x) for an elementwise f, in cache-sized blocks on the host
+    fused_kernel(name)       a hand-written CuPy kernel (GELU, AdamW) on the device, None on
+                             the host, where ops run their plain array code
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
     rng(seed)                a seeded random Generator on the current device
     to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
@@ -74,14 +77,13 @@ def erf(x, out=None):
 
 def scatter_add(a, indices, values):
     """In place a[indices[i]] += values[i], accumulating repeated indices."""
-    if xp is numpy and a.ndim == 2 and indices.ndim == 1:
+    if xp is numpy and a.ndim == 2 and indices.ndim == 1 and indices.size:
         # rows: sort the indices, sum each run of equal indices with one reduceat, then add
         # once per distinct row (np.add.at adds row by row and is many times slower)
         order = numpy.argsort(indices, kind="stable")  # (N,)
         sorted_idx = indices[order]  # (N,)
         starts = numpy.flatnonzero(numpy.r_[True, sorted_idx[1:] != sorted_idx[:-1]])  # (U,)
-        if len(starts):
-            a[sorted_idx[starts]] += numpy.add.reduceat(values[order], starts, axis=0)  # (U, H)
+        a[sorted_idx[starts]] += numpy.add.reduceat(values[order], starts, axis=0)  # (U, H)
     elif xp is numpy:
         numpy.add.at(a, indices, values)
     else:
@@ -112,6 +114,58 @@ def batched_matmul(a, b, out=None):
             with _blas_controller[0].limit(limits=1, user_api="blas"):
                 return numpy.matmul(a, b, out=out)
     return xp.matmul(a, b, out=out)
+
+
+BLOCK = 1 << 16  # elements per block in blockwise: a few float32 temporaries fit in L2
+
+
+def blockwise(f, x):
+    """f(x) for an elementwise function f of one array, same shape and dtype as x.
+
+    On the host a long chain of array ops (f's temporaries) streams the whole array through
+    memory once per op; in blocks of BLOCK elements the temporaries stay in cache, which
+    roughly halves the time. On the device f runs on the whole array.
+    """
+    if xp is not numpy or x.size <= BLOCK:
+        return f(x)
+    out = numpy.empty_like(x)  # (...)
+    xf, of = x.reshape(-1), out.reshape(-1)  # (n,) views
+    for i in range(0, xf.size, BLOCK):
+        of[i:i + BLOCK] = f(xf[i:i + BLOCK])
+    return out
+
+
+# Fused elementwise kernels for the device, one pass over memory instead of one per op.
+# Each has a plain array-code twin in layers.py / optim.py that the tests compare against
+# (tests/test_fused.py). CUDA's normcdf/normcdff is the normal CDF to within an ulp or two.
+use_fused = True  # False: the device runs the plain array code too (for tests)
+_KERNEL_PREAMBLE = """
+__device__ inline float minibert_phi(float x) { return normcdff(x); }
+__device__ inline double minibert_phi(double x) { return normcdf(x); }
+"""
+_KERNEL_SRC = {
+    # out = x Phi(x)
+    "gelu_forward": ("T x", "T out", "out = x * minibert_phi(x);"),
+    # dx = dout (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    "gelu_backward": ("T x, T dout", "T dx",
+                      "dx = dout * (minibert_phi(x) + x * exp((T)-0.5 * x * x) * (T)0.3989422804014327);"),
+    # one AdamW step in place, with optim.AdamW.step's folded scalars
+    "adamw": ("T g, T decay, T b1, T b2, T step_size, T eps_hat", "T p, T m, T v",
+              "p *= decay; m = b1 * m + ((T)1 - b1) * g; v = b2 * v + ((T)1 - b2) * g * g;"
+              " p -= step_size * m / (sqrt(v) + eps_hat);"),
+}
+_kernels = {}
+
+
+def fused_kernel(name):
+    """The CuPy ElementwiseKernel called `name` when the device backend is in use, else None."""
+    if xp is numpy or not use_fused:
+        return None
+    if name not in _kernels:
+        in_params, out_params, body = _KERNEL_SRC[name]
+        _kernels[name] = xp.ElementwiseKernel(in_params, out_params, body, "minibert_" + name,
+                                              preamble=_KERNEL_PREAMBLE)
+    return _kernels[name]
 
 
 def rng(seed):

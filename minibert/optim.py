@@ -95,8 +95,14 @@ class AdamW:
         step_size = lr * bc2_sqrt / bc1
         eps_hat = self.eps * bc2_sqrt
         decay_factor = 1.0 - lr * self.weight_decay
+        fused = backend.fused_kernel("adamw")  # the whole update in one device pass
         for k, p in self.params.items():
             g, m, v = grads[k], self.m[k], self.v[k]
+            if fused is not None:
+                decay = decay_factor if self.decay[k] else 1.0
+                dt = p.dtype.type
+                fused(g, dt(decay), dt(b1), dt(b2), dt(step_size), dt(eps_hat), p, m, v)
+                continue
             s = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
             if self.decay[k] and self.weight_decay != 0.0:
                 p *= decay_factor  # decoupled decay: p <- p * (1 - lr * wd), before the update
