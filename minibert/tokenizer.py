@@ -607,7 +607,7 @@ def read_file_blocks(path: str | os.PathLike, stop: int | None = None, special_t
         raise FileNotFoundError(f"corpus file {str(path)!r} does not exist (to train on a text, pass [text])")
     decoder = codecs.getincrementaldecoder("utf-8")()   # strict: a file that is not UTF-8 raises
     left = stop if stop is not None else -1
-    buf = ""
+    buf, offset = "", 0
     with open(path, "rb") as f:   # bytes in, so "\r\n" stays as written
         while left != 0:
             block = f.read(_READ_BLOCK if left < 0 else min(_READ_BLOCK, left))
@@ -617,12 +617,16 @@ def read_file_blocks(path: str | os.PathLike, stop: int | None = None, special_t
             try:
                 buf += decoder.decode(block)
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: not valid UTF-8 ({e})") from None
+                raise ValueError(f"{path}: not valid UTF-8 near byte {offset + e.start:,} ({e.reason})") from None
+            offset += len(block)
             cut = _safe_cut(buf, special_re)
             if cut:
                 yield buf[:cut]
                 buf = buf[cut:]
-    buf += decoder.decode(b"", final=True)
+    try:
+        buf += decoder.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8, it ends inside a character ({e.reason})") from None
     if buf:
         yield buf
 

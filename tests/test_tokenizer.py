@@ -473,3 +473,24 @@ def test_read_file_blocks(tmp_path, monkeypatch):
     path.write_bytes(b"ok\xff\xfe not utf-8")
     with pytest.raises(ValueError, match="not valid UTF-8"):
         BPETokenizer.train(path, 300, progress=False)
+
+
+def test_train_tokenizer_script(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "train_tokenizer", Path(__file__).resolve().parents[1] / "scripts" / "train_tokenizer.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "train_tokenizer", script)   # dataclasses look it up
+    spec.loader.exec_module(script)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(SMALL_CORPUS) * 3, encoding="utf-8")
+    out = tmp_path / "tok.json"
+    monkeypatch.setattr("sys.argv", ["train_tokenizer.py", str(corpus), "--out", str(out), "--vocab-size", "400",
+                                     "--heldout-bytes", "3000", "--gpt2-dir", str(tmp_path / "gpt2")])
+    script.main()
+    summary = capsys.readouterr().out
+    assert "vocab_size 400" in summary and "bytes_per_token" in summary
+    tok = BPETokenizer.load(out)
+    assert tok.vocab_size == 400 and tok.special_tokens["[MASK]"] == 3
+    assert BPETokenizer.from_gpt2_files(tmp_path / "gpt2" / "vocab.json", tmp_path / "gpt2" / "merges.txt",
+                                        special_tokens=list(tok.special_tokens)).vocab == tok.vocab
