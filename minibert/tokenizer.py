@@ -422,7 +422,17 @@ class BPETokenizer:
         }
 
     def _canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, indent=1)
+        """The saved text: one key per line, one vocab entry or merge per line."""
+        def dump(x):
+            return json.dumps(x, ensure_ascii=False)
+        lines = []
+        for key, value in self.to_dict().items():
+            if isinstance(value, list):
+                body = ",\n".join(f"  {dump(v)}" for v in value)
+                lines.append(f' {dump(key)}: [\n{body}\n ]' if value else f" {dump(key)}: []")
+            else:
+                lines.append(f" {dump(key)}: {dump(value)}")
+        return "{\n" + ",\n".join(lines) + "\n}"
 
     def fingerprint(self) -> str:
         """Short hex id of the tokenizer (sha256 of its saved JSON), to key data caches."""
