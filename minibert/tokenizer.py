@@ -51,6 +51,7 @@ FORMAT_NAME = "minibert-bpe"
 FORMAT_VERSION = 1
 
 _CACHE_LIMIT = 1 << 19      # pre-token cache entries before the cache is cleared
+_MAX_AUTO_SPECIALS = 256    # more unexplained vocab.json entries than this means broken files
 _READ_BLOCK = 1 << 20       # characters read from a corpus file at a time
 _BATCH_CHARS = 1 << 20      # characters of text per pre-token counting task
 _POOL_AFTER_CHARS = 2 << 20  # a corpus larger than this is counted by worker processes too
@@ -538,6 +539,9 @@ class BPETokenizer:
             else:
                 raise ValueError(f"{vocab_json}: entry {s!r} (id {i}) is neither a byte, a merge result, nor one of the "
                                  f"special_tokens {listed!r}")
+        if listed is None and len(special) > _MAX_AUTO_SPECIALS:
+            raise ValueError(f"{vocab_json}: {len(special)} entries (e.g. {list(special)[:3]!r}) are neither bytes nor "
+                             f"merge results; {merges_txt} may be truncated. Name the special tokens with special_tokens=[...]")
         next_id = len(vocab_in)
         for s in listed or ():
             if s not in special:

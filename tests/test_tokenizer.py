@@ -363,6 +363,10 @@ def test_gpt2_files_errors(tmp_path, small_tok):
     m.write_text("Ġ t\nĠt zz\n", encoding="utf-8")
     with pytest.raises(ValueError, match="earlier merge"):
         BPETokenizer.from_gpt2_files(v, m)
+    lines = [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in small_tok.merges]
+    m.write_text("\n".join(lines[:10]), encoding="utf-8")   # truncated at a line end
+    with pytest.raises(ValueError, match="neither a byte, a merge result"):
+        BPETokenizer.from_gpt2_files(v, m, special_tokens=BERT_SPECIALS)
     v.write_text('{"a": 0', encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
         BPETokenizer.from_gpt2_files(v, m)
@@ -494,3 +498,11 @@ def test_train_tokenizer_script(tmp_path, monkeypatch, capsys):
     assert tok.vocab_size == 400 and tok.special_tokens["[MASK]"] == 3
     assert BPETokenizer.from_gpt2_files(tmp_path / "gpt2" / "vocab.json", tmp_path / "gpt2" / "merges.txt",
                                         special_tokens=list(tok.special_tokens)).vocab == tok.vocab
+
+
+@needs_gpt2
+def test_truncated_gpt2_merges_raise(tmp_path):
+    lines = (GPT2 / "merges.txt").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "merges.txt").write_text("\n".join(lines[:40_000]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="truncated"):
+        BPETokenizer.from_gpt2_files(GPT2 / "vocab.json", tmp_path / "merges.txt")
