@@ -184,3 +184,31 @@ def test_evaluate_script(tmp_path, corpus, trained_tokenizer):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fill_mask.py"), "--model", str(out),
                         "no mask here"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "no [MASK]" in r.stderr
+
+
+def test_gradient_accumulation_and_hf_export(tmp_path, corpus, trained_tokenizer):
+    out = tmp_path / "run"
+    model, tok, ev, _ = pretrain(small_tc(out, corpus, tokenizer=trained_tokenizer, steps=6, batch_size=4, accum=2,
+                                          eval_every=6, save_every=6), dict(SMALL))
+    recs = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert recs[0]["step"] == 6 and np.isfinite(recs[0]["loss"])
+    # a trained minibert exports to Hugging Face: weights through interop, tokenizer as GPT-2 files
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from minibert.inference import load_pretrained
+    from minibert.interop import save_hf
+    m, t = load_pretrained(str(out))
+    save_hf(m, str(tmp_path / "hf"))
+    t.save_gpt2_files(str(tmp_path / "hf"))
+    hf, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert os.path.exists(tmp_path / "hf" / "vocab.json") and os.path.exists(tmp_path / "hf" / "merges.txt")
+    ids = [t.token_to_id("[CLS]")] + t.encode("The parser reads the file.") + [t.token_to_id("[SEP]")]
+    with torch.no_grad():
+        hf_nsp = hf.eval()(torch.tensor([ids])).seq_relationship_logits.numpy()
+    T = len(ids)
+    batch = {"input_ids": np.array([ids]), "token_type_ids": np.zeros((1, T), np.int64),
+             "attention_mask": np.ones((1, T), np.int64), "labels": np.full((1, T), -100),
+             "next_sentence_label": np.zeros(1, np.int64)}
+    ours = backend.to_host(m.predict(batch)["nsp_logits"])
+    np.testing.assert_allclose(ours, hf_nsp, rtol=1e-4, atol=1e-5)
