@@ -113,7 +113,10 @@ def batched_matmul(a, b, out=None):
         if _blas_controller[0] is not None:
             with _blas_controller[0].limit(limits=1, user_api="blas"):
                 return numpy.matmul(a, b, out=out)
-    return xp.matmul(a, b, out=out)
+    if out is None:
+        return xp.matmul(a, b)
+    out[...] = xp.matmul(a, b)  # out may be a strided view; a copy on the device is cheap
+    return out
 
 
 BLOCK = 1 << 16  # elements per block in blockwise: a few float32 temporaries fit in L2
