@@ -19,8 +19,10 @@ longer segment (B on a tie). User text is encoded with allowed_special="none", s
 
 One training step: out, cache = model.forward(batch, rng=(seed, step)); grads = backward;
 clip_grad_norm; AdamW with linear warmup (a fraction of all steps) then linear decay to 0.
-Every random draw is a function of counters: the shuffle of epoch e comes from (seed, e),
-the dropout masks of step s from (seed, s), the head from [seed, 1].
+Batches are length-grouped (length_grouped_batches: rows of similar length share a batch,
+so little compute goes to padding). Every random draw is a function of counters: the
+batches of epoch e come from (seed, e), the dropout masks of step s from (seed, s), the
+classifier head from [seed, 1].
 
 The default task (default_task): from the standard library's docstrings, predict the
 top-level package a docstring belongs to, over the --num-classes largest packages. Training
@@ -256,10 +258,27 @@ def make_batch(encoded, labels, idx, pad_id):
 
 
 def batches(encoded, labels, batch_size, pad_id, order=None):
-    """Batches over the rows in `order` (default: the given order)."""
+    """Batches of batch_size consecutive rows of `order` (default: the given order), or of
+    each index array when `order` is a list of them (see length_grouped_batches)."""
     order = np.arange(len(encoded)) if order is None else order
-    for s in range(0, len(order), batch_size):
-        yield make_batch(encoded, labels, order[s:s + batch_size], pad_id)
+    groups = order if isinstance(order, list) else [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    for idx in groups:
+        yield make_batch(encoded, labels, idx, pad_id)
+
+
+def length_grouped_batches(encoded, batch_size, rng, group=50):
+    """An epoch's batches as index arrays: a random permutation, cut into groups of
+    `group` batches; each group sorted by length and cut into batches; the batches
+    shuffled. Rows of similar length share a batch, so little compute goes to padding
+    (docstrings run from 10 to 500 tokens), while every batch is still a random draw."""
+    lengths = np.array([len(ids) for ids, _ in encoded])
+    perm = rng.permutation(len(encoded))  # (N,)
+    out = []
+    for s in range(0, len(perm), batch_size * group):
+        chunk = perm[s:s + batch_size * group]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        out += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [out[i] for i in rng.permutation(len(out))]
 
 
 # ----------------------------------------------------------------------------------------
@@ -313,12 +332,14 @@ def evaluate(model, encoded, labels, batch_size, pad_id):
 
     Classification: loss, acc, macro_f1, confusion (C x C list), preds; regression: loss
     (MSE), pearson, preds."""
+    # in order of length, so that batches carry little padding; results put back in order
+    order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")  # (N,)
     preds, loss_sum = [], 0.0
-    for batch in batches(encoded, labels, batch_size, pad_id):
+    for batch in batches(encoded, labels, batch_size, pad_id, order):
         out = model.predict(batch)
         loss_sum += float(out["loss"]) * out["count"]
         preds.append(np.asarray(backend.to_host(out["preds"])))
-    preds = np.concatenate(preds)
+    preds = np.concatenate(preds)[np.argsort(order)]  # (N,) in the examples' order
     res = {"loss": loss_sum / len(encoded), "examples": len(encoded)}
     if model.is_regression:
         y = np.asarray(labels, np.float64)
@@ -553,7 +574,7 @@ def finetune(fc):
     win = dict(loss=0.0, correct=0, count=0, tokens=0, steps=0, t0=time.time())
     ev = None
     for epoch in range(1, fc.epochs + 1):
-        order = np.random.default_rng((fc.seed, epoch)).permutation(len(train))
+        order = length_grouped_batches(enc_train, fc.batch_size, np.random.default_rng((fc.seed, epoch)))
         for batch in batches(enc_train, y_train, fc.batch_size, pad, order):
             lr = lr_at(step, fc.lr, warmup, total)
             out, cache = model.forward(batch, train=True, rng=backend.rng((fc.seed, step)))
