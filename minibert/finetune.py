@@ -435,8 +435,8 @@ class FinetuneConfig:
     pair_column: str = "text_pair"
     label_column: str = "label"
     regression: bool = False
-    epochs: int = 3
-    lr: float = 1e-4
+    epochs: int = 5
+    lr: float = 5e-4
     warmup: float = 0.1  # fraction of all steps
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -800,10 +800,12 @@ def compare_main(argv=None):
     p.add_argument("--pretrained", default="runs/pretrain", help="pretraining run directory (default %(default)s)")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's, checked "
+                   "against the fingerprint its checkpoint records)")
     add_recipe_args(p)
     args = p.parse_args(argv)
     try:
-        compare_pretraining(args.pretrained, args.out, tuple(args.seeds),
+        compare_pretraining(args.pretrained, args.out, tuple(args.seeds), tokenizer=args.tokenizer,
                             **{k: getattr(args, k) for k in RECIPE_KEYS})
     except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
