@@ -79,7 +79,7 @@ def _rows(path):
     """(row number, dict) for each row of a CSV, TSV or JSON-lines file, and its columns."""
     ext = os.path.splitext(path)[1].lower()
     if ext in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not part of a name
             kw = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if ext == ".tsv" else {}
             reader = csv.DictReader(f, **kw)
             columns = reader.fieldnames or []
