@@ -205,6 +205,17 @@ def default_task(num_classes=10, heldout_fraction=0.05):
     return train, held, names
 
 
+def subsample_per_class(examples, n, seed):
+    """At most n examples of each label, drawn with the stream [seed, 2], in input order."""
+    rng = np.random.default_rng([int(seed), 2])
+    labels = np.array([e.label for e in examples], dtype=object)
+    keep = []
+    for name in sorted(set(labels.tolist())):
+        idx = np.flatnonzero(labels == name)
+        keep += rng.choice(idx, size=min(n, len(idx)), replace=False).tolist()
+    return [examples[i] for i in sorted(keep)]
+
+
 def class_counts(examples, names):
     return {n: sum(1 for e in examples if e.label == n) for n in names}
 
@@ -431,6 +442,7 @@ class FinetuneConfig:
     validation: str = ""  # data file; empty: hold out valid_fraction of train
     valid_fraction: float = 0.1
     num_classes: int = 10  # default task: the number of packages
+    train_per_class: int = 0  # keep at most this many training examples per class (0: all)
     text_column: str = "text"
     pair_column: str = "text_pair"
     label_column: str = "label"
@@ -472,6 +484,11 @@ def load_data(fc):
             train, val = split_examples(train, fc.valid_fraction, fc.seed)
             what = f"train {fc.train}, {fc.valid_fraction:.0%} held out for validation (seed {fc.seed})"
         names = None if fc.regression else label_names_from(train)
+    if fc.train_per_class:
+        if fc.regression:
+            raise ValueError("--train-per-class needs class labels, not --regression")
+        train = subsample_per_class(train, fc.train_per_class, fc.seed)
+        what += f"; at most {fc.train_per_class} training examples per class"
     if not train:
         raise ValueError("empty split: no training examples")
     if not val:
@@ -639,29 +656,36 @@ def finetune(fc):
 # does pretraining pay? the same recipe from the pretrained encoder and from random weights
 
 
-def compare_pretraining(pretrained, out="runs/compare", seeds=(0,), **recipe):
+def compare_pretraining(pretrained, out="runs/compare", seeds=(0,), train_per_class=(0,), **recipe):
     """Fine-tune from (a) the pretrained run and (b) random weights of the same shape, with
-    the same recipe and seeds, on the default task unless recipe says otherwise.
+    the same recipe and seeds, on the default task unless recipe says otherwise; once with
+    each training-set size in train_per_class (0: all training examples).
     Returns the results dict also written to OUT/results.json (and the table to results.md)."""
-    rows = {"pretrained": [], "random": []}
-    for seed in seeds:
-        for init in rows:
-            fc = FinetuneConfig(init=pretrained, random_init=(init == "random"), seed=seed,
-                                out=os.path.join(out, f"{init}-seed{seed}"), overwrite=True, **recipe)
-            log(f"\n=== {init} initialisation, seed {seed} ===")
-            _, _, res = finetune(fc)
-            rows[init].append({"seed": seed, "acc": res["acc"], "macro_f1": res["macro_f1"],
-                               "loss": res["loss"], "examples": res["examples"], "elapsed_s": res["elapsed_s"]})
-    fc = FinetuneConfig(init=pretrained, **recipe)
+    result = {"pretrained_run": pretrained, "seeds": list(seeds), "regimes": []}
     with open(os.path.join(pretrained, "last.json")) as f:
-        pt_step = json.load(f)["meta"]["step"]
-    result = {"pretrained_run": pretrained, "pretraining_step": pt_step, "seeds": list(seeds),
-              "recipe": {k: getattr(fc, k) for k in ("epochs", "lr", "warmup", "weight_decay", "batch_size",
-                                                    "max_length", "num_classes", "train", "validation")},
-              "runs": rows, "validation_examples": rows["pretrained"][0]["examples"]}
-    for init, rs in rows.items():
-        result[init] = {m: float(np.mean([r[m] for r in rs])) for m in ("acc", "macro_f1")}
-        result[init].update({m + "_std": float(np.std([r[m] for r in rs])) for m in ("acc", "macro_f1")})
+        meta = json.load(f)["meta"]
+    result["pretraining_step"] = meta.get("step")
+    result["pretraining_steps_planned"] = meta.get("train", {}).get("steps")
+    for n in train_per_class:
+        regime = {"train_per_class": n, "runs": {"pretrained": [], "random": []}}
+        for seed in seeds:
+            for init in ("pretrained", "random"):
+                fc = FinetuneConfig(init=pretrained, random_init=(init == "random"), seed=seed, train_per_class=n,
+                                    out=os.path.join(out, f"{init}-n{n}-seed{seed}"), overwrite=True, **recipe)
+                log(f"\n=== {init} initialisation, {n or 'all'} training examples per class, seed {seed} ===")
+                _, _, res = finetune(fc)
+                regime["runs"][init].append({"seed": seed, "acc": res["acc"], "macro_f1": res["macro_f1"],
+                                             "loss": res["loss"], "train_examples": res["train_examples"],
+                                             "examples": res["examples"], "elapsed_s": res["elapsed_s"]})
+        for init, rs in regime["runs"].items():
+            regime[init] = {m: float(np.mean([r[m] for r in rs])) for m in ("acc", "macro_f1")}
+            regime[init].update({m + "_std": float(np.std([r[m] for r in rs])) for m in ("acc", "macro_f1")})
+        regime["train_examples"] = regime["runs"]["pretrained"][0]["train_examples"]
+        result["validation_examples"] = regime["runs"]["pretrained"][0]["examples"]
+        result["regimes"].append(regime)
+    fc = FinetuneConfig(init=pretrained, **recipe)
+    result["recipe"] = {k: getattr(fc, k) for k in ("epochs", "lr", "warmup", "weight_decay", "batch_size",
+                                                    "max_length", "num_classes", "train", "validation", "tokenizer")}
     table = results_table(result)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -676,10 +700,14 @@ def results_table(result):
     """A markdown table of held-out accuracy and macro-F1, pretrained vs random init."""
     n = len(result["seeds"])
     fmt = (lambda r, m: f"{r[m]:.3f} ± {r[m + '_std']:.3f}") if n > 1 else (lambda r, m: f"{r[m]:.3f}")
-    lines = [f"| initialisation | held-out accuracy | held-out macro-F1 |", "|---|---|---|"]
-    lines.append(f"| (a) pretrained ({result['pretrained_run']}, step {result['pretraining_step']}) | "
-                 f"{fmt(result['pretrained'], 'acc')} | {fmt(result['pretrained'], 'macro_f1')} |")
-    lines.append(f"| (b) random | {fmt(result['random'], 'acc')} | {fmt(result['random'], 'macro_f1')} |")
+    step, planned = result["pretraining_step"], result.get("pretraining_steps_planned")
+    of = f" of {planned}" if planned and planned != step else ""
+    lines = ["| training examples | initialisation | held-out accuracy | held-out macro-F1 |", "|---|---|---|---|"]
+    for g in result["regimes"]:
+        size = f"{g['train_examples']:,}" + (f" ({g['train_per_class']} per class)" if g["train_per_class"] else " (all)")
+        lines.append(f"| {size} | (a) pretrained ({result['pretrained_run']}, step {step}{of}) | "
+                     f"{fmt(g['pretrained'], 'acc')} | {fmt(g['pretrained'], 'macro_f1')} |")
+        lines.append(f"| {size} | (b) random | {fmt(g['random'], 'acc')} | {fmt(g['random'], 'macro_f1')} |")
     seeds = f"mean ± std over seeds {result['seeds']}" if n > 1 else f"seed {result['seeds'][0]}"
     lines.append(f"\n{result['validation_examples']} held-out examples; {seeds}.")
     return "\n".join(lines)
@@ -726,6 +754,8 @@ def build_parser():
     p.add_argument("--pair-column", default=d.pair_column)
     p.add_argument("--label-column", default=d.label_column)
     p.add_argument("--regression", action="store_true", help="numeric labels, one output, MSE loss")
+    p.add_argument("--train-per-class", type=int, default=0, help="at most N training examples per class "
+                   "(a smaller labelled task; 0: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--dropout", type=float, default=None, help="default: the pretrained config's")
     p.add_argument("--out", default=d.out)
@@ -743,7 +773,7 @@ def build_parser():
 def config_from_args(args):
     kw = {k: getattr(args, k) for k in ("init", "init_checkpoint", "random_init", "hf", "tokenizer", "train",
                                         "validation", "valid_fraction", "text_column", "pair_column",
-                                        "label_column", "regression", "seed", "dropout", "out", "overwrite",
+                                        "label_column", "regression", "train_per_class", "seed", "dropout", "out", "overwrite",
                                         *RECIPE_KEYS)}
     return FinetuneConfig(**kw)
 
@@ -800,12 +830,15 @@ def compare_main(argv=None):
     p.add_argument("--pretrained", default="runs/pretrain", help="pretraining run directory (default %(default)s)")
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--train-per-class", type=int, nargs="+", default=[0], help="training-set sizes to compare "
+                   "(at most N examples per class; 0: all), e.g. 0 32")
     p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's, checked "
                    "against the fingerprint its checkpoint records)")
     add_recipe_args(p)
     args = p.parse_args(argv)
     try:
-        compare_pretraining(args.pretrained, args.out, tuple(args.seeds), tokenizer=args.tokenizer,
+        compare_pretraining(args.pretrained, args.out, tuple(args.seeds), tuple(args.train_per_class),
+                            tokenizer=args.tokenizer,
                             **{k: getattr(args, k) for k in RECIPE_KEYS})
     except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

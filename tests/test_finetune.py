@@ -365,3 +365,25 @@ def test_default_task_evaluates_only_on_heldout_documents():
     train_texts = {d.text for d in data.default_corpus("train")}
     assert all(e.text in held_texts for e in held) and not any(e.text in held_texts for e in train)
     assert all(e.text in train_texts for e in train) and len(held) > 50
+
+
+def test_subsample_per_class():
+    from minibert.finetune import subsample_per_class
+    ex = [Example(str(i), None, "ab"[i % 2] if i < 10 else "c") for i in range(13)]
+    sub = subsample_per_class(ex, 2, seed=0)
+    assert sorted(e.label for e in sub) == ["a", "a", "b", "b", "c", "c"]
+    assert [e.text for e in sub] == sorted((e.text for e in sub), key=int)  # input order kept
+    assert sub == subsample_per_class(ex, 2, seed=0) and len(subsample_per_class(ex, 100, seed=0)) == 13
+
+
+def test_compare_pretraining_command(tmp_path, pretrained, capsys):
+    from minibert.finetune import compare_main
+    out = tmp_path / "cmp"
+    assert compare_main(["--pretrained", pretrained, "--out", str(out), "--epochs", "1", "--max-length", "16",
+                         "--num-classes", "3", "--train-per-class", "0", "8", "--log-every", "1000"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [g["train_per_class"] for g in res["regimes"]] == [0, 8] and res["regimes"][1]["train_examples"] == 24
+    for g in res["regimes"]:
+        assert {"pretrained", "random"} <= set(g) and 0 <= g["random"]["acc"] <= 1
+    table = (out / "results.md").read_text()
+    assert "| (b) random |" in table and "held-out macro-F1" in table and table in capsys.readouterr().out
