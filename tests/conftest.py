@@ -1,7 +1,11 @@
 """Tests run on whichever backend MINIBERT_BACKEND selects; cupy without a GPU skips cleanly."""
 import os
+import tempfile
 
 import pytest
+
+# token caches written by the tests go to a throwaway directory, not ~/.cache/minibert
+os.environ["MINIBERT_CACHE"] = tempfile.mkdtemp(prefix="minibert-test-cache-")
 
 _WANT_CUPY = os.environ.get("MINIBERT_BACKEND", "").strip().lower() == "cupy"
 _CUPY_MISSING = False
