@@ -182,15 +182,31 @@ def gelu_forward(x, approximate="none"):
         out = 0.5 * x * (1.0 + xp.tanh(inner))  # (...)
     elif approximate == "none":
         fused = backend.fused_kernel("gelu_forward")  # one pass on the device
-        if fused is not None:
-            out = fused(x)  # (...)
-        else:
-            out = normal_cdf(x)  # (...)
-            out *= x
+        out = fused(x) if fused is not None else backend.blockwise(_gelu_exact, x)  # (...)
     else:
         raise ValueError(f"unknown GELU approximation {approximate!r}: 'none' or 'tanh'")
     # backward recomputes from x: cheaper in memory than keeping Phi(x) as well
     return out, (x, approximate)
+
+
+def _gelu_exact(x):
+    """x Phi(x) on one block (see backend.blockwise)."""
+    out = normal_cdf(x)  # (...)
+    out *= x
+    return out
+
+
+def _gelu_exact_backward(x, dout):
+    """dout (Phi(x) + x phi(x)) on one block (see backend.blockwise)."""
+    dx = normal_cdf(x)  # (...) Phi(x)
+    xpdf = x * x  # (...)
+    xpdf *= -0.5
+    backend.xp.exp(xpdf, out=xpdf)
+    xpdf *= x
+    xpdf *= _INV_SQRT_2PI  # x phi(x)
+    dx += xpdf
+    dx *= dout
+    return dx  # (...)
 
 
 def gelu_backward(dout, cache):
@@ -201,20 +217,13 @@ def gelu_backward(dout, cache):
         # dout/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) c (1 + 3 * 0.044715 x^2)
         th = xp.tanh(_TANH_C * (x + 0.044715 * x * x * x))  # (...)
         dgelu = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * _TANH_C * (1.0 + 3 * 0.044715 * x * x)
-    else:
-        # forward: out = x Phi(x), so dout/dx = Phi(x) + x phi(x), phi the normal density
-        fused = backend.fused_kernel("gelu_backward")  # the same formula in one device pass
-        if fused is not None:
-            return (fused(x, dout),)
-        dgelu = normal_cdf(x)  # (...) Phi(x)
-        xpdf = x * x  # (...)
-        xpdf *= -0.5
-        xp.exp(xpdf, out=xpdf)
-        xpdf *= x
-        xpdf *= _INV_SQRT_2PI  # x phi(x)
-        dgelu += xpdf
-    dgelu *= dout
-    return (dgelu,)
+        dgelu *= dout
+        return (dgelu,)
+    # forward: out = x Phi(x), so dout/dx = Phi(x) + x phi(x), phi the normal density;
+    # on the device in one fused pass, on the host in cache-sized blocks
+    fused = backend.fused_kernel("gelu_backward")
+    dx = fused(x, dout) if fused is not None else backend.blockwise(_gelu_exact_backward, x, dout)  # (...)
+    return (dx,)
 
 
 # ----------------------------------------------------------------------------------------
