@@ -34,19 +34,21 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# L layers, H hidden, A heads, I intermediate; V and T default to 8192 and 128
-PRESETS = {
-    "tiny": dict(L=2, H=128, A=2, I=512),
-    "mini": dict(L=4, H=256, A=4, I=1024),
-    "small": dict(L=4, H=512, A=8, I=2048),
-    "base": dict(L=12, H=768, A=12, I=3072),
-}
-try:  # the training program owns the preset table once it has one in this form
-    from minibert.train import PRESETS as _TRAIN_PRESETS  # noqa: E402
-    if all(isinstance(v, dict) and set(v) <= set("LHAIVTB") for v in _TRAIN_PRESETS.values()):
-        PRESETS = {k: dict(v) for k, v in _TRAIN_PRESETS.items()}
+# L layers, H hidden, A heads, I intermediate; V and T default to 8192 and 128.
+# The training program's table (minibert/train.py) is the source; BertConfig's field names
+# map to the letters here. The fallback keeps the script usable if that import fails.
+_LETTERS = {"num_layers": "L", "hidden_size": "H", "num_heads": "A", "intermediate_size": "I",
+            "vocab_size": "V"}
+try:
+    from minibert.train import PRESETS as _TRAIN_PRESETS
+    PRESETS = {name: {_LETTERS[k]: v for k, v in p.items() if k in _LETTERS} for name, p in _TRAIN_PRESETS.items()}
 except Exception:
-    pass
+    PRESETS = {
+        "tiny": dict(L=2, H=128, A=2, I=512),
+        "mini": dict(L=4, H=256, A=4, I=1024),
+        "small": dict(L=4, H=512, A=8, I=2048),
+        "base": dict(L=12, H=768, A=12, I=3072),
+    }
 
 
 @dataclass
