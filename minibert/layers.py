@@ -24,7 +24,8 @@ from minibert import backend
 
 # Added to the attention scores of padded keys. A finite large negative (as in the original
 # BERT) rather than -inf: exp() sends it to exactly 0 next to any real key, and a row whose
-# keys are all padding stays a defined (uniform) softmax instead of 0/0 = NaN.
+# keys are all padding stays defined instead of 0/0 = NaN: every score in it moves by the
+# same constant, so it is the softmax of the unmasked scores (softmax ignores a common shift).
 MASK_VALUE = -10000.0
 
 

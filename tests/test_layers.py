@@ -206,7 +206,7 @@ def test_encoder_layer(case, p_drop, act):
     dout = arr(np.random.default_rng(seed + 1), *out.shape)
     dx, g = layers.encoder_layer_backward(dout, cache)
     assert set(g) == set(layers.ENCODER_LAYER_PARAMS)
-    check_gradients(lambda: float((f_out()[0] * dout).sum()), {"x": x, **p}, {"x": dx, **g}, eps=1e-5, rtol=1e-5, atol=1e-6)
+    check_gradients(lambda: float((f_out()[0] * dout).sum()), {"x": x, **p}, {"x": dx, **g}, eps=1e-5, rtol=1e-5, atol=1e-5)
 
 
 @SETTINGS
