@@ -5,10 +5,13 @@
     loss, grads = model.loss_and_grads(batch)
 
 Modules: backend (the NumPy/CuPy switch), layers and losses (forward/backward pairs),
-model, gradcheck, tokenizer, data, optim, checkpoint, train, inference, interop.
+model, classifier, gradcheck, tokenizer, data, optim, checkpoint, train, finetune,
+inference, interop.
 """
 from minibert import backend
+from minibert.classifier import BertForSequenceClassification
 from minibert.inference import fill_mask, load_pretrained
 from minibert.model import BertConfig, BertForPreTraining
 
-__all__ = ["backend", "BertConfig", "BertForPreTraining", "load_pretrained", "fill_mask"]
+__all__ = ["backend", "BertConfig", "BertForPreTraining", "BertForSequenceClassification", "load_pretrained",
+           "fill_mask"]

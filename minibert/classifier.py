@@ -32,39 +32,14 @@ import numpy as np  # host side only: input validation and seeded initialisation
 from minibert import backend
 from minibert.checkpoint import CheckpointError, load_checkpoint
 from minibert.layers import dropout_backward, dropout_forward, linear_backward, linear_forward
-from minibert.losses import cross_entropy_backward, cross_entropy_forward
+from minibert.losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from minibert.model import (
-    BertConfig, check_grads, check_params, encoder_backward, encoder_forward, encoder_param_shapes, init_params,
+    BertConfig, check_grads, check_params, dropout_rng, encoder_backward, encoder_forward, encoder_param_shapes, init_params,
     to_device_batch, validate_batch,
 )
 
 PRETRAINING_KIND = "minibert-pretraining"
 CLASSIFICATION_KIND = "minibert-classification"
-
-
-# ----------------------------------------------------------------------------------------
-# mean squared error: loss = 1/B sum_b (pred_b - target_b)^2
-
-
-def mse_forward(pred, target):
-    """Mean squared error over B rows; pred and target (B,). B == 0 gives a defined 0."""
-    xp = backend.xp
-    B = pred.shape[0]
-    if B == 0:
-        return xp.zeros((), dtype=pred.dtype), (pred - target, 0)
-    diff = pred - target  # (B,)
-    loss = (diff * diff).mean()  # ()
-    # backward needs the residuals only
-    return loss, (diff, B)
-
-
-def mse_backward(dloss, cache):
-    diff, B = cache
-    if B == 0:
-        return (diff.copy(),)  # (0,)
-    # forward: loss = 1/B sum diff^2 with diff = pred - target, so dpred = 2 diff / B
-    dpred = diff * (2.0 * dloss / B)  # (B,)
-    return (dpred,)
 
 
 # ----------------------------------------------------------------------------------------
@@ -146,15 +121,6 @@ class BertForSequenceClassification:
 
     # -- forward / backward -----------------------------------------------------------
 
-    def _dropout_rng(self, train, rng):
-        c = self.config
-        if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
-            return None
-        if rng is None:  # no stream given: draw a fresh one from (seed, call count)
-            self._dropout_calls += 1
-            rng = backend.rng((self.seed, self._dropout_calls))
-        return rng
-
     def validate_labels(self, batch, B):
         """labels (B,) as a host array: class ids in [0, C), or finite floats for C == 1."""
         y = np.asarray(backend.to_host(batch["labels"]))
@@ -191,7 +157,7 @@ class BertForSequenceClassification:
         if has_labels:
             hb["labels"] = self.validate_labels(batch, B)
         db = to_device_batch(hb)
-        rng = self._dropout_rng(train, rng)
+        rng = dropout_rng(self, train, rng)
         (_, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
         h, c_drop = dropout_forward(pooled, c.dropout, rng)  # (B, H)
         logits, c_cls = linear_forward(h, p["cls.w"], p["cls.b"])  # (B, C)

@@ -8,6 +8,8 @@ Both BERT objectives are a mean cross-entropy over rows of logits:
          exactly the seed's binary cross-entropy on p = sigmoid(z1 - z0)
          (docs/internals.md works it through).
 Shapes: logits (R, K), targets (R,) integer class ids; R rows, K classes.
+Regression heads (BertForSequenceClassification with one output) use the mean squared
+error pair below: pred, target (R,).
 """
 from minibert import backend
 
@@ -39,3 +41,28 @@ def cross_entropy_backward(dloss, cache):
     dlogits[xp.arange(R), targets] -= 1.0
     dlogits *= dloss / R
     return (dlogits,)
+
+
+# ----------------------------------------------------------------------------------------
+# mean squared error: loss = 1/B sum_b (pred_b - target_b)^2
+
+
+def mse_forward(pred, target):
+    """Mean squared error over B rows; pred and target (B,). B == 0 gives a defined 0."""
+    xp = backend.xp
+    B = pred.shape[0]
+    if B == 0:
+        return xp.zeros((), dtype=pred.dtype), (pred - target, 0)
+    diff = pred - target  # (B,)
+    loss = (diff * diff).mean()  # ()
+    # backward needs the residuals only
+    return loss, (diff, B)
+
+
+def mse_backward(dloss, cache):
+    diff, B = cache
+    if B == 0:
+        return (diff.copy(),)  # (0,)
+    # forward: loss = 1/B sum diff^2 with diff = pred - target, so dpred = 2 diff / B
+    dpred = diff * (2.0 * dloss / B)  # (B,)
+    return (dpred,)

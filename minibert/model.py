@@ -238,6 +238,18 @@ def encoder_backward(dseq, dpooled, cache):
     return g
 
 
+def dropout_rng(model, train, rng):
+    """The Generator for a forward's dropout masks: None when there is no dropout (evaluation
+    or a zero rate), rng when given, else a fresh stream from (model.seed, call count)."""
+    c = model.config
+    if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
+        return None
+    if rng is None:
+        model._dropout_calls += 1
+        rng = backend.rng((model.seed, model._dropout_calls))
+    return rng
+
+
 def to_device_batch(b):
     xp = backend.xp
     return {k: xp.asarray(v) for k, v in b.items()}
@@ -261,15 +273,6 @@ class BertForPreTraining:
     def num_parameters(self):
         return sum(int(np.prod(p.shape)) for p in self.params.values())
 
-    def _dropout_rng(self, train, rng):
-        c = self.config
-        if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
-            return None
-        if rng is None:  # no stream given: draw a fresh one from (seed, call count)
-            self._dropout_calls += 1
-            rng = backend.rng((self.seed, self._dropout_calls))
-        return rng
-
     def forward(self, batch, train=True, rng=None):
         """Loss, logits and accuracies for a batch, and the cache for `backward`.
 
@@ -288,7 +291,7 @@ class BertForPreTraining:
         db = to_device_batch({"input_ids": hb["input_ids"], "token_type_ids": hb["token_type_ids"],
                               "attention_mask": hb["attention_mask"], "pos": pos, "mlm_labels": labels[pos],
                               "nsp_labels": hb["next_sentence_label"]})
-        rng = self._dropout_rng(train, rng)
+        rng = dropout_rng(self, train, rng)
         (seq, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
         B, T, H = seq.shape
 

@@ -33,7 +33,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-import numpy as np
 
 from minibert import backend
 from minibert.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
@@ -53,7 +52,7 @@ class TrainConfig:
     preset: str = "tiny"
     backend: str = "numpy"
     seed: int = 0
-    steps: int = 1200
+    steps: int = 3500
     batch_size: int = 32
     accum: int = 1  # micro-batches per optimizer step (gradient accumulation)
     seq_len: int = 128
@@ -70,10 +69,10 @@ class TrainConfig:
     vocab_size: int = 8192
     out: str = "runs/pretrain"
     resume: bool = False
-    save_every: int = 200
-    eval_every: int = 200
+    save_every: int = 500
+    eval_every: int = 500
     eval_batches: int = 20
-    log_every: int = 20
+    log_every: int = 50
     fill_mask_examples: int = 5
 
 

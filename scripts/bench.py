@@ -34,21 +34,14 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from minibert.train import PRESETS as TRAIN_PRESETS  # noqa: E402
+
 # L layers, H hidden, A heads, I intermediate; V and T default to 8192 and 128.
 # The training program's table (minibert/train.py) is the source; BertConfig's field names
-# map to the letters here. The fallback keeps the script usable if that import fails.
+# map to the letters here.
 _LETTERS = {"num_layers": "L", "hidden_size": "H", "num_heads": "A", "intermediate_size": "I",
             "vocab_size": "V"}
-try:
-    from minibert.train import PRESETS as _TRAIN_PRESETS
-    PRESETS = {name: {_LETTERS[k]: v for k, v in p.items() if k in _LETTERS} for name, p in _TRAIN_PRESETS.items()}
-except Exception:
-    PRESETS = {
-        "tiny": dict(L=2, H=128, A=2, I=512),
-        "mini": dict(L=4, H=256, A=4, I=1024),
-        "small": dict(L=4, H=512, A=8, I=2048),
-        "base": dict(L=12, H=768, A=12, I=3072),
-    }
+PRESETS = {name: {_LETTERS[k]: v for k, v in p.items() if k in _LETTERS} for name, p in TRAIN_PRESETS.items()}
 
 
 @dataclass

@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from minibert import backend
 from minibert.checkpoint import CheckpointError, save_checkpoint
-from minibert.classifier import BertForSequenceClassification, mse_backward, mse_forward
+from minibert.classifier import BertForSequenceClassification
+from minibert.losses import mse_backward, mse_forward
 from minibert.finetune import (
     Example, FinetuneConfig, accuracy, confusion_matrix, default_task, encode_example, finetune, label_ids,
     label_names_from, load_classifier, macro_f1, main, predict, read_examples, split_examples,

@@ -7,7 +7,6 @@ against plain NumPy / math formulas written here, independently of the code unde
 import math
 
 import numpy as np
-import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import erf as np_erf
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import regex
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from minibert import tokenizer as tokmod
 from minibert.tokenizer import GPT2_PATTERN, BPETokenizer, bytes_to_token_str, token_str_to_bytes
