@@ -55,6 +55,7 @@ _MAX_AUTO_SPECIALS = 256    # more unexplained vocab.json entries than this mean
 _READ_BLOCK = 1 << 20       # characters read from a corpus file at a time
 _BATCH_CHARS = 1 << 20      # characters of text per pre-token counting task
 _POOL_AFTER_CHARS = 2 << 20  # a corpus larger than this is counted by worker processes too
+_PARALLEL_ENCODE_CHARS = 2 << 20  # an encode_batch larger than this is split across processes
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -270,9 +271,19 @@ class BPETokenizer:
         """
         return self._encode(text, self._allowed_regex(allowed_special))
 
-    def encode_batch(self, texts: Iterable[str], allowed_special: str | Iterable[str] = "all") -> list[list[int]]:
-        """encode() for each text (they share the pre-token cache)."""
+    def encode_batch(self, texts: Iterable[str], allowed_special: str | Iterable[str] = "all",
+                     workers: int | None = None) -> list[list[int]]:
+        """encode() for each text (they share the pre-token cache).
+
+        A batch of more than _PARALLEL_ENCODE_CHARS characters is split into `workers`
+        contiguous parts (None: 2 when the machine has them), encoded side by side in forked
+        processes; the ids are the same as encoding one text at a time."""
         special_re = self._allowed_regex(allowed_special)
+        texts = texts if isinstance(texts, list) else list(texts)
+        if workers is None:
+            workers = min(2, os.cpu_count() or 1)
+        if workers > 1 and _can_fork() and sum(map(len, texts)) >= _PARALLEL_ENCODE_CHARS:
+            return _encode_parallel(self, texts, special_re, workers)
         return [self._encode(t, special_re) for t in texts]
 
     def _encode(self, text: str, special_re) -> list[int]:
@@ -659,6 +670,37 @@ def _corpus_texts(corpus, special_tokens) -> Iterator[str]:
 
 
 _worker_state: dict = {}
+
+
+def _can_fork() -> bool:
+    import multiprocessing as mp
+    return "fork" in mp.get_all_start_methods()
+
+
+def _encode_part(bounds: tuple[int, int]) -> list[list[int]]:
+    """Encode texts[lo:hi] of the batch that _encode_parallel left in _worker_state (a forked
+    worker inherits the tokenizer, its cache and the texts without pickling them)."""
+    tok, texts, special_re = _worker_state["encode_job"]
+    lo, hi = bounds
+    return [tok._encode(t, special_re) for t in texts[lo:hi]]
+
+
+def _encode_parallel(tok: "BPETokenizer", texts: list[str], special_re, workers: int) -> list[list[int]]:
+    """encode_batch over `workers` contiguous parts: this process encodes the first, forked
+    workers the others, and the parts are joined in order."""
+    import multiprocessing as mp
+    cuts = [len(texts) * k // workers for k in range(workers + 1)]
+    parts = list(zip(cuts[:-1], cuts[1:]))
+    _worker_state["encode_job"] = (tok, texts, special_re)
+    try:
+        with mp.get_context("fork").Pool(workers - 1) as pool:
+            rest = pool.map_async(_encode_part, parts[1:])
+            out = _encode_part(parts[0])
+            for part in rest.get():
+                out.extend(part)
+    finally:
+        del _worker_state["encode_job"]
+    return out
 
 
 def _count_texts(texts: list[str]) -> Counter:

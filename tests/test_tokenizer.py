@@ -159,6 +159,17 @@ def test_special_token_ids_and_policy(small_tok):
     assert small_tok.encode_batch(EDGE_TEXTS) == [small_tok.encode(t) for t in EDGE_TEXTS]
 
 
+
+def test_encode_batch_in_worker_processes_equals_one_by_one(small_tok, monkeypatch):
+    import minibert.tokenizer as tokenizer_module
+    monkeypatch.setattr(tokenizer_module, "_PARALLEL_ENCODE_CHARS", 1)  # split even a small batch
+    texts = EDGE_TEXTS * 3 + ["[PAD] tail", "x" * 50]
+    for allowed in ("all", "none"):
+        serial = [small_tok.encode(t, allowed_special=allowed) for t in texts]
+        assert small_tok.encode_batch(texts, allowed_special=allowed, workers=2) == serial
+        assert small_tok.encode_batch(texts, allowed_special=allowed, workers=3) == serial
+
+
 def test_overlapping_special_tokens_longest_wins():
     specials = ["<|end|>", "<|endoftext|>", "ab", "abc", "<|"]
     tok = BPETokenizer.train(["abc <|endoftext|> <|end|> ab"] * 5, 300, special_tokens=specials, progress=False)
