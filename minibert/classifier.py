@@ -31,6 +31,7 @@ import numpy as np  # host side only: input validation and seeded initialisation
 
 from minibert import backend
 from minibert.checkpoint import CheckpointError, load_checkpoint
+from minibert.inference import check_kind
 from minibert.layers import dropout_backward, dropout_forward, linear_backward, linear_forward
 from minibert.losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from minibert.model import (
@@ -216,12 +217,7 @@ def read_pretrained_encoder(run_dir, name="last", dtype=None):
     Only the encoder (emb.*, layers.*, pool.*) is kept: the MLM and NSP heads are dropped.
     Raises CheckpointError for a checkpoint of another kind, naming what it is."""
     params, _, meta = load_checkpoint(run_dir, name)
-    kind = meta.get("kind")
-    if kind != PRETRAINING_KIND:
-        hint = (" (it is a fine-tuned classifier: load it with minibert.finetune.load_classifier, or fine-tune "
-                "from the pretraining run it came from)") if kind == CLASSIFICATION_KIND else ""
-        raise CheckpointError(f"{os.path.join(run_dir, name + '.json')} is not a pretraining checkpoint: "
-                              f"its kind is {kind!r}, expected {PRETRAINING_KIND!r}{hint}")
+    check_kind(meta, run_dir, name, PRETRAINING_KIND)
     config = BertConfig.from_dict(meta["config"])
     if dtype is not None:
         config.dtype = dtype

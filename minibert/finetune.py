@@ -51,11 +51,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from minibert import backend
-from minibert.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from minibert.checkpoint import CheckpointError, checkpoint_exists, save_checkpoint
 from minibert.classifier import (
     CLASSIFICATION_KIND, BertForSequenceClassification, read_pretrained_encoder, run_heldout_fraction,
 )
-from minibert.model import BertConfig
+from minibert.inference import load_run
 
 MAX_CLASSES_SHOWN = 12  # the confusion matrix is printed only up to this many classes
 
@@ -382,22 +382,7 @@ def load_classifier(run_dir, name="last", dtype=None):
 
     meta holds label_names (None for regression), max_length, the columns and the recipe.
     A checkpoint of another kind is a CheckpointError."""
-    from minibert.tokenizer import BPETokenizer
-    params, _, meta = load_checkpoint(run_dir, name)
-    if meta.get("kind") != CLASSIFICATION_KIND:
-        raise CheckpointError(f"{os.path.join(run_dir, name + '.json')} is not a fine-tuned classifier: its "
-                              f"kind is {meta.get('kind')!r}, expected {CLASSIFICATION_KIND!r} (fine-tune a "
-                              f"pretraining run with scripts/finetune.py --from RUN first)")
-    tok_path = os.path.join(run_dir, "tokenizer.json")
-    if not os.path.exists(tok_path):
-        raise FileNotFoundError(f"{run_dir} is not a fine-tuning run directory: {tok_path} is missing")
-    tok = BPETokenizer.load(tok_path)
-    if meta.get("tokenizer_fingerprint") != tok.fingerprint():
-        raise CheckpointError(f"{tok_path} is not the tokenizer {run_dir}/{name}.json was trained with")
-    config = BertConfig.from_dict(meta["config"])
-    if dtype is not None:
-        config.dtype = dtype
-    params = {k: backend.to_device(v, dtype=config.dtype) for k, v in params.items()}
+    config, params, meta, tok = load_run(run_dir, name, CLASSIFICATION_KIND, dtype)
     return BertForSequenceClassification(config, meta["num_labels"], params=params), tok, meta
 
 
