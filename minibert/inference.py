@@ -9,6 +9,7 @@ lstrip): byte-level BPE puts a word's leading space inside its token (" length")
 masked slot in pretraining stands for " length", not for "length" after a separate " ".
 """
 import os
+import re
 
 import numpy as np
 
@@ -93,7 +94,6 @@ def _fill_one(model, tok, text, top_k):
 
 def mask_examples(docs, tok, n, seed=0):
     """n (text with one word replaced by [MASK], the word) pairs from documents' sentences."""
-    import re
     rng = np.random.default_rng(seed)
     sentences = [s for d in docs for s in d.sentences if 30 <= len(s) <= 120]
     out = []
