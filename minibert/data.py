@@ -76,8 +76,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
-IGNORE_INDEX = -100  # label of positions with no MLM target (Hugging Face's value)
+from minibert.model import IGNORE_INDEX
+from minibert.tokenizer import SPECIAL_TOKENS
+
 CACHE_VERSION = "minibert-tokenized-corpus-v1"  # bump when the on-disk layout changes
 
 # A boundary: sentence punctuation, optional closing quotes/brackets, whitespace, then a

@@ -246,7 +246,7 @@ def encode_example(tok, text, pair, max_length, cls_id, sep_id):
 
 def encode_examples(tok, examples, max_length):
     """A list of (ids, types) per example."""
-    from minibert.data import SPECIAL_TOKENS
+    from minibert.tokenizer import SPECIAL_TOKENS
     pad, cls_id, sep_id, _ = (tok.token_to_id(s) for s in SPECIAL_TOKENS)
     return [encode_example(tok, e.text, e.text_pair, max_length, cls_id, sep_id) for e in examples]
 
@@ -389,7 +389,7 @@ def load_classifier(run_dir, name="last", dtype=None):
 def predict(model, tok, meta, texts, pairs=None, top_k=3, batch_size=32):
     """For each text (and pair): classification -> list of (label name, probability), the
     top_k most probable; regression -> the predicted value."""
-    from minibert.data import SPECIAL_TOKENS
+    from minibert.tokenizer import SPECIAL_TOKENS
     if isinstance(texts, str):
         texts = [texts]
     pairs = [None] * len(texts) if pairs is None else list(pairs)
@@ -485,7 +485,7 @@ def load_data(fc):
 
 def build_model(fc, num_labels):
     """(model, tokenizer, description of the init) for the config's init."""
-    from minibert.data import SPECIAL_TOKENS
+    from minibert.tokenizer import SPECIAL_TOKENS
     from minibert.tokenizer import BPETokenizer
     if fc.hf:
         if not fc.tokenizer:
@@ -522,7 +522,7 @@ def build_model(fc, num_labels):
 
 def finetune(fc):
     """Run fine-tuning; returns (model, tokenizer, results dict of the final evaluation)."""
-    from minibert.data import SPECIAL_TOKENS
+    from minibert.tokenizer import SPECIAL_TOKENS
     from minibert.optim import AdamW, clip_grad_norm, lr_at
     from minibert.train import Metrics, fmt_time
     backend.use(fc.backend)

@@ -68,7 +68,7 @@ def fill_mask(model, tok, texts, top_k=5):
 
 
 def _fill_one(model, tok, text, top_k):
-    from minibert.data import SPECIAL_TOKENS
+    from minibert.tokenizer import SPECIAL_TOKENS
     pad, cls, sep, mask = (tok.token_to_id(s) for s in SPECIAL_TOKENS)
     ids = tok.encode(text.replace(" [MASK]", "[MASK]"), allowed_special={"[MASK]"})
     if mask not in ids:

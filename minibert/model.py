@@ -32,6 +32,14 @@ from minibert.losses import cross_entropy_backward, cross_entropy_forward
 IGNORE_INDEX = -100  # label of positions that carry no MLM target (Hugging Face's value)
 
 
+PRESETS = {  # the shapes of Turc et al. 2019's small BERTs (tiny, mini, small) and BERT-base
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "small": dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+}
+
+
 @dataclass
 class BertConfig:
     vocab_size: int = 8192

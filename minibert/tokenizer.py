@@ -47,6 +47,8 @@ import regex
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+# BERT's special tokens, in the order of their ids when a tokenizer is trained with them
+SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 FORMAT_NAME = "minibert-bpe"
 FORMAT_VERSION = 1
 

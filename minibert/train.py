@@ -36,15 +36,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from minibert import backend
 from minibert.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
-from minibert.model import BertConfig, BertForPreTraining, check_params
-
-PRESETS = {  # the shapes of Turc et al. 2019's small BERTs (tiny, mini, small) and BERT-base
-    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
-    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
-    "small": dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
-    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
-}
-
+from minibert.model import PRESETS, BertConfig, BertForPreTraining, check_params
+from minibert.tokenizer import SPECIAL_TOKENS
 
 @dataclass
 class TrainConfig:
@@ -105,7 +98,6 @@ def load_documents(tc):
 
 def get_tokenizer(tc, train_docs):
     """Load --tokenizer, reuse OUT/tokenizer.json, or train one on the training documents."""
-    from minibert.data import SPECIAL_TOKENS
     from minibert.tokenizer import BPETokenizer
     path = os.path.join(tc.out, "tokenizer.json")
     if tc.tokenizer:

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from minibert.train import PRESETS as TRAIN_PRESETS  # noqa: E402
+from minibert.model import PRESETS as TRAIN_PRESETS  # noqa: E402
 
 # L layers, H hidden, A heads, I intermediate; V and T default to 8192 and 128.
 # The training program's table (minibert/train.py) is the source; BertConfig's field names

@@ -192,7 +192,7 @@ def test_unknown_label_and_empty_split():
 
 @pytest.fixture(scope="module")
 def tok():
-    from minibert.data import SPECIAL_TOKENS
+    from minibert.tokenizer import SPECIAL_TOKENS
     from minibert.tokenizer import BPETokenizer
     text = " ".join(["the cat sat on the mat", "a dog ran to the park", "good great fine", "bad awful poor"] * 20)
     return BPETokenizer.train([text], 300, special_tokens=SPECIAL_TOKENS, progress=False)

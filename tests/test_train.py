@@ -76,7 +76,7 @@ def test_short_run_loss_falls(tmp_path, corpus):
 
 @pytest.fixture(scope="module")
 def trained_tokenizer(tmp_path_factory, corpus):
-    from minibert.data import SPECIAL_TOKENS
+    from minibert.tokenizer import SPECIAL_TOKENS
     from minibert.tokenizer import BPETokenizer
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     BPETokenizer.train([open(corpus).read()], 600, special_tokens=SPECIAL_TOKENS, progress=False).save(str(path))
