@@ -1,128 +1,58 @@
-"""Tests of minibert.data: corpus reading, the token cache, NSP pairs, MLM masking, batches.
+"""Tests of minibert.instances: MLM masking, truncation, NSP pairs, epochs and batches.
 
-Reference values are computed here independently (plain loops, Python's round, hashlib);
-statistical checks use 5-sigma binomial bounds, so a correct implementation fails them with
-probability below 1e-6 and a biased one fails them reliably.
+Reference values are computed here independently (plain loops, Python's round, a per-row
+collate); statistical checks use 5-sigma binomial bounds (data_helpers.five_sigma).
 """
-import hashlib
 import json
-import random
-import re
-import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minibert import data
-from minibert.data import (SPECIAL_TOKENS, CorpusWarning, Document, PretrainingData, TokenizedCorpus,
-                           make_batch, mask_tokens)
+from minibert import instances
+from minibert.corpus import Document
+from minibert.instances import PretrainingData, mask_tokens
+from minibert.token_cache import TokenizedCorpus
+from minibert.tokenizer import SPECIAL_TOKENS
 
-try:  # the real tokenizer, once it lands; until then a stand-in with the same API
-    from minibert.tokenizer import BPETokenizer
-except ImportError:
-    BPETokenizer = None
-
-
-class WordTokenizer:
-    """Stand-in with BPETokenizer's API: frequent words (with their leading space) get ids,
-    anything else falls back to single bytes. Specials first, then 256 bytes, then words."""
-    _PRETOKEN = re.compile(r" ?\w+| ?[^\w\s]+|\s+")
-
-    def __init__(self, words, special_tokens):
-        self.special_tokens = {s: i for i, s in enumerate(special_tokens)}
-        n = len(special_tokens)
-        self._itos = list(special_tokens) + [bytes([b]) for b in range(256)] + list(words)
-        self._stoi = {t: i for i, t in enumerate(self._itos)}
-        self._bytes0 = n
-
-    @classmethod
-    def train(cls, corpus, vocab_size, special_tokens=(), progress=False):
-        counts = {}
-        for text in corpus:
-            for w in cls._PRETOKEN.findall(text):
-                counts[w] = counts.get(w, 0) + 1
-        room = vocab_size - len(special_tokens) - 256
-        words = sorted(counts, key=lambda w: (-counts[w], w))[:max(room, 0)]
-        return cls(words, list(special_tokens))
-
-    @property
-    def vocab_size(self):
-        return len(self._itos)
-
-    def encode(self, text, allowed_special="none"):
-        allowed = set(self.special_tokens) if allowed_special == "all" else (
-            set() if allowed_special == "none" else set(allowed_special))
-        ids = []
-        parts = re.split("(" + "|".join(map(re.escape, sorted(allowed))) + ")", text) if allowed else [text]
-        for part in parts:
-            if part in allowed:
-                ids.append(self.special_tokens[part])
-                continue
-            for w in self._PRETOKEN.findall(part):
-                if w in self._stoi:
-                    ids.append(self._stoi[w])
-                else:
-                    ids += [self._bytes0 + b for b in w.encode("utf-8")]
-        return ids
-
-    def encode_batch(self, texts):
-        return [self.encode(t) for t in texts]
-
-    def decode(self, ids):
-        out = b""
-        for i in ids:
-            t = self._itos[i]
-            out += t if isinstance(t, bytes) else t.encode("utf-8")
-        return out.decode("utf-8", errors="replace")
-
-    def token_to_id(self, s):
-        return self._stoi[s]
-
-    def id_to_token(self, i):
-        return self._itos[i]
-
-    def fingerprint(self):
-        return hashlib.sha256(repr(self._itos).encode()).hexdigest()
+from data_helpers import five_sigma, special_ids, synthetic_documents, train_tokenizer
 
 
-Tokenizer = BPETokenizer or WordTokenizer
+class Instance(NamedTuple):
+    """One pretraining example, unpadded (L = its length)."""
+    input_ids: np.ndarray  # (L,) masked ids: [CLS] A [SEP] B [SEP]
+    token_type_ids: np.ndarray  # (L,) 0 up to and including the first [SEP], 1 after
+    labels: np.ndarray  # (L,) original id where masked, -100 elsewhere
+    next_sentence_label: int  # 0: B follows A, 1: B is random
 
 
-class CountingTokenizer:
-    """Wraps a tokenizer and counts the texts it encodes."""
-
-    def __init__(self, tok):
-        self.tok, self.encoded = tok, 0
-
-    def __getattr__(self, name):
-        return getattr(self.tok, name)
-
-    def encode(self, text, allowed_special="none"):
-        self.encoded += 1
-        return self.tok.encode(text, allowed_special=allowed_special)
-
-    def encode_batch(self, texts):
-        self.encoded += len(texts)
-        return self.tok.encode_batch(texts)
+def epoch_instance(ep, i):
+    """Row i of EpochInstances ep as an unpadded Instance."""
+    L = int(ep.lengths[i])
+    tt = ep.token_type_ids(np.array([i]))[0, :L]
+    return Instance(ep.input_ids[i, :L].copy(), tt, ep.labels[i, :L].astype(np.int64), int(ep.next_sentence_label[i]))
 
 
-_WORDS = ("alpha beta gamma delta epsilon zeta theta iota kappa lambda sigma omega river stone "
-          "cloud field light shadow north south east west quick slow bright dark small large "
-          "module class function value return list dict string number parser buffer stream").split()
-
-
-def synthetic_documents(n_docs=120, seed=0, max_sentences=12):
-    """Documents of capitalised pseudo-English sentences, 1..max_sentences each."""
-    r = random.Random(seed)
-    docs = []
-    for d in range(n_docs):
-        sents = []
-        for _ in range(r.randint(1, max_sentences)):
-            words = [r.choice(_WORDS) for _ in range(r.randint(3, 14))]
-            sents.append(" ".join(words).capitalize() + r.choice(".!?"))
-        docs.append(Document(tuple(sents), f"synthetic.d{d % 7}", f"synthetic#{d}"))
-    return docs
+def collate_instances(instances, pad_id, pad_to=None):
+    """The batch dict EpochInstances.batch must equal, built one Instance at a time: padded
+    with pad_id to the longest (or to pad_to), all (B, T) except next_sentence_label (B,)."""
+    lengths = [len(x.input_ids) for x in instances]
+    T = max(lengths) if pad_to is None else pad_to
+    if max(lengths) > T:
+        raise ValueError(f"an instance of length {max(lengths)} does not fit pad_to={pad_to}")
+    B = len(instances)
+    batch = {"input_ids": np.full((B, T), pad_id, np.int64),  # (B, T)
+             "token_type_ids": np.zeros((B, T), np.int64),  # (B, T)
+             "attention_mask": np.zeros((B, T), np.int64),  # (B, T)
+             "labels": np.full((B, T), -100, np.int64)}  # (B, T)
+    for i, (x, L) in enumerate(zip(instances, lengths)):
+        batch["input_ids"][i, :L] = x.input_ids
+        batch["token_type_ids"][i, :L] = x.token_type_ids
+        batch["attention_mask"][i, :L] = 1
+        batch["labels"][i, :L] = x.labels
+    batch["next_sentence_label"] = np.array([x.next_sentence_label for x in instances], np.int64)  # (B,)
+    return batch
 
 
 @pytest.fixture(scope="module")
@@ -132,22 +62,12 @@ def docs():
 
 @pytest.fixture(scope="module")
 def tok(docs):
-    return Tokenizer.train([s for d in docs for s in d.sentences], 600, special_tokens=SPECIAL_TOKENS, progress=False)
+    return train_tokenizer(docs, 600)
 
 
 @pytest.fixture(scope="module")
 def corpus(docs, tok, tmp_path_factory):
     return TokenizedCorpus.build(docs, tok, tmp_path_factory.mktemp("cache"))
-
-
-def special_ids(tok):
-    return {tok.token_to_id(s) for s in SPECIAL_TOKENS}
-
-
-def five_sigma(n, p):
-    """Bounds on a Binomial(n, p) count that a correct draw leaves with probability < 1e-6."""
-    s = 5 * np.sqrt(n * p * (1 - p))
-    return n * p - s, n * p + s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +159,7 @@ def truncate_loop(la, lb, max_num_tokens):
 @settings(max_examples=300, deadline=None)
 @given(la=st.integers(1, 300), lb=st.integers(1, 300), m=st.integers(2, 200))
 def test_truncation_counts_match_the_original_loop(la, lb, m):
-    ra, rb = data.truncation_counts(np.array([la]), np.array([lb]), m)
+    ra, rb = instances.truncation_counts(np.array([la]), np.array([lb]), m)
     assert (int(ra[0]), int(rb[0])) == truncate_loop(la, lb, m)
 
 
@@ -259,7 +179,7 @@ def test_layout_token_types_and_content(corpus, tok):
     orig = original_rows(ep)
     assert len(ep) > 100
     for i in range(len(ep)):
-        x = ep.instance(i)
+        x = epoch_instance(ep, i)
         a0, la, b0, lb = (int(v) for v in ep.spans[i])
         L = la + lb + 3
         assert len(x.input_ids) == L <= 48 and la >= 1 and lb >= 1
@@ -385,14 +305,14 @@ def test_same_seed_same_epoch_and_dynamic_masking(corpus, tok):
     assert not np.array_equal(other.input_ids[:50], e0.input_ids[:50])
 
 
-def test_make_batch_equals_epoch_batch_and_pad_to(corpus, tok):
+def test_epoch_batch_equals_collated_instances_and_pad_to(corpus, tok):
     dl = PretrainingData(corpus, tok, max_seq_len=64)
     ep = dl.epoch(0)
     rows = np.arange(5, 13)
     pad = tok.token_to_id("[PAD]")
     for pad_to in (None, 64, 80):
         got = ep.batch(rows, pad_to)
-        want = make_batch([ep.instance(i) for i in rows], pad, pad_to)
+        want = collate_instances([epoch_instance(ep, i) for i in rows], pad, pad_to)
         assert set(got) == {"input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label"}
         for k in want:
             assert got[k].dtype == np.int64
@@ -409,7 +329,7 @@ def test_make_batch_equals_epoch_batch_and_pad_to(corpus, tok):
 def test_resume_from_saved_position_equals_uninterrupted(corpus, tok):
     bs = 16
     dl = PretrainingData(corpus, tok, max_seq_len=64, seed=5)
-    per_epoch = dl.batches_per_epoch(bs, 0)
+    per_epoch = len(dl.epoch(0)) // bs
     total = per_epoch + 6  # crosses an epoch boundary
     run = list(zip(range(total), dl.batches(bs)))
     for stop in (0, per_epoch - 2, per_epoch - 1, per_epoch + 2):
@@ -441,166 +361,5 @@ def test_eval_batches_fixed_and_distinct_from_training(corpus, tok):
             np.testing.assert_array_equal(x[k], y[k])
     train0 = dl.epoch(0).batch(slice(0, 8))
     assert not np.array_equal(train0["input_ids"], a[0]["input_ids"])
-    n = len(dl.epoch(0, stream=data.EVAL_STREAM))
+    n = len(dl.epoch(0, stream=instances.EVAL_STREAM))
     assert sum(len(x["next_sentence_label"]) for x in dl.eval_batches(8)) == n
-
-
-# ---------------------------------------------------------------------------------------------
-# The token cache
-# ---------------------------------------------------------------------------------------------
-
-def test_cache_layout_and_content(corpus, docs, tok):
-    assert isinstance(corpus.tokens, np.memmap) and corpus.tokens.dtype == np.uint16
-    assert corpus.num_documents == len(docs)
-    assert corpus.num_sentences == sum(len(d.sentences) for d in docs)
-    for d in (0, 17, len(docs) - 1):
-        got = corpus.document(d)
-        assert [list(g) for g in got] == [tok.encode(s, allowed_special="none") for s in docs[d].sentences]
-
-
-def test_cache_reused_and_invalidated(docs, tok, tmp_path):
-    counting = CountingTokenizer(tok)
-    c1 = TokenizedCorpus.build(docs, counting, tmp_path, chunk_sentences=50)  # many chunks
-    n_first = counting.encoded
-    assert n_first == sum(len(d.sentences) for d in docs)
-    c2 = TokenizedCorpus.build(docs, counting, tmp_path)
-    assert counting.encoded == n_first, "second build re-tokenized"
-    assert c2.path == c1.path
-    np.testing.assert_array_equal(c1.tokens, c2.tokens)
-    other_tok = CountingTokenizer(Tokenizer.train([s for d in docs for s in d.sentences], 400,
-                                                  special_tokens=SPECIAL_TOKENS, progress=False))
-    assert other_tok.fingerprint() != tok.fingerprint()
-    c3 = TokenizedCorpus.build(docs, other_tok, tmp_path)
-    assert other_tok.encoded == n_first and c3.path != c1.path
-    c4 = TokenizedCorpus.build(docs[:-1], counting, tmp_path)  # a changed corpus too
-    assert c4.path != c1.path and c4.num_documents == len(docs) - 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({c1.path.name, c3.path.name, c4.path.name})
-
-
-def test_cache_from_files_equals_from_documents(docs, tok, tmp_path):
-    (tmp_path / "corpus").mkdir()
-    for k in range(3):
-        part = docs[k * 10:(k + 1) * 10]
-        (tmp_path / "corpus" / f"part{k}.txt").write_text("\n\n".join("\n".join(d.sentences) for d in part) + "\n")
-    from_files = TokenizedCorpus.build(str(tmp_path / "corpus"), tok, tmp_path / "cache")
-    from_docs = TokenizedCorpus.build(docs[:30], tok, tmp_path / "cache")
-    np.testing.assert_array_equal(from_files.tokens, from_docs.tokens)
-    np.testing.assert_array_equal(from_files.sentence_offsets, from_docs.sentence_offsets)
-    np.testing.assert_array_equal(from_files.doc_offsets, from_docs.doc_offsets)
-    glob_built = TokenizedCorpus.build(str(tmp_path / "corpus" / "*.txt"), tok, tmp_path / "cache")
-    assert glob_built.path == from_files.path
-
-
-def test_special_token_text_is_plain_text(tok, tmp_path):
-    docs = [Document(("Use [MASK] and [SEP] in text.", "Then [CLS] and [PAD] too."), "x"),
-            Document(("Alpha beta gamma.",), "y")]
-    c = TokenizedCorpus.build(docs, tok, tmp_path)
-    assert not np.isin(np.asarray(c.tokens), list(special_ids(tok))).any()
-
-
-def test_empty_corpus_is_a_clear_error(tok, tmp_path):
-    with pytest.raises(ValueError, match="empty corpus"):
-        TokenizedCorpus.build([], tok, tmp_path)
-    (tmp_path / "blank.txt").write_text("\n\n   \n")
-    with pytest.raises(ValueError, match="empty corpus"):
-        data.read_documents(str(tmp_path / "blank.txt"))
-    with pytest.raises(ValueError, match="empty corpus"):
-        TokenizedCorpus.build(str(tmp_path / "blank.txt"), tok, tmp_path / "cache")
-    with pytest.raises(FileNotFoundError):
-        data.read_documents(str(tmp_path / "nothing-*.txt"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading text
-# ---------------------------------------------------------------------------------------------
-
-def test_non_utf8_replaced_with_counting_warning(tmp_path):
-    p = tmp_path / "bad.txt"
-    p.write_bytes(b"Caf\xe9 au lait is fine.\nNo \xff\xff problem here.\n")
-    with pytest.warns(CorpusWarning, match=r"replaced 3 invalid UTF-8 byte"):
-        docs = data.read_documents(str(p))
-    text = " ".join(s for d in docs for s in d.sentences)
-    assert text.count("\ufffd") == 3 and "Caf\ufffd au lait" in text
-    good = tmp_path / "good.txt"
-    good.write_text("Caf\u00e9 is fine.\n", encoding="utf-8")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        data.read_documents(str(good))
-
-
-def test_split_sentences():
-    assert data.split_sentences("It works. It (really) works! Does it? \"Yes.\" 3 cats.") == [
-        "It works.", "It (really) works!", "Does it?", "\"Yes.\"", "3 cats."]
-    assert data.split_sentences("Use e.g. this one. Then\n  that.") == ["Use e.g. this one.", "Then that."]
-    assert data.split_sentences("   ") == []
-
-
-def test_formats_bert_lines_wrapped_text_and_paragraph_lines(tmp_path):
-    lines = "The first sentence.\nThe second sentence.\n\nAnother document here.\nIt ends.\n"
-    wrapped = ("This is running text that is wrapped at a narrow width so that\nlines end in the "
-               "middle of sentences. A second sentence\nfollows here. And a third.\n\nA new "
-               "paragraph starts. It has\ntwo sentences.\n")
-    prose = ("It was the best of times, it was the worst of times, it was the age\n"
-             "of wisdom, it was the age of foolishness, it was the epoch of belief,\n"
-             "it was the epoch of incredulity, it was the season of Light, it was\n"
-             "the season of Darkness, it was the spring of hope.\n")
-    assert data.detect_format(prose) == "text"
-    assert data.parse_text(prose)[0].sentences[0].startswith("It was the best of times, it was the worst")
-    para = "One paragraph per line. It has sentences. Many of them.\n\nAnother one. Yes.\n"
-    assert data.detect_format(lines) == "lines"
-    assert data.detect_format(wrapped) == "text"
-    assert data.detect_format(para) == "text"
-    docs = data.parse_text(lines)
-    assert [d.sentences for d in docs] == [("The first sentence.", "The second sentence."),
-                                           ("Another document here.", "It ends.")]
-    docs = data.parse_text(wrapped)
-    assert docs[0].sentences == ("This is running text that is wrapped at a narrow width so that lines end "
-                                 "in the middle of sentences.", "A second sentence follows here.", "And a third.")
-    assert docs[1].sentences == ("A new paragraph starts.", "It has two sentences.")
-    assert [len(d.sentences) for d in data.parse_text(para)] == [3, 2]
-    assert [len(d.sentences) for d in data.parse_text(para, format="lines")] == [1, 1]
-    with pytest.raises(ValueError):
-        data.parse_text(para, format="xml")
-
-
-# ---------------------------------------------------------------------------------------------
-# The default corpus
-# ---------------------------------------------------------------------------------------------
-
-def test_default_corpus_sources_and_stable_split():
-    docs = data.default_corpus("all")
-    assert len(docs) > 3000
-    sources = {d.source for d in docs}
-    assert {"json.decoder", "email.message", "os", "collections"} <= sources
-    assert not any(s.startswith(("test.", "idlelib")) or ".test." in s or ".tests." in s for s in sources)
-    assert all(re.fullmatch(r"[A-Za-z_][\w.]*", s) for s in sources)
-    assert all(d.name == d.source or d.name.startswith(d.source + ".") for d in docs)
-    assert all(len(d.text) >= data.MIN_DOC_CHARS * 0.5 and d.sentences for d in docs)
-    assert sum(len(d.sentences) >= 2 for d in docs) > 0.3 * len(docs)
-    train, heldout = data.default_corpus("train"), data.default_corpus("heldout")
-    assert len(train) + len(heldout) == len(docs)
-    lo, hi = five_sigma(len(docs), 0.05)
-    assert lo < len(heldout) < hi
-    assert not {d.name for d in heldout} & {d.name for d in train} - {d.name for d in heldout}
-    for d in heldout[:20] + train[:20]:  # the rule, recomputed independently
-        h = int(hashlib.sha256("\n".join(d.sentences).encode()).hexdigest()[:16], 16)
-        assert (h < 0.05 * 2 ** 64) == (d in heldout[:20])
-    pkgs = data.default_corpus("all", packages={"json"})
-    assert pkgs and all(d.package == "json" for d in pkgs)
-    assert [d for d in docs if d.package == "json"] == pkgs
-
-
-def test_default_corpus_reads_without_importing(tmp_path):
-    lib = tmp_path / "lib"
-    (lib / "pkg").mkdir(parents=True)
-    (lib / "test").mkdir()
-    (lib / "pkg" / "__init__.py").write_text('"""The package docstring says hello. It has two sentences."""\n'
-                                             'raise SystemExit("imported!")\n')
-    (lib / "pkg" / "mod.py").write_text('class C:\n    """A class docstring that is long enough to keep.\n\n'
-                                        '    >>> C()\n    C\n    """\n    def f(self):\n        "Short."\n')
-    (lib / "test" / "test_x.py").write_text('"""A test module docstring that must be skipped entirely."""\n')
-    (lib / "broken.py").write_text('"""Broken file docstring long enough to keep it."""\ndef (:\n')
-    docs = data.stdlib_documents(stdlib=str(lib))
-    assert [(d.source, d.name) for d in docs] == [("pkg", "pkg"), ("pkg.mod", "pkg.mod.C")]
-    assert docs[0].sentences == ("The package docstring says hello.", "It has two sentences.")
-    assert docs[1].sentences == ("A class docstring that is long enough to keep.", ">>> C()", "C")

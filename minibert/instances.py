@@ -1,0 +1,326 @@
+"""Pretraining instances: NSP pairs, truncation, MLM masking, epochs and batches.
+
+The last step of the pretraining pipeline (corpus -> token_cache -> instances), following
+Google's original ``create_pretraining_data.py`` (Devlin et al. 2019, "BERT: Pre-training of
+Deep Bidirectional Transformers", section 3.1 and appendix A.1):
+
+    TokenizedCorpus --PretrainingData.epoch(e)--> EpochInstances: [CLS] A [SEP] B [SEP], masked
+                    --PretrainingData.batches--> (next_position, batch dict of host int64 arrays)
+
+Dimension letters: N instances in an epoch, B batch, T sequence length (max_seq_len for an
+epoch, the longest row for a batch), P max predictions per sequence, S sentences, D documents.
+
+Pretraining instances (PretrainingData.epoch) for each document, exactly as the original:
+a target length of max_seq_len - 3 tokens, or with probability short_seq_prob a uniform one in
+[2, max_seq_len - 3] (drawn once per document, as the original does); whole sentences are
+packed into a chunk until it reaches the target; A is the chunk's first a_end sentences
+(a_end uniform in [1, len(chunk) - 1]); B is the rest (label 0), or with probability 1/2, and
+always for a one-sentence chunk, sentences from a random other document starting at a random
+sentence (label 1), in which case the unused rest of the chunk is put back for the next chunk.
+truncate_seq_pair then removes tokens from the longer segment (B on a tie), each from its front
+or back with probability 1/2. One optional change, on by default (PretrainingData's
+balance_nsp): a chunk that could go either way takes the 1/2 coin only while random labels are
+not ahead in the epoch, because on short documents the forced one-sentence randoms would
+otherwise make ~72% of the stdlib corpus's labels "random"; balance_nsp=False is the original.
+Because a sentence range of one document is a contiguous range of the flat token array
+(token_cache.py), every segment, before and after truncation, is a (start, length) span.
+
+Masking (mask_tokens): k = min(P, max(1, round(0.15 * n))) positions chosen uniformly without
+replacement among the n non-special tokens of a sequence (the original counts [CLS]/[SEP] in n;
+here they are never candidates, so they do not count); each chosen token becomes [MASK] with
+probability 0.8, a uniformly random non-special token 0.1, unchanged 0.1. labels hold the
+original id there and -100 everywhere else.
+
+Differences from the original, all deliberate: k counts non-special tokens only; a random
+replacement is never a special token; truncate_seq_pair's per-token front/back coins are drawn
+as one binomial per segment (same distribution, vectorised); instead of dupe_factor static
+copies, every epoch redraws pairs and masks; balance_nsp (above).
+
+Everything random in epoch e is a function of (seed, e): masks are redrawn every epoch (dynamic
+masking, as in RoBERTa) and pairs are re-drawn too. A data position is the pair
+(epoch, index of the next batch), a JSON-friendly value a checkpoint stores and batches() resumes.
+"""
+import random
+from array import array
+
+import numpy as np
+
+from minibert.model import IGNORE_INDEX
+from minibert.tokenizer import SPECIAL_TOKENS
+
+
+def mask_tokens(ids, special_mask, rng, *, mask_id, replace_ids, masked_lm_prob=0.15, max_predictions=20):
+    """Masked-LM corruption of each row of ids (a pure function of its inputs and rng's state).
+
+    ids (N, T) or (T,) integer; special_mask same shape, True where a position may never be
+    predicted ([CLS], [SEP], padding). In each row k = min(max_predictions, max(1,
+    round(masked_lm_prob * n))) of its n candidates are chosen uniformly (k = 0 when n = 0);
+    each chosen one becomes mask_id (80%), a uniform draw from replace_ids (10%) or stays (10%).
+    Returns (masked_ids, labels) with ids' shape; labels (int64) is the original id where a
+    position was chosen and -100 elsewhere.
+    """
+    ids = np.asarray(ids)
+    one_row = ids.ndim == 1
+    ids2 = ids.reshape(1, -1) if one_row else ids  # (N, T)
+    cand = ~np.asarray(special_mask, bool).reshape(ids2.shape)  # (N, T)
+    N, T = ids2.shape
+    n = cand.sum(axis=1)  # (N,)
+    # np.rint rounds half to even, as Python's round() in the original does
+    k = np.minimum(max_predictions, np.maximum(1, np.rint(n * masked_lm_prob).astype(np.int64)))  # (N,)
+    k = np.where(n > 0, k, 0)
+    P = min(max_predictions, T)
+    masked, labels = ids2.copy(), np.full(ids2.shape, IGNORE_INDEX, np.int64)  # (N, T), (N, T)
+    if P <= 0 or N == 0:
+        return (masked[0], labels[0]) if one_row else (masked, labels)
+    # the k smallest of iid uniform keys are a uniform k-subset; non-candidates sort last
+    keys = rng.random((N, T))  # (N, T)
+    keys[~cand] = np.inf
+    top = np.argpartition(keys, P - 1, axis=1)[:, :P] if P < T else np.tile(np.arange(T), (N, 1))  # (N, P)
+    top = np.take_along_axis(top, np.argsort(np.take_along_axis(keys, top, 1), axis=1), 1)  # (N, P), by key
+    rows, cols = np.nonzero(np.arange(P)[None, :] < k[:, None])  # chosen (row, rank) pairs
+    pos = top[rows, cols]  # (M,) positions in the row
+    labels[rows, pos] = ids2[rows, pos]
+    u = rng.random(rows.size)  # (M,)
+    to_mask, to_random = u < 0.8, (u >= 0.8) & (u < 0.9)
+    masked[rows[to_mask], pos[to_mask]] = mask_id
+    replace_ids = np.asarray(replace_ids)
+    masked[rows[to_random], pos[to_random]] = replace_ids[rng.integers(0, replace_ids.size, int(to_random.sum()))]
+    return (masked[0], labels[0]) if one_row else (masked, labels)
+
+
+def truncation_counts(len_a, len_b, max_num_tokens):
+    """How many tokens truncate_seq_pair removes from A and from B (vectorised, exact).
+
+    The original loop removes one token at a time from the longer segment (B on a tie) until
+    len_a + len_b <= max_num_tokens: first the longer is cut down to the shorter's length,
+    then the two alternate starting with B. Only front-or-back is random, so the counts are not.
+    """
+    la, lb = np.asarray(len_a, np.int64), np.asarray(len_b, np.int64)
+    excess = np.maximum(la + lb - max_num_tokens, 0)
+    ra = np.minimum(excess, np.maximum(la - lb, 0))
+    excess = excess - ra
+    rb = np.minimum(excess, np.maximum(lb - la, 0))
+    excess = excess - rb
+    return ra + excess // 2, rb + (excess + 1) // 2
+
+
+def create_pairs(sentence_offsets, doc_offsets, max_num_tokens, short_seq_prob, rng, balance_nsp=False):
+    """The sentence-level part of create_instances_from_document, for every document in order.
+
+    sentence_offsets (S + 1,), doc_offsets (D + 1,) as in TokenizedCorpus; rng a random.Random.
+    balance_nsp=False is the original: a chunk of two or more sentences gets a random B with
+    probability 1/2, a one-sentence chunk always does. On corpora of short documents (the
+    stdlib docstrings: 40% have one sentence) that makes ~72% of labels "random". With
+    balance_nsp=True a chunk that has a choice takes the coin only while random labels are
+    not ahead in this epoch, and a true continuation otherwise, so the labels come out near
+    1/2 whenever the forced ones are under half.
+    Returns int64 arrays (a_start, a_len, b_start, b_len, is_random), each (N,), spans of the
+    flat token array before truncation.
+    """
+    off = np.asarray(sentence_offsets).tolist()
+    doc = np.asarray(doc_offsets).tolist()
+    D = len(doc) - 1
+    out = array("q")
+    n_random = n_true = 0
+    for d in range(D):
+        s_begin, s_end = doc[d], doc[d + 1]
+        target = max_num_tokens
+        if rng.random() < short_seq_prob:
+            target = rng.randint(2, max_num_tokens)
+        chunk, i = s_begin, s_begin  # the chunk is sentences chunk..i
+        while i < s_end:
+            if i == s_end - 1 or off[i + 1] - off[chunk] >= target:
+                n_chunk = i + 1 - chunk
+                a_end = 1 if n_chunk == 1 else rng.randint(1, n_chunk - 1)
+                a0, a1 = off[chunk], off[chunk + a_end]
+                if n_chunk == 1:
+                    is_random = True
+                elif balance_nsp and n_random > n_true:
+                    is_random = False
+                else:
+                    is_random = rng.random() < 0.5
+                n_random, n_true = n_random + is_random, n_true + (not is_random)
+                if is_random:
+                    target_b = target - (a1 - a0)
+                    for _ in range(10):
+                        r = rng.randint(0, D - 1)
+                        if r != d:
+                            break
+                    j = rs = rng.randint(doc[r], doc[r + 1] - 1)
+                    while j < doc[r + 1]:
+                        j += 1
+                        if off[j] - off[rs] >= target_b:
+                            break
+                    out.extend((a0, a1 - a0, off[rs], off[j] - off[rs], 1))
+                    i -= n_chunk - a_end  # put the unused rest of the chunk back
+                else:
+                    out.extend((a0, a1 - a0, a1, off[i + 1] - a1, 0))
+                chunk = i + 1
+            i += 1
+    spans = np.frombuffer(out, np.int64).reshape(-1, 5) if len(out) else np.zeros((0, 5), np.int64)  # (N, 5)
+    return tuple(spans[:, c].copy() for c in range(5))
+
+
+class EpochInstances:
+    """All instances of one epoch, padded to max_seq_len T (a compact, read-only view):
+
+        input_ids     (N, T) int32  masked, padded with [PAD]
+        labels        (N, T) int32  original id where masked, -100 elsewhere
+        lengths       (N,)   int32  real tokens: len(A) + len(B) + 3
+        a_lengths     (N,)   int32  len(A) after truncation
+        next_sentence_label (N,) int8
+        spans         (N, 4) int64  (a_start, a_len, b_start, b_len) in the corpus token array
+    """
+
+    def __init__(self, input_ids, labels, lengths, a_lengths, next_sentence_label, spans, pad_id):
+        self.pad_id = pad_id
+        self.input_ids, self.labels = input_ids, labels
+        self.lengths, self.a_lengths = lengths, a_lengths
+        self.next_sentence_label, self.spans = next_sentence_label, spans
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def token_type_ids(self, rows):
+        """(len(rows), T) 0 through the first [SEP], 1 over B and its [SEP], 0 at padding."""
+        t = np.arange(self.input_ids.shape[1])[None, :]  # (1, T)
+        a, L = self.a_lengths[rows][:, None], self.lengths[rows][:, None]
+        return ((t >= a + 2) & (t < L)).astype(np.int64)  # (B, T)
+
+    def batch(self, rows, pad_to=None):
+        """A batch dict of host int64 arrays of these rows (a slice or index array), padded with
+        [PAD] to the longest (or to pad_to): input_ids, token_type_ids, attention_mask (1 = real
+        token), labels (-100 at padding), all (B, T); next_sentence_label (B,)."""
+        rows = np.arange(len(self))[rows]
+        T = int(self.lengths[rows].max()) if pad_to is None else pad_to
+        if int(self.lengths[rows].max()) > T:
+            raise ValueError(f"an instance of length {int(self.lengths[rows].max())} does not fit pad_to={pad_to}")
+        W = min(T, self.input_ids.shape[1])
+        B = len(rows)
+        ids = np.full((B, T), self.pad_id, np.int64)  # (B, T)
+        ids[:, :W] = self.input_ids[rows, :W]
+        labels = np.full((B, T), IGNORE_INDEX, np.int64)  # (B, T)
+        labels[:, :W] = self.labels[rows, :W]
+        tt = np.zeros((B, T), np.int64)  # (B, T)
+        tt[:, :W] = self.token_type_ids(rows)[:, :W]
+        am = (np.arange(T)[None, :] < self.lengths[rows][:, None]).astype(np.int64)  # (B, T)
+        return {"input_ids": ids, "token_type_ids": tt, "attention_mask": am, "labels": labels,
+                "next_sentence_label": self.next_sentence_label[rows].astype(np.int64)}  # (B,)
+
+
+EVAL_STREAM = 1  # eval instances come from their own random stream, never a training epoch's
+
+
+class PretrainingData:
+    """MLM + NSP instances of a TokenizedCorpus, one deterministic set per (seed, epoch).
+
+    balance_nsp: keep next-sentence labels near 1/2 on short documents (see create_pairs);
+    False reproduces the original exactly.
+    position: (epoch, index of the next batch) -- two ints, stored as a JSON list in checkpoints.
+    batches(batch_size, start=position) yields (next_position, batch) forever; each epoch's last
+    partial batch is dropped.
+    """
+
+    def __init__(self, corpus, tokenizer, max_seq_len=128, max_predictions=20, short_seq_prob=0.1,
+                 masked_lm_prob=0.15, seed=0, balance_nsp=True, chunk_rows=8192):
+        if max_seq_len < 5:
+            raise ValueError(f"max_seq_len must be at least 5 ([CLS] a [SEP] b [SEP]), got {max_seq_len}")
+        self.corpus, self.max_seq_len, self.max_predictions = corpus, max_seq_len, max_predictions
+        self.short_seq_prob, self.masked_lm_prob, self.seed = short_seq_prob, masked_lm_prob, seed
+        self.balance_nsp, self.chunk_rows = balance_nsp, chunk_rows
+        ids, missing = {}, []
+        for s in SPECIAL_TOKENS:
+            try:
+                ids[s] = tokenizer.token_to_id(s)
+            except KeyError:
+                ids[s] = None
+            if ids[s] is None:
+                missing.append(s)
+        if missing:
+            raise ValueError(f"tokenizer lacks special tokens {missing}; train it with special_tokens=SPECIAL_TOKENS")
+        self.pad_id, self.cls_id, self.sep_id, self.mask_id = (ids[s] for s in SPECIAL_TOKENS)
+        special = set(ids.values()) | set(getattr(tokenizer, "special_tokens", {}).values())
+        self.special_ids = np.array(sorted(special), np.int64)
+        self.replace_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), self.special_ids)  # never a special
+        self._epochs = {}
+
+    def _rngs(self, epoch, stream=0):
+        """(random.Random for the pair walk, numpy Generator for truncation, shuffling, masks)."""
+        seq = np.random.SeedSequence([self.seed, epoch, stream])
+        a, b = seq.generate_state(2, np.uint64)
+        return random.Random(int(a)), np.random.default_rng(int(b))
+
+    def epoch(self, epoch, stream=0):
+        """EpochInstances of an epoch (the last two built are kept)."""
+        key = (int(epoch), stream)
+        if key not in self._epochs:
+            if len(self._epochs) >= 2:
+                self._epochs.pop(next(iter(self._epochs)))
+            self._epochs[key] = self._build_epoch(*key)
+        return self._epochs[key]
+
+    def num_instances(self, epoch=0):
+        return len(self.epoch(epoch))
+
+    def _build_epoch(self, epoch, stream):
+        py_rng, rng = self._rngs(epoch, stream)
+        T, M = self.max_seq_len, self.max_seq_len - 3
+        a0, la, b0, lb, nsp = create_pairs(self.corpus.sentence_offsets, self.corpus.doc_offsets, M,
+                                           self.short_seq_prob, py_rng, self.balance_nsp)
+        ra, rb = truncation_counts(la, lb, M)  # (N,), (N,)
+        fa, fb = rng.binomial(ra, 0.5), rng.binomial(rb, 0.5)  # tokens cut from each front
+        a0, la, b0, lb = a0 + fa, la - ra, b0 + fb, lb - rb
+        perm = rng.permutation(len(a0))  # shuffle instances, as the original does
+        a0, la, b0, lb, nsp = a0[perm], la[perm], b0[perm], lb[perm], nsp[perm]
+        N = len(a0)
+        input_ids = np.empty((N, T), np.int32)  # (N, T)
+        labels = np.empty((N, T), np.int32)  # (N, T)
+        t = np.arange(T)[None, :]  # (1, T)
+        tokens = self.corpus.tokens
+        for s in range(0, N, self.chunk_rows):  # chunks bound the (rows, T) int64 temporaries
+            sl = slice(s, s + self.chunk_rows)
+            ca, cla, cb, clb = a0[sl, None], la[sl, None], b0[sl, None], lb[sl, None]
+            in_a = (t >= 1) & (t <= cla)  # (n, T)
+            in_b = (t >= cla + 2) & (t < cla + 2 + clb)  # (n, T)
+            src = np.where(in_a, ca + t - 1, np.where(in_b, cb + t - cla - 2, 0))  # (n, T)
+            ids = np.where(in_a | in_b, tokens[src], self.pad_id).astype(np.int64)  # (n, T)
+            rows = np.arange(ids.shape[0])
+            ids[:, 0] = self.cls_id
+            ids[rows, cla[:, 0] + 1] = self.sep_id
+            ids[rows, cla[:, 0] + clb[:, 0] + 2] = self.sep_id
+            special = ~(in_a | in_b) | np.isin(ids, self.special_ids)  # (n, T)
+            m, lab = mask_tokens(ids, special, rng, mask_id=self.mask_id, replace_ids=self.replace_ids,
+                                 masked_lm_prob=self.masked_lm_prob, max_predictions=self.max_predictions)
+            input_ids[sl], labels[sl] = m, lab
+        ep = EpochInstances(input_ids, labels, (la + lb + 3).astype(np.int32), la.astype(np.int32),
+                            nsp.astype(np.int8), np.stack([a0, la, b0, lb], axis=1), self.pad_id)
+        for arr in (ep.input_ids, ep.labels, ep.lengths, ep.a_lengths, ep.next_sentence_label, ep.spans):
+            arr.flags.writeable = False
+        return ep
+
+    def batches(self, batch_size, start=(0, 0), pad_to=None):
+        """Yield (next_position, batch) forever from position start = (epoch, batch index).
+
+        Saving next_position and later calling batches(batch_size, start=saved) continues with
+        exactly the batch that would have come next (the same batch_size is required).
+        """
+        epoch, index = (int(v) for v in start)
+        while True:
+            ep = self.epoch(epoch)
+            n_batches = len(ep) // batch_size
+            if n_batches == 0:
+                raise ValueError(f"epoch {epoch} has {len(ep)} instances, fewer than batch_size={batch_size}")
+            while index < n_batches:
+                batch = ep.batch(slice(index * batch_size, (index + 1) * batch_size), pad_to)
+                index += 1
+                yield ((epoch, index) if index < n_batches else (epoch + 1, 0)), batch
+            epoch, index = epoch + 1, 0
+
+    def eval_batches(self, batch_size, num_batches=None, pad_to=None):
+        """The same list of batches on every call: instances from a fixed eval stream of this
+        seed (independent of training epochs), in order; the last batch may be partial.
+        num_batches=None takes all of them."""
+        ep = self.epoch(0, stream=EVAL_STREAM)
+        n = -(-len(ep) // batch_size)
+        n = n if num_batches is None else min(n, num_batches)
+        return [ep.batch(slice(i * batch_size, (i + 1) * batch_size), pad_to) for i in range(n)]
