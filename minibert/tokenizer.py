@@ -1,16 +1,12 @@
-"""Byte-level BPE tokenizer (as in GPT-2 and RoBERTa), in plain Python and `regex`.
+"""The byte-level BPE tokenizer (as in GPT-2 and RoBERTa): a model of merges that encodes,
+decodes, and reads and writes its files.
 
-Text becomes UTF-8 bytes, so the base alphabet is the 256 byte values and nothing is ever
-unknown. Byte pair encoding (Sennrich et al. 2016, "Neural Machine Translation of Rare Words
-with Subword Units"; byte-level as in Radford et al. 2019, GPT-2) learns merges: repeatedly
-join the most frequent adjacent pair of tokens into a new token.
-
-Pipeline, both for training and encoding:
+bpe.py defines BPE in plain code (start there); this module is its fast encoder, and
+bpe_train.py its fast trainer. Pipeline of `encode`:
   1. special tokens ("[MASK]", "<|endoftext|>") are cut out of the text first, longest first;
-  2. each remaining part is split into pre-tokens with a regex (GPT-2's by default), so merges
-     never cross a word/space/punctuation boundary;
+  2. each remaining part is split into pre-tokens with a regex (GPT-2's by default);
   3. each pre-token's UTF-8 bytes are merged by rank: always the adjacent pair whose merge was
-     learned earliest, leftmost first, until no learned pair is left.
+     learned earliest, leftmost first, until no learned pair is left (`bpe.encode`, fast).
 
 Ids: a trained tokenizer numbers its special tokens first, then the 256 single bytes (in byte
 order), then each new token in the order the merges created it. A tokenizer loaded from GPT-2
@@ -26,26 +22,25 @@ Token strings (`token_to_id`, `id_to_token`, the saved files) use GPT-2's printa
 256 bytes (space is "Ġ", newline is "Ċ"), the same strings as GPT-2's vocab.json.
 
 Lone surrogates (e.g. "\\ud800", which has no UTF-8 encoding) are rejected: `encode` and
-`train` raise ValueError naming the position. See docs/tokenizer.md for a walk-through.
+training raise ValueError naming the position. See docs/tokenizer.md for a walk-through.
 """
 from __future__ import annotations
 
-import codecs
 import hashlib
 import heapq
 import json
+import multiprocessing as mp
 import os
-import sys
-import time
-from collections import Counter, defaultdict
 from itertools import chain
-from operator import add
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import regex
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+from minibert import bpe_train
+from minibert.atomic import atomic_write
+from minibert.bpe import (GPT2_PATTERN, bytes_to_token_str, has_surrogate, special_regex, surrogate_error,
+                          token_str_to_bytes)
 
 # BERT's special tokens, in the order of their ids when a tokenizer is trained with them
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
@@ -54,58 +49,7 @@ FORMAT_VERSION = 1
 
 _CACHE_LIMIT = 1 << 19      # pre-token cache entries before the cache is cleared
 _MAX_AUTO_SPECIALS = 256    # more unexplained vocab.json entries than this means broken files
-_READ_BLOCK = 1 << 20       # characters read from a corpus file at a time
-_BATCH_CHARS = 1 << 20      # characters of text per pre-token counting task
-_POOL_AFTER_CHARS = 2 << 20  # a corpus larger than this is counted by worker processes too
 _PARALLEL_ENCODE_CHARS = 2 << 20  # an encode_batch larger than this is split across processes
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte: printable Latin-1 bytes map to themselves,
-    the other 68 (controls, space, ...) to chr(256), chr(257), ... in byte order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in keep}
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + len(table) - len(keep))
-    return dict(sorted(table.items()))
-
-
-BYTE_TO_CHAR = _bytes_to_unicode()
-CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-
-
-def bytes_to_token_str(b: bytes) -> str:
-    """Printable form of a token's bytes, as in GPT-2's vocab.json (b" the" -> "Ġthe")."""
-    return "".join(BYTE_TO_CHAR[x] for x in b)
-
-
-def token_str_to_bytes(s: str) -> bytes:
-    """Inverse of bytes_to_token_str; ValueError for a character outside GPT-2's byte map."""
-    try:
-        return bytes(CHAR_TO_BYTE[c] for c in s)
-    except KeyError as e:
-        raise ValueError(f"token string {s!r} has character {e.args[0]!r}, which is not in the byte-level alphabet") from None
-
-
-def _special_regex(specials: Iterable[str]):
-    """Alternation of the special tokens, longest first, so that at any position the longest
-    special token that matches wins ("<|endoftext|>" over "<|end")."""
-    specials = sorted(set(specials), key=lambda s: (-len(s), s))
-    if not specials:
-        return None
-    return regex.compile("|".join(regex.escape(s) for s in specials))
-
-
-_SURROGATE = regex.compile(r"[\ud800-\udfff]")
-
-
-def _surrogate_error(text: str, where: str = "text") -> ValueError:
-    m = _SURROGATE.search(text)
-    pos = m.start() if m else -1
-    ch = f"U+{ord(m.group()):04X}" if m else "a surrogate"
-    return ValueError(f"{where} has a lone surrogate {ch} at index {pos}: it has no UTF-8 encoding, so it cannot be "
-                      f"tokenized (fix the text, e.g. text.encode('utf-8', 'replace').decode('utf-8'))")
 
 
 class _PieceCache(dict):
@@ -126,7 +70,7 @@ class _PieceCache(dict):
 class BPETokenizer:
     """A byte-level BPE tokenizer: merges (in rank order), special tokens, a pre-token regex.
 
-    Build one with `train`, `load`, or `from_gpt2_files`. The constructor takes the parts
+    Build one with `train_from_files`, `train_from_iterator`, `load`, or `from_gpt2_files`. The constructor takes the parts
     directly: `merges` is a list of (bytes, bytes) in rank order; `special_tokens` is a list of
     strings (ids 0, 1, ... in that order) or a dict string -> id; `vocab` (optional) maps every
     non-special id to its bytes, for files whose ids are laid out differently from the default
@@ -153,8 +97,8 @@ class BPETokenizer:
         for s, i in special_tokens.items():
             if not isinstance(s, str) or not s:
                 raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
-            if _SURROGATE.search(s):
-                raise _surrogate_error(s, f"special token {s!r}")
+            if has_surrogate(s):
+                raise surrogate_error(s, f"special token {s!r}")
             if not isinstance(i, int) or i < 0:
                 raise ValueError(f"special token {s!r} has invalid id {i!r}")
         if len(set(special_tokens.values())) != len(special_tokens):
@@ -303,7 +247,7 @@ class BPETokenizer:
                     start = m.end()
                 self._encode_ordinary(text[start:], out)
         except UnicodeEncodeError:
-            raise _surrogate_error(text) from None
+            raise surrogate_error(text) from None
         return out
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -337,7 +281,7 @@ class BPETokenizer:
             if unknown:
                 raise ValueError(f"allowed_special has tokens that are not special tokens: {sorted(unknown)!r}")
         if allowed not in self._special_res:
-            self._special_res[allowed] = _special_regex(allowed)
+            self._special_res[allowed] = special_regex(allowed)
         return self._special_res[allowed]
 
     def _encode_ordinary(self, text: str, out: list[int]) -> None:
@@ -387,39 +331,48 @@ class BPETokenizer:
     # ------------------------------------------------------------------ training
 
     @classmethod
-    def train(cls, corpus, vocab_size: int, special_tokens: Iterable[str] = (), min_frequency: int = 1,
-              pattern: str = GPT2_PATTERN, progress: bool | Callable[[str], None] = True,
-              workers: int | None = None) -> "BPETokenizer":
-        """Learn merges until the vocabulary (specials + 256 bytes + merge results) has
-        `vocab_size` tokens, or no pair occurs at least `min_frequency` times.
+    def train_from_files(cls, paths: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int,
+                         special_tokens: Iterable[str] = (), min_frequency: int = 1, pattern: str = GPT2_PATTERN,
+                         progress: bool | Callable[[str], None] = True, workers: int | None = None) -> "BPETokenizer":
+        """Learn a tokenizer from UTF-8 text files: `paths` is one path (str or Path) or an
+        iterable of them. Every path is checked first (FileNotFoundError); files are streamed
+        in blocks, never held whole. Arguments after `paths` as in train_from_iterator."""
+        special_tokens = cls._check_training(special_tokens, pattern)
+        return cls._train(bpe_train.read_files(paths, special_tokens), vocab_size, special_tokens, min_frequency,
+                          pattern, progress, workers)
 
-        corpus: a file path (str or Path), or an iterable whose items are documents (str) or
-        file paths (Path). Files are streamed in blocks, never held whole. Each document is
-        pre-tokenized on its own.
-        Rules (they fix the result exactly, whatever the document order): pairs are counted
-        inside pre-tokens only, overlapping occurrences included ("aaa" has two "aa"); special
-        tokens never take part; equal counts go to the lexicographically greatest
-        (bytes_a, bytes_b).
+    @classmethod
+    def train_from_iterator(cls, texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] = (),
+                            min_frequency: int = 1, pattern: str = GPT2_PATTERN,
+                            progress: bool | Callable[[str], None] = True,
+                            workers: int | None = None) -> "BPETokenizer":
+        """Learn a tokenizer from documents: `texts` is an iterable of str (a list, a generator;
+        consumed once, lazily). Each document is pre-tokenized on its own.
+
+        Learns merges until the vocabulary (specials + 256 bytes + merge results) has
+        `vocab_size` tokens, or no pair occurs at least `min_frequency` times. The merges are
+        those of the plain `bpe.train`, whatever the document order (ties go to the
+        lexicographically greatest (bytes_a, bytes_b); special tokens never take part).
         progress: True prints a line to stderr every few seconds (only for trainings that take
         that long), False prints nothing, a callable receives each line instead.
         workers: processes that count pre-tokens (None: 2 when the machine has them).
+
+        A bare str, or texts that all name existing files, raise ValueError: file paths go to
+        train_from_files.
         """
-        if isinstance(special_tokens, str):
-            raise TypeError(f"special_tokens must be a list of strings, not the string {special_tokens!r}")
-        special_tokens = list(special_tokens)
-        if len(set(special_tokens)) != len(special_tokens):
-            raise ValueError(f"duplicate special tokens in {special_tokens!r}")
-        n_base = 256 + len(special_tokens)
-        if not isinstance(vocab_size, int) or vocab_size < n_base:
-            raise ValueError(f"vocab_size={vocab_size!r} is smaller than the 256 byte tokens plus "
-                             f"{len(special_tokens)} special tokens ({n_base})")
-        if not isinstance(min_frequency, int) or min_frequency < 1:
-            raise ValueError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
-        report = _Progress(progress)
-        cls([], special_tokens, pattern)   # fail early on a bad pattern or special token
-        counts = _count_pretokens(corpus, pattern, special_tokens, workers, report)
-        merges = _learn_merges(counts, vocab_size - n_base, min_frequency, report)
-        report.done(f"bpe: {len(merges):,} merges, vocab {n_base + len(set(a + b for a, b in merges)):,}")
+        special_tokens = cls._check_training(special_tokens, pattern)
+        return cls._train(bpe_train.documents(texts), vocab_size, special_tokens, min_frequency, pattern,
+                          progress, workers)
+
+    @classmethod
+    def _check_training(cls, special_tokens, pattern) -> list[str]:
+        """The special tokens as a list, once the constructor has accepted them and the pattern,
+        so that a bad one fails before any text is read."""
+        return list(cls([], special_tokens, pattern).special_tokens)
+
+    @classmethod
+    def _train(cls, texts, vocab_size, special_tokens, min_frequency, pattern, progress, workers) -> "BPETokenizer":
+        merges = bpe_train.train(texts, vocab_size, special_tokens, min_frequency, pattern, progress, workers)
         return cls(merges, special_tokens, pattern)
 
     # ------------------------------------------------------------------ files
@@ -453,11 +406,8 @@ class BPETokenizer:
         return hashlib.sha256(self._canonical_json().encode("utf-8")).hexdigest()[:16]
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer as versioned JSON (atomically: temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self._canonical_json() + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        """Write the tokenizer as versioned JSON, atomically (atomic.atomic_write)."""
+        atomic_write(path, self._canonical_json() + "\n")
 
     @classmethod
     def from_dict(cls, d, source: str = "tokenizer data") -> "BPETokenizer":
@@ -575,107 +525,18 @@ class BPETokenizer:
         vocab_out = {s: i for i, s in enumerate(self._id_str)}
         if len(vocab_out) != len(self._id_str):
             raise ValueError("a special token has the same string as a byte-level token; vocab.json cannot hold both")
-        vocab_path.write_text(json.dumps(vocab_out, ensure_ascii=False), encoding="utf-8")
+        atomic_write(vocab_path, json.dumps(vocab_out, ensure_ascii=False))
         lines = ["#version: 0.2"] + [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in self._merges]
-        merges_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        atomic_write(merges_path, "\n".join(lines) + "\n")
         return vocab_path, merges_path
 
 
-# ---------------------------------------------------------------------- training internals
-
-class _Progress:
-    """Rate-limited progress lines: nothing for the first 2 s, then at most one per 2 s."""
-
-    every = 2.0
-
-    def __init__(self, progress):
-        self.emit = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is True else (progress or None)
-        self.t0 = self.last = time.perf_counter()
-        self.spoke = False
-
-    def __call__(self, line_fn: Callable[[], str]) -> None:
-        if self.emit is None:
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.every:
-            self.last = now
-            self.spoke = True
-            self.emit(f"{line_fn()} | {now - self.t0:.1f} s")
-
-    def done(self, line: str) -> None:
-        if self.emit is not None and self.spoke:
-            self.emit(f"{line} | {time.perf_counter() - self.t0:.1f} s")
-
-
-def _safe_cut(buf: str, special_re) -> int:
-    """A position at which `buf` can be cut without changing its pre-tokens: just after a
-    newline that has non-space characters on both sides ("a\\nb"). GPT-2's pattern never
-    matches across such a newline: the newline is a pre-token on its own. Returns 0 if none."""
-    pos = len(buf) - 1
-    while True:
-        pos = buf.rfind("\n", 0, pos)
-        if pos <= 0:
-            return 0
-        if not buf[pos - 1].isspace() and not buf[pos + 1].isspace():
-            cut = pos + 1
-            if special_re is not None:    # do not cut through a special token that contains "\n"
-                lo = max(0, cut - 256)
-                if any(m.start() < cut < m.end() for m in special_re.finditer(buf, lo, cut + 256)):
-                    continue
-            return cut
-
-
-def read_file_blocks(path: str | os.PathLike, stop: int | None = None, special_tokens: Iterable[str] = ()) -> Iterator[str]:
-    """Stream a UTF-8 file as texts whose pre-tokens, taken one text at a time, are exactly
-    those of the whole file (see _safe_cut). `stop`: read only the first `stop` bytes."""
-    special_re = _special_regex(special_tokens)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file {str(path)!r} does not exist (to train on a text, pass [text])")
-    decoder = codecs.getincrementaldecoder("utf-8")()   # strict: a file that is not UTF-8 raises
-    left = stop if stop is not None else -1
-    buf, offset = "", 0
-    with open(path, "rb") as f:   # bytes in, so "\r\n" stays as written
-        while left != 0:
-            block = f.read(_READ_BLOCK if left < 0 else min(_READ_BLOCK, left))
-            if not block:
-                break
-            left = left - len(block) if left > 0 else left
-            try:
-                buf += decoder.decode(block)
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: not valid UTF-8 near byte {offset + e.start:,} ({e.reason})") from None
-            offset += len(block)
-            cut = _safe_cut(buf, special_re)
-            if cut:
-                yield buf[:cut]
-                buf = buf[cut:]
-    try:
-        buf += decoder.decode(b"", final=True)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8, it ends inside a character ({e.reason})") from None
-    if buf:
-        yield buf
-
-
-def _corpus_texts(corpus, special_tokens) -> Iterator[str]:
-    """Yield the corpus as texts that can be pre-tokenized independently."""
-    if isinstance(corpus, (str, os.PathLike)):
-        corpus = [Path(corpus)]
-    for item in corpus:
-        if isinstance(item, os.PathLike):
-            yield from read_file_blocks(item, special_tokens=special_tokens)
-        elif isinstance(item, str):
-            yield item
-        else:
-            raise TypeError(f"corpus items must be str (a document) or Path (a file), got {type(item).__name__}")
-
+# ---------------------------------------------------------------------- encode_batch in processes
 
 _worker_state: dict = {}
 
 
 def _can_fork() -> bool:
-    import multiprocessing as mp
     return "fork" in mp.get_all_start_methods()
 
 
@@ -690,7 +551,6 @@ def _encode_part(bounds: tuple[int, int]) -> list[list[int]]:
 def _encode_parallel(tok: "BPETokenizer", texts: list[str], special_re, workers: int) -> list[list[int]]:
     """encode_batch over `workers` contiguous parts: this process encodes the first, forked
     workers the others, and the parts are joined in order."""
-    import multiprocessing as mp
     cuts = [len(texts) * k // workers for k in range(workers + 1)]
     parts = list(zip(cuts[:-1], cuts[1:]))
     _worker_state["encode_job"] = (tok, texts, special_re)
@@ -703,161 +563,3 @@ def _encode_parallel(tok: "BPETokenizer", texts: list[str], special_re, workers:
     finally:
         del _worker_state["encode_job"]
     return out
-
-
-def _count_texts(texts: list[str]) -> Counter:
-    """Pre-token counts of some texts, split on special tokens first (also runs in worker
-    processes, which _init_worker has given the compiled regexes)."""
-    pat, special_re = _worker_state["pat"], _worker_state["special_re"]
-    counts: Counter = Counter()
-    for text in texts:
-        for part in (special_re.split(text) if special_re is not None else (text,)):
-            counts.update(pat.findall(part))
-    return counts
-
-
-def _init_worker(pattern: str, specials: list[str]) -> None:
-    _worker_state["pat"], _worker_state["special_re"] = regex.compile(pattern), _special_regex(specials)
-
-
-def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch, n = [], 0
-    for t in texts:
-        batch.append(t)
-        n += len(t)
-        if n >= size:
-            yield batch
-            batch, n = [], 0
-    if batch:
-        yield batch
-
-
-def _count_pretokens(corpus, pattern, specials, workers, report) -> Counter:
-    """Distinct pre-tokens with their frequencies. The first _POOL_AFTER_CHARS are counted
-    here; the rest of a larger corpus goes to worker processes (the regex scan is the slow part)."""
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
-    batches = _batches(_corpus_texts(corpus, specials), _BATCH_CHARS)
-    _init_worker(pattern, specials)
-    counts: Counter = Counter()
-    seen = 0
-    for batch in batches:   # count in-process until the corpus proves large
-        counts.update(_count_texts(batch))
-        seen += sum(map(len, batch))
-        report(lambda: f"bpe: counted {seen / 1e6:,.1f} M chars, {len(counts):,} distinct pre-tokens")
-        if workers > 1 and seen >= _POOL_AFTER_CHARS:
-            break
-    else:
-        return counts
-    import multiprocessing as mp
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(pattern, specials)) as pool:
-        for part in pool.imap_unordered(_count_texts, batches):
-            counts.update(part)
-            report(lambda: f"bpe: counting, {len(counts):,} distinct pre-tokens")
-    return counts
-
-
-def _learn_merges(pretokens: Counter, max_new_tokens: int, min_frequency: int, report) -> list[tuple[bytes, bytes]]:
-    """The BPE training loop over distinct pre-tokens ("words") and their frequencies.
-
-    State, kept up to date after each merge instead of recounting:
-      words[w]  the word as a symbol string; freqs[w] how often it occurs
-      counts    pair (2-symbol string) -> occurrences, weighted by word frequency
-      where     pair -> indices of words that contain it (may also hold words that no longer
-                do: they are skipped when found, which is cheaper than removing them)
-      heap      (-count, order key, pair); an entry whose count is out of date is fixed when
-                popped (lazy invalidation), and every count increase pushes a fresh entry
-    A merge touches only the words that contain its pair, and in them only the neighbours of
-    each occurrence, so one merge costs time in proportion to where the pair occurs.
-    """
-    words, freqs = [], []
-    for piece, f in pretokens.items():
-        try:
-            b = piece.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _surrogate_error(piece, "the corpus (pre-token)") from None
-        if len(b) > 1:           # single bytes have no pairs
-            words.append(b.decode("latin-1"))
-            freqs.append(f)
-    del pretokens
-
-    counts: dict[str, int] = defaultdict(int)
-    where: dict[str, set[int]] = defaultdict(set)
-    for w, s in enumerate(words):
-        f = freqs[w]
-        for p in map(add, s, s[1:]):
-            counts[p] += f
-            where[p].add(w)
-
-    # Ties go to the greatest (bytes_a, bytes_b); heapq pops the smallest, so the key is an
-    # order-reversing code of the bytes: each byte x -> chr(255 - x), then an end mark chr(256)
-    # that sorts after every byte (so a prefix sorts after its extensions, as it must).
-    sym_bytes = [bytes([b]) for b in range(256)]
-    sym_of = {b: i for i, b in enumerate(sym_bytes)}
-    rev = [bytes(255 - x for x in b).decode("latin-1") + "\u0100" for b in sym_bytes]
-
-    def order_key(p: str) -> str:
-        return rev[ord(p[0])] + rev[ord(p[1])]
-
-    heap = [(-c, order_key(p), p) for p, c in counts.items()]
-    heapq.heapify(heap)
-
-    merges: list[tuple[bytes, bytes]] = []
-    n_new = 0
-    while n_new < max_new_tokens and heap:
-        neg, key, pair = heapq.heappop(heap)
-        c = counts.get(pair, 0)
-        if c != -neg:          # stale entry
-            if 0 < c < -neg:
-                heapq.heappush(heap, (-c, key, pair))
-            continue
-        if c < min_frequency:
-            break
-        a_b, b_b = sym_bytes[ord(pair[0])], sym_bytes[ord(pair[1])]
-        merges.append((a_b, b_b))
-        new_b = a_b + b_b
-        if new_b not in sym_of:    # two merge paths can make the same bytes; they share one token
-            sym_of[new_b] = len(sym_bytes)
-            sym_bytes.append(new_b)
-            rev.append(bytes(255 - x for x in new_b).decode("latin-1") + "\u0100")
-            n_new += 1
-        new = chr(sym_of[new_b])
-        touched = set()
-        for w in where.pop(pair):
-            s = words[w]
-            i = s.find(pair)
-            if i < 0:
-                continue              # stale index entry
-            f = freqs[w]
-            t = s.replace(pair, new)  # left to right, non-overlapping: the same occurrences as find
-            n = len(s)
-            end = -1                  # end of the previous occurrence in s
-            k = 0                     # occurrences so far, so i - k is the position in t
-            while i >= 0:
-                nxt = s.find(pair, i + 2)
-                # pairs destroyed: (left, a) unless the previous occurrence already took it, (b, right)
-                if i > 0 and i != end:
-                    counts[s[i - 1:i + 1]] -= f
-                if i + 2 < n:
-                    counts[s[i + 1:i + 3]] -= f
-                # pairs created: (left, new) and (new, right), the latter unless the next
-                # occurrence is adjacent (its (new, new) is counted as that one's left pair)
-                j = i - k
-                if j > 0:
-                    p = t[j - 1:j + 1]
-                    counts[p] += f
-                    where[p].add(w)
-                    touched.add(p)
-                if j + 1 < len(t) and nxt != i + 2:
-                    p = t[j:j + 2]
-                    counts[p] += f
-                    where[p].add(w)
-                    touched.add(p)
-                end, i, k = i + 2, nxt, k + 1
-            words[w] = t
-        del counts[pair]
-        for p in touched:
-            heapq.heappush(heap, (-counts[p], order_key(p), p))
-        report(lambda: f"bpe: merge {len(merges):,}/{max_new_tokens:,} | count {c:,}")
-    return merges

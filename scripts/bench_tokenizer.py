@@ -86,7 +86,7 @@ def main() -> None:
 
     results: dict[str, list[float]] = {}
     for r in range(cfg.repeat):
-        t, tok = timed(lambda: BPETokenizer.train(Path(corpus), cfg.vocab_size, SPECIALS, cfg.min_frequency, progress=False))
+        t, tok = timed(lambda: BPETokenizer.train_from_files(corpus, cfg.vocab_size, SPECIALS, cfg.min_frequency, progress=False))
         results.setdefault("minibert train s", []).append(t)
         tok._cache.clear()   # encoding starts cold, as Hugging Face's does
         t, ids = timed(lambda: tok.encode_batch(docs))

@@ -1,12 +1,15 @@
-"""Tests of minibert.tokenizer: round trips, exact training, exact encoding, file formats.
+"""Tests of minibert.tokenizer and minibert.bpe_train: round trips, exact training, exact
+encoding, file formats, the training entry points and the train-and-save program.
 
-Reference values come from elsewhere: a deliberately naive trainer written here (recount every
-pair after every merge), tiktoken's Rust encoder built from GPT-2's files, Hugging Face
-`tokenizers`, and the reference merges in ../shared/fixtures. Tests that need those skip
-cleanly when they are absent.
+Reference values come from elsewhere: the plain BPE of minibert/bpe.py (recount every pair
+after every merge; rescan every pair when encoding), tiktoken's Rust encoder built from GPT-2's
+files, Hugging Face `tokenizers`, and the reference merges in ../shared/fixtures. Tests that
+need those skip cleanly when they are absent.
 """
 import json
 import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 import regex
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from minibert import bpe, bpe_train
 from minibert import tokenizer as tokmod
 from minibert.tokenizer import GPT2_PATTERN, BPETokenizer, bytes_to_token_str, token_str_to_bytes
 
@@ -53,7 +57,7 @@ EDGE_TEXTS = [
 
 @pytest.fixture(scope="module")
 def small_tok():
-    return BPETokenizer.train(SMALL_CORPUS, 256 + 4 + 120, special_tokens=BERT_SPECIALS, progress=False)
+    return BPETokenizer.train_from_iterator(SMALL_CORPUS, 256 + 4 + 120, special_tokens=BERT_SPECIALS, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,42 +79,6 @@ def fixture_texts():
     if not BPE_REF.is_dir():
         return []
     return [(BPE_REF / n).read_text(encoding="utf-8") for n in ("tinystories_sample.txt", "address.txt", "german.txt")]
-
-
-# ---------------------------------------------------------------------- a naive reference trainer
-
-def naive_train(docs, vocab_size, specials=(), pattern=GPT2_PATTERN):
-    """BPE as the definition says it: recount all pairs after every merge."""
-    split = regex.compile("|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))) if specials else None
-    words = Counter()
-    for doc in docs:
-        for part in (split.split(doc) if split else [doc]):
-            for piece in regex.findall(pattern, part):
-                words[tuple(bytes([x]) for x in piece.encode("utf-8"))] += 1
-    merges, tokens = [], {bytes([i]) for i in range(256)}
-    while len(tokens) + len(specials) < vocab_size:
-        pairs = Counter()
-        for w, f in words.items():
-            for p in zip(w, w[1:]):
-                pairs[p] += f
-        if not pairs:
-            break
-        best = max(pairs, key=lambda p: (pairs[p], p))
-        merges.append(best)
-        tokens.add(best[0] + best[1])
-        merged = Counter()
-        for w, f in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(w[i] + w[i + 1])
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            merged[tuple(out)] += f
-        words = merged
-    return merges
 
 
 # ---------------------------------------------------------------------- round trips
@@ -161,8 +129,7 @@ def test_special_token_ids_and_policy(small_tok):
 
 
 def test_encode_batch_in_worker_processes_equals_one_by_one(small_tok, monkeypatch):
-    import minibert.tokenizer as tokenizer_module
-    monkeypatch.setattr(tokenizer_module, "_PARALLEL_ENCODE_CHARS", 1)  # split even a small batch
+    monkeypatch.setattr(tokmod, "_PARALLEL_ENCODE_CHARS", 1)  # split even a small batch
     texts = EDGE_TEXTS * 3 + ["[PAD] tail", "x" * 50]
     for allowed in ("all", "none"):
         serial = [small_tok.encode(t, allowed_special=allowed) for t in texts]
@@ -172,7 +139,7 @@ def test_encode_batch_in_worker_processes_equals_one_by_one(small_tok, monkeypat
 
 def test_overlapping_special_tokens_longest_wins():
     specials = ["<|end|>", "<|endoftext|>", "ab", "abc", "<|"]
-    tok = BPETokenizer.train(["abc <|endoftext|> <|end|> ab"] * 5, 300, special_tokens=specials, progress=False)
+    tok = BPETokenizer.train_from_iterator(["abc <|endoftext|> <|end|> ab"] * 5, 300, special_tokens=specials, progress=False)
     sp = tok.special_tokens
     assert tok.encode("<|endoftext|>") == [sp["<|endoftext|>"]]
     assert tok.encode("<|end|>") == [sp["<|end|>"]]
@@ -186,7 +153,7 @@ def test_lone_surrogate_raises_with_position(small_tok):
     with pytest.raises(ValueError, match=r"U\+D800 at index 3"):
         small_tok.encode("abc\ud800def")
     with pytest.raises(ValueError, match="surrogate"):
-        BPETokenizer.train(["fine", "bad \udfff"], 300, progress=False)
+        BPETokenizer.train_from_iterator(["fine", "bad \udfff"], 300, progress=False)
 
 
 def test_decode_errors_and_replacement(small_tok):
@@ -205,20 +172,9 @@ def test_decode_errors_and_replacement(small_tok):
 
 
 def naive_encode(tok, text):
-    """BPE encoding as the definition says it, one pre-token at a time: merge the lowest-rank
-    adjacent pair (leftmost first) until none is a learned merge. Quadratic; fine for tests."""
-    rank = {pair: r for r, pair in enumerate(tok.merges)}
+    """The ids of the plain encoder in minibert/bpe.py (quadratic; fine for tests)."""
     id_of = {b: i for i, b in tok.vocab.items() if i not in tok.special_tokens.values()}
-    ids = []
-    for piece in regex.findall(tok.pattern, text):
-        parts = [bytes([x]) for x in piece.encode("utf-8")]
-        while len(parts) > 1:
-            r, i = min((rank.get(p, float("inf")), i) for i, p in enumerate(zip(parts, parts[1:])))
-            if r == float("inf"):
-                break
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
-        ids += [id_of[p] for p in parts]
-    return ids
+    return [id_of[b] for b in bpe.encode(text, tok.merges, tok.pattern)]
 
 
 @settings(max_examples=150, deadline=None)
@@ -241,74 +197,100 @@ def test_long_pre_token(small_tok):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.text(alphabet="aab b'\n\té", max_size=40), min_size=1, max_size=12),
-       st.integers(min_value=0, max_value=40))
-def test_training_matches_naive_trainer(docs, n_merges):
+       st.integers(min_value=0, max_value=40), st.integers(min_value=1, max_value=3))
+def test_training_matches_plain_trainer(docs, n_merges, min_frequency):
     vocab_size = 256 + 1 + n_merges
-    tok = BPETokenizer.train(docs, vocab_size, special_tokens=["b'"], progress=False)
-    assert tok.merges == naive_train(docs, vocab_size, specials=["b'"])
+    tok = BPETokenizer.train_from_iterator(docs, vocab_size, special_tokens=["b'"], min_frequency=min_frequency,
+                                           progress=False)
+    assert tok.merges == bpe.train(docs, vocab_size, special_tokens=["b'"], min_frequency=min_frequency)
 
 
 def test_training_on_overlaps_and_ties():
     docs = ["aaaa aaa aa", "abab ab ba", "zz yy"]
-    assert BPETokenizer.train(docs, 270, progress=False).merges == naive_train(docs, 270)
+    assert BPETokenizer.train_from_iterator(docs, 270, progress=False).merges == bpe.train(docs, 270)
     # "aaa" has two overlapping "aa": count 2 beats "ab" (count 1) in a one-word corpus
-    assert BPETokenizer.train(["aaa ab"], 257, progress=False).merges == [(b"a", b"a")]
+    assert BPETokenizer.train_from_iterator(["aaa ab"], 257, progress=False).merges == [(b"a", b"a")]
+    assert bpe.train(["aaa ab"], 257) == [(b"a", b"a")]
     # a tie goes to the lexicographically greatest pair
-    assert BPETokenizer.train(["xy ab"], 257, progress=False).merges == [(b"x", b"y")]
+    assert BPETokenizer.train_from_iterator(["xy ab"], 257, progress=False).merges == [(b"x", b"y")]
+    assert bpe.train(["xy ab"], 257) == [(b"x", b"y")]
 
 
 def test_training_order_independent_and_streaming_exact(tmp_path, monkeypatch):
     docs = SMALL_CORPUS[:5]
-    a = BPETokenizer.train(docs, 400, progress=False)
-    b = BPETokenizer.train(list(reversed(docs)), 400, progress=False)
+    a = BPETokenizer.train_from_iterator(docs, 400, progress=False)
+    b = BPETokenizer.train_from_iterator(iter(list(reversed(docs))), 400, progress=False)   # an iterator is fine
     assert a.merges == b.merges
     # one file read in tiny blocks gives exactly the pre-tokens of the whole file
     text = "".join(SMALL_CORPUS) + "tail  \n  spaces\n\nx\r\ny [MASK]\nz"
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8", newline="")
-    monkeypatch.setattr(tokmod, "_READ_BLOCK", 37)
-    streamed = tokmod._count_pretokens([path], GPT2_PATTERN, ["[MASK]"], 1, tokmod._Progress(False))
+    monkeypatch.setattr(bpe_train, "_READ_BLOCK", 37)
+    quiet = bpe_train._Progress(False)
+    streamed = bpe_train.count_pretokens(bpe_train.read_files([path], ["[MASK]"]), GPT2_PATTERN, ["[MASK]"], 1, quiet)
     whole = Counter(p for part in text.split("[MASK]") for p in regex.findall(GPT2_PATTERN, part))
     assert streamed == whole
     # worker processes count the same
-    monkeypatch.setattr(tokmod, "_POOL_AFTER_CHARS", 100)
-    monkeypatch.setattr(tokmod, "_BATCH_CHARS", 500)
-    pooled = tokmod._count_pretokens([path, path], GPT2_PATTERN, ["[MASK]"], 2, tokmod._Progress(False))
+    monkeypatch.setattr(bpe_train, "_POOL_AFTER_CHARS", 100)
+    monkeypatch.setattr(bpe_train, "_BATCH_CHARS", 500)
+    pooled = bpe_train.count_pretokens(bpe_train.read_files([path, path], ["[MASK]"]), GPT2_PATTERN, ["[MASK]"], 2, quiet)
     assert pooled == Counter({k: 2 * v for k, v in whole.items()})
     monkeypatch.undo()
-    assert BPETokenizer.train(path, 400, ["[MASK]"], progress=False).merges == BPETokenizer.train(
-        [text], 400, ["[MASK]"], progress=False).merges
+    from_file = BPETokenizer.train_from_files(path, 400, ["[MASK]"], progress=False).merges
+    assert from_file == BPETokenizer.train_from_iterator([text], 400, ["[MASK]"], progress=False).merges
+    assert BPETokenizer.train_from_files([str(path)], 400, ["[MASK]"], progress=False).merges == from_file
 
 
-def test_training_arguments():
+def test_training_arguments(tmp_path):
     with pytest.raises(ValueError, match="smaller than"):
-        BPETokenizer.train(["abc"], 256 + 3, special_tokens=BERT_SPECIALS, progress=False)
+        BPETokenizer.train_from_iterator(["abc"], 256 + 3, special_tokens=BERT_SPECIALS, progress=False)
     with pytest.raises(ValueError, match="duplicate"):
-        BPETokenizer.train(["abc"], 300, special_tokens=["x", "x"], progress=False)
-    with pytest.raises(FileNotFoundError):
-        BPETokenizer.train("/no/such/corpus.txt", 300, progress=False)
+        BPETokenizer.train_from_iterator(["abc"], 300, special_tokens=["x", "x"], progress=False)
+    (tmp_path / "real.txt").write_text("abc", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="train_from_iterator"):   # checked before any file is read
+        BPETokenizer.train_from_files([tmp_path / "real.txt", "/no/such/corpus.txt"], 300, progress=False)
+    with pytest.raises(FileNotFoundError):   # texts passed as files fail loudly too
+        BPETokenizer.train_from_files(["the quick brown fox"], 300, progress=False)
     with pytest.raises(TypeError):
-        BPETokenizer.train([b"bytes"], 300, progress=False)
+        BPETokenizer.train_from_iterator([b"bytes"], 300, progress=False)
+    with pytest.raises(TypeError, match="train_from_files"):
+        BPETokenizer.train_from_iterator([tmp_path / "real.txt"], 300, progress=False)
     with pytest.raises(TypeError, match="list of strings"):
-        BPETokenizer.train(["abc"], 300, special_tokens="[MASK]", progress=False)
+        BPETokenizer.train_from_iterator(["abc"], 300, special_tokens="[MASK]", progress=False)
     # min_frequency stops early; a corpus with few pairs gives a smaller vocabulary
-    tok = BPETokenizer.train(["ab ab cd"], 300, min_frequency=2, progress=False)
+    tok = BPETokenizer.train_from_iterator(["ab ab cd"], 300, min_frequency=2, progress=False)
     assert tok.merges == [(b"a", b"b")] and tok.vocab_size == 257
-    assert BPETokenizer.train([""], 300, progress=False).vocab_size == 256
+    assert BPETokenizer.train_from_iterator([""], 300, progress=False).vocab_size == 256
+
+
+def test_texts_that_are_file_paths_are_refused(tmp_path, monkeypatch):
+    """The Hugging Face habit, train(["corpus.txt"]), must not train on the 10 characters."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(SMALL_CORPUS[:5]), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    for texts in (["corpus.txt"], [str(corpus), "corpus.txt"], (p for p in ["corpus.txt"])):
+        with pytest.raises(ValueError, match="did you mean train_from_files"):
+            BPETokenizer.train_from_iterator(texts, 300, progress=False)
+    for texts in ("corpus.txt", "some text", corpus):   # a bare str or path is never an iterable of documents
+        with pytest.raises(ValueError, match="train_from_files"):
+            BPETokenizer.train_from_iterator(texts, 300, progress=False)
+    # one real document among them is enough to make them documents
+    assert BPETokenizer.train_from_iterator(["corpus.txt", "just text"], 257, progress=False).merges == [(b"x", b"t")]
+    assert BPETokenizer.train_from_files(["corpus.txt"], 300, progress=False).merges == bpe.train(SMALL_CORPUS[:5], 300)
 
 
 def test_progress_lines(monkeypatch, capsys):
-    monkeypatch.setattr(tokmod._Progress, "every", 0.0)
+    monkeypatch.setattr(bpe_train._Progress, "every", 0.0)
     lines = []
-    BPETokenizer.train(SMALL_CORPUS[:5], 300, progress=lines.append)
+    BPETokenizer.train_from_iterator(SMALL_CORPUS[:5], 300, progress=lines.append)
     assert any("merge" in line for line in lines) and "merges" in lines[-1]
-    BPETokenizer.train(SMALL_CORPUS[:5], 300, progress=False)
+    BPETokenizer.train_from_iterator(SMALL_CORPUS[:5], 300, progress=False)
     assert capsys.readouterr().err == ""
 
 
 @needs_bpe_ref
 def test_training_matches_reference_merges_and_vocab():
-    tok = BPETokenizer.train(BPE_REF / "corpus.en", 500, special_tokens=["<|endoftext|>"], progress=False)
+    tok = BPETokenizer.train_from_files(BPE_REF / "corpus.en", 500, special_tokens=["<|endoftext|>"], progress=False)
     ref_merges = [tuple(token_str_to_bytes(t) for t in line.split(" "))
                   for line in (BPE_REF / "reference-merges.txt").read_text(encoding="utf-8").splitlines() if line]
     assert tok.merges == ref_merges
@@ -389,7 +371,7 @@ def test_hugging_face_loads_what_minibert_trained(tmp_path):
     tokenizers = import_or_skip("tokenizers")
     docs = [(BPE_REF / "corpus.en").read_text(encoding="utf-8")] if BPE_REF.is_dir() else SMALL_CORPUS
     specials = ["<|endoftext|>", "[MASK]"]
-    tok = BPETokenizer.train(docs, 600, special_tokens=specials, progress=False)
+    tok = BPETokenizer.train_from_iterator(docs, 600, special_tokens=specials, progress=False)
     v, m = tok.save_gpt2_files(tmp_path)
     hf = tokenizers.ByteLevelBPETokenizer(str(v), str(m))
     hf.add_special_tokens(specials)
@@ -422,7 +404,7 @@ def test_save_load_round_trip(small_tok, tmp_path):
     assert loaded.fingerprint() == small_tok.fingerprint()
     for text in EDGE_TEXTS:
         assert loaded.encode(text) == small_tok.encode(text)
-    custom = BPETokenizer.train(SMALL_CORPUS[:5], 300, pattern=r"\S+|\s+", progress=False)
+    custom = BPETokenizer.train_from_iterator(SMALL_CORPUS[:5], 300, pattern=r"\S+|\s+", progress=False)
     custom.save(path)
     assert BPETokenizer.load(path).pattern == r"\S+|\s+"
     assert custom.fingerprint() != small_tok.fingerprint() and len(custom.fingerprint()) == 16
@@ -482,33 +464,47 @@ def test_read_file_blocks(tmp_path, monkeypatch):
     path = tmp_path / "c.txt"
     text = "line one\nline two\r\nthird  line\n\n   end é"
     path.write_bytes(text.encode("utf-8"))
-    monkeypatch.setattr(tokmod, "_READ_BLOCK", 5)
-    assert "".join(tokmod.read_file_blocks(path)) == text
-    assert "".join(tokmod.read_file_blocks(path, stop=9)) == text[:9]
+    monkeypatch.setattr(bpe_train, "_READ_BLOCK", 5)
+    assert "".join(bpe_train.read_file_blocks(path)) == text
+    assert "".join(bpe_train.read_file_blocks(path, stop=9)) == text[:9]
     path.write_bytes(b"ok\xff\xfe not utf-8")
     with pytest.raises(ValueError, match="not valid UTF-8"):
-        BPETokenizer.train(path, 300, progress=False)
+        BPETokenizer.train_from_files(path, 300, progress=False)
 
 
-def test_train_tokenizer_script(tmp_path, monkeypatch, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "train_tokenizer", Path(__file__).resolve().parents[1] / "scripts" / "train_tokenizer.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(__import__("sys").modules, "train_tokenizer", script)   # dataclasses look it up
-    spec.loader.exec_module(script)
+def test_train_tokenizer(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(SMALL_CORPUS) * 3, encoding="utf-8")
     out = tmp_path / "tok.json"
-    monkeypatch.setattr("sys.argv", ["train_tokenizer.py", str(corpus), "--out", str(out), "--vocab-size", "400",
-                                     "--heldout-bytes", "3000", "--gpt2-dir", str(tmp_path / "gpt2")])
-    script.main()
-    summary = capsys.readouterr().out
-    assert "vocab_size 400" in summary and "bytes_per_token" in summary
+    summary = bpe_train.train_tokenizer([corpus], out, vocab_size=400, heldout_bytes=3000,
+                                        gpt2_dir=tmp_path / "gpt2", progress=False)
     tok = BPETokenizer.load(out)
-    assert tok.vocab_size == 400 and tok.special_tokens["[MASK]"] == 3
+    assert tok.vocab_size == summary["vocab_size"] == 400 and tok.special_tokens["[MASK]"] == 3
+    assert summary["fingerprint"] == tok.fingerprint()
+    # the held-out slice (the file's tail, from a line start) was not trained on, and is measured
+    size = corpus.stat().st_size
+    train_bytes, heldout = bpe_train.heldout_split(corpus, 3000)
+    assert 0 < size - train_bytes <= 3000 and heldout == corpus.read_bytes()[train_bytes:].decode("utf-8")
+    assert tok.merges == bpe.train([corpus.read_bytes()[:train_bytes].decode("utf-8")], 400, BERT_SPECIALS, 2)
+    assert summary["heldout_tokens"] == len(tok.encode(heldout))
+    assert summary["bytes_per_token"] == round(summary["heldout_bytes"] / summary["heldout_tokens"], 3)
     assert BPETokenizer.from_gpt2_files(tmp_path / "gpt2" / "vocab.json", tmp_path / "gpt2" / "merges.txt",
                                         special_tokens=list(tok.special_tokens)).vocab == tok.vocab
+    with pytest.raises(FileNotFoundError):
+        bpe_train.train_tokenizer([corpus, tmp_path / "missing.txt"], out, progress=False)
+
+
+def test_train_tokenizer_script_runs(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(SMALL_CORPUS), encoding="utf-8")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_tokenizer.py"
+    run = subprocess.run([sys.executable, str(script), str(corpus), "--out", str(tmp_path / "tok.json"),
+                          "--vocab-size", "300", "--heldout-bytes", "1000"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "vocab_size 300" in run.stdout and "bytes_per_token" in run.stdout
+    assert BPETokenizer.load(tmp_path / "tok.json").vocab_size == 300
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "nope.txt")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "nope.txt" in missing.stderr
 
 
 @needs_gpt2
