@@ -107,8 +107,8 @@ def get_tokenizer(tc, train_docs):
     else:
         t0 = time.time()
         log(f"training a byte-level BPE tokenizer (vocab {tc.vocab_size:,}) on {len(train_docs):,} documents")
-        tok = BPETokenizer.train((d.text for d in train_docs), tc.vocab_size, special_tokens=SPECIAL_TOKENS,
-                                 progress=True)
+        tok = BPETokenizer.train_from_iterator((d.text for d in train_docs), tc.vocab_size,
+                                               special_tokens=SPECIAL_TOKENS, progress=True)
         log(f"tokenizer trained in {time.time() - t0:.1f} s")
     for s in SPECIAL_TOKENS:
         if s not in tok.special_tokens:

@@ -195,7 +195,7 @@ def tok():
     from minibert.tokenizer import SPECIAL_TOKENS
     from minibert.tokenizer import BPETokenizer
     text = " ".join(["the cat sat on the mat", "a dog ran to the park", "good great fine", "bad awful poor"] * 20)
-    return BPETokenizer.train([text], 300, special_tokens=SPECIAL_TOKENS, progress=False)
+    return BPETokenizer.train_from_iterator([text], 300, special_tokens=SPECIAL_TOKENS, progress=False)
 
 
 def test_pair_encoding_and_truncation(tok):

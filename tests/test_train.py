@@ -79,7 +79,7 @@ def trained_tokenizer(tmp_path_factory, corpus):
     from minibert.tokenizer import SPECIAL_TOKENS
     from minibert.tokenizer import BPETokenizer
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    BPETokenizer.train([open(corpus).read()], 600, special_tokens=SPECIAL_TOKENS, progress=False).save(str(path))
+    BPETokenizer.train_from_files(corpus, 600, special_tokens=SPECIAL_TOKENS, progress=False).save(str(path))
     return str(path)
 
 
