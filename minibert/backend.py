@@ -17,6 +17,8 @@ module exposes one name so that ops have one code path:
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
     rng(seed)                a seeded random Generator on the current device
     to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
+    check_keys(got, expected, what)   the one "missing [...], unexpected [...]" check of
+                             named arrays (params, grads, optimizer state, checkpoints)
 
 Nothing is half-initialised: ``use("cupy")`` first checks that CuPy imports and sees a
 GPU, and only then switches.
@@ -204,6 +206,17 @@ def synchronize():
     """Wait for queued device work (for timing); a no-op on NumPy."""
     if xp is not numpy:
         xp.cuda.Device().synchronize()
+
+
+def check_keys(got, expected, what, error=ValueError):
+    """Raise error("WHAT: missing [...], unexpected [...]") unless the two collections of
+    names (params, grads, optimizer state, checkpoint tensors: any dicts or sets) agree.
+
+    The one comparison of named arrays in minibert, so that every such mismatch reads alike."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise error(f"{what}: missing {missing}, unexpected {unexpected}")
 
 
 _env = os.environ.get("MINIBERT_BACKEND", "numpy").strip().lower() or "numpy"

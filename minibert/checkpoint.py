@@ -15,9 +15,9 @@ A checkpoint NAME in a directory is two files:
 
 <sha16> is the first 16 hex digits of the tensors file's sha256. The tensors file is named
 by its content so that saving NAME again never overwrites the file the current NAME.json
-points to: each file is written to a temporary file in the same directory, flushed,
-fsynced and renamed into place (os.replace), then the directory is fsynced; the tensors
-file first, NAME.json last. Until the rename of NAME.json the previous checkpoint stays
+points to: each file is written with atomic.atomic_write (a temporary file in the same
+directory, flushed, fsynced and renamed into place, then the directory fsynced); the
+tensors file first, NAME.json last. Until the rename of NAME.json the previous checkpoint stays
 complete and loadable; after it the new one is. Tensor files no longer referenced are
 removed after the commit. (With a fixed name NAME.safetensors a crash between the two
 renames would leave new tensors beside an old record: two files cannot be swapped at once.)
@@ -30,12 +30,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 
 import numpy
 import safetensors.numpy
 
 from minibert import backend
+from minibert.atomic import atomic_write
 
 FORMAT = "minibert-checkpoint"
 VERSION = 1
@@ -60,9 +60,11 @@ def _tensor_file_re(name):
 
 
 def _tmp_file_re(name):
-    # mkstemp's random part is 8 characters of [a-z0-9_]; a dot-free match keeps the
-    # temporary files of another checkpoint ("NAME.best") out of reach
-    return re.compile(r"\." + re.escape(name) + r"\.[a-z0-9_]{8}\.tmp")
+    # atomic_write's temporary files: ".NAME.<sha16>.safetensors.<random>.tmp" and
+    # ".NAME.json.<random>.tmp" (older versions wrote ".NAME.<random>.tmp"); mkstemp's random
+    # part is 8 characters of [a-z0-9_]. The exact middle keeps the temporary files of
+    # another checkpoint ("NAME.best") out of reach.
+    return re.compile(r"\." + re.escape(name) + r"(\.[0-9a-f]{16}\.safetensors|\.json)?\.[a-z0-9_]{8}\.tmp")
 
 
 def _sha256_file(path):
@@ -72,17 +74,6 @@ def _sha256_file(path):
             h.update(chunk)
             n += len(chunk)
     return h.hexdigest(), n
-
-
-def _fsync_dir(directory):
-    """Make the renames in directory durable (POSIX; Windows cannot open a directory)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _host(a):
@@ -105,44 +96,22 @@ def save_checkpoint(directory, name, params, optim_tensors, meta):
     tensors.update({"optim." + k: _host(v) for k, v in optim_tensors.items()})
     json.dumps(meta)  # fail on a non-JSON-able meta before anything is written
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        safetensors.numpy.save_file(tensors, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        sha, nbytes = _sha256_file(tmp)
-        tensors_file = f"{name}.{sha[:16]}.safetensors"
-        os.replace(tmp, os.path.join(directory, tensors_file))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
+    data = safetensors.numpy.save(tensors)
+    sha = hashlib.sha256(data).hexdigest()
+    tensors_file = f"{name}.{sha[:16]}.safetensors"
+    atomic_write(os.path.join(directory, tensors_file), data)
 
     record = {
         "format": FORMAT,
         "version": VERSION,
         "tensors_file": tensors_file,
         "tensors_sha256": sha,
-        "tensors_bytes": nbytes,
+        "tensors_bytes": len(data),
         "params": list(params),
         "optim": list(optim_tensors),
         "meta": meta,
     }
-    text = json.dumps(record, indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, _json_path(directory, name))  # the commit
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
+    atomic_write(_json_path(directory, name), json.dumps(record, indent=1))  # the commit
 
     # committed: tensor files of earlier saves (or of crashed ones) are garbage now
     stale, tmp_re = _tensor_file_re(name), _tmp_file_re(name)
@@ -160,15 +129,8 @@ def checkpoint_exists(directory, name):
     return os.path.isfile(_json_path(directory, name))
 
 
-def load_checkpoint(directory, name, expect_params=None):
-    """Read checkpoint ``name`` -> (params, optim_tensors, meta), all on the host.
-
-    params: dict name -> NumPy array; optim_tensors: dict key -> NumPy array (the keys
-    given to save, e.g. "m.<name>"); meta: the caller's dict as saved.
-    expect_params: optional dict name -> array (or anything with .shape): when given, the
-    checkpoint must hold exactly those names with those shapes.
-    Raises CheckpointError, naming the file, when anything is missing or does not check out.
-    """
+def _read_record(directory, name):
+    """The validated commit record NAME.json (a dict); CheckpointError naming the file."""
     _check_name(name)
     jpath = _json_path(directory, name)
     try:
@@ -193,8 +155,36 @@ def load_checkpoint(directory, name, expect_params=None):
     tfile = record["tensors_file"]
     if not isinstance(tfile, str) or not _tensor_file_re(name).fullmatch(tfile):
         raise CheckpointError(f"{jpath}: bad tensors_file entry {tfile!r}")
+    return record
 
-    tpath = os.path.join(directory, tfile)
+
+def read_meta(directory, name):
+    """The meta dict of checkpoint ``name``, from its commit record alone (no tensors read)."""
+    return _read_record(directory, name)["meta"]
+
+
+def check_tensors(tensors, expect, where):
+    """CheckpointError, starting with `where`, unless tensors (name -> array) holds exactly
+    the names of expect (name -> array or shape tuple) with those shapes."""
+    backend.check_keys(tensors, expect, f"{where}: parameters differ from the model", CheckpointError)
+    for k, a in expect.items():
+        shape = tuple(getattr(a, "shape", a))
+        if tuple(tensors[k].shape) != shape:
+            raise CheckpointError(f"{where}: parameter {k!r} has shape {tuple(tensors[k].shape)}, the model has {shape}")
+
+
+def load_checkpoint(directory, name, expect_params=None):
+    """Read checkpoint ``name`` -> (params, optim_tensors, meta), all on the host.
+
+    params: dict name -> NumPy array; optim_tensors: dict key -> NumPy array (the keys
+    given to save, e.g. "m.<name>"); meta: the caller's dict as saved.
+    expect_params: optional dict name -> array or shape tuple: when given, the checkpoint
+    must hold exactly those names with those shapes (check_tensors).
+    Raises CheckpointError, naming the file, when anything is missing or does not check out.
+    """
+    record = _read_record(directory, name)
+    jpath = _json_path(directory, name)
+    tpath = os.path.join(directory, record["tensors_file"])
     try:
         sha, nbytes = _sha256_file(tpath)
     except FileNotFoundError:
@@ -213,22 +203,10 @@ def load_checkpoint(directory, name, expect_params=None):
         raise CheckpointError(f"{tpath}: cannot parse safetensors ({type(e).__name__}: {e})") from None
 
     expected = {"param." + k for k in record["params"]} | {"optim." + k for k in record["optim"]}
-    if set(tensors) != expected:
-        missing = sorted(expected - set(tensors))
-        extra = sorted(set(tensors) - expected)
-        raise CheckpointError(f"{tpath}: tensors differ from the record: missing {missing}, unexpected {extra}")
+    backend.check_keys(tensors, expected, f"{tpath}: tensors differ from the record", CheckpointError)
     # writable copies: the caller may hand them to the optimizer, which updates in place
     params = {k: numpy.array(tensors["param." + k]) for k in record["params"]}
     optim = {k: numpy.array(tensors["optim." + k]) for k in record["optim"]}
-
     if expect_params is not None:
-        missing = sorted(set(expect_params) - set(params))
-        extra = sorted(set(params) - set(expect_params))
-        if missing or extra:
-            raise CheckpointError(f"{tpath}: parameters differ from the model: missing {missing}, unexpected {extra}")
-        for k, a in expect_params.items():
-            if tuple(params[k].shape) != tuple(a.shape):
-                raise CheckpointError(
-                    f"{tpath}: parameter {k!r} has shape {tuple(params[k].shape)}, the model has {tuple(a.shape)}"
-                )
+        check_tensors(params, expect_params, tpath)
     return params, optim, record["meta"]

@@ -24,23 +24,18 @@ and zero bias, so the same seed gives the same head whichever encoder it sits on
     model = BertForSequenceClassification.from_pretrained_run("runs/pretrain", num_labels=10)
     loss, grads = model.loss_and_grads({"input_ids": ..., "attention_mask": ..., "labels": y})
 """
-import json
-import os
-
 import numpy as np  # host side only: input validation and seeded initialisation
 
 from minibert import backend
-from minibert.checkpoint import CheckpointError, load_checkpoint
-from minibert.inference import check_kind
 from minibert.layers import dropout_backward, dropout_forward, linear_backward, linear_forward
 from minibert.losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from minibert.model import (
     BertConfig, check_grads, check_params, dropout_rng, encoder_backward, encoder_forward, encoder_param_shapes, init_params,
     to_device_batch, validate_batch,
 )
-
-PRETRAINING_KIND = "minibert-pretraining"
-CLASSIFICATION_KIND = "minibert-classification"
+from minibert.rundir import read_pretrained_encoder
+# re-exported for finetune.py until it imports them from rundir (issue 9, run directories, phase B)
+from minibert.rundir import CLASSIFICATION_KIND, PRETRAINING_KIND, run_heldout_fraction  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------
@@ -206,33 +201,3 @@ class BertForSequenceClassification:
         """Evaluation-mode forward (no dropout); the same `out` dict as forward."""
         return self.forward(batch, train=False)[0]
 
-
-# ----------------------------------------------------------------------------------------
-# reading a pretraining run
-
-
-def read_pretrained_encoder(run_dir, name="last", dtype=None):
-    """(BertConfig, encoder params on the device, meta) from a minibert pretraining run.
-
-    Only the encoder (emb.*, layers.*, pool.*) is kept: the MLM and NSP heads are dropped.
-    Raises CheckpointError for a checkpoint of another kind, naming what it is."""
-    params, _, meta = load_checkpoint(run_dir, name)
-    check_kind(meta, run_dir, name, PRETRAINING_KIND)
-    config = BertConfig.from_dict(meta["config"])
-    if dtype is not None:
-        config.dtype = dtype
-    shapes = encoder_param_shapes(config)
-    missing = sorted(set(shapes) - set(params))
-    if missing:
-        raise CheckpointError(f"{run_dir}/{name}.json lacks encoder weights {missing}")
-    params = {k: backend.to_device(params[k], dtype=config.dtype) for k in shapes}
-    return config, params, meta
-
-
-def run_heldout_fraction(run_dir, default=0.05):
-    """The heldout_fraction a pretraining run used (its config.json), else `default`."""
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            return float(json.load(f)["train"]["heldout_fraction"])
-    except (OSError, KeyError, ValueError, TypeError):
-        return default

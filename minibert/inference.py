@@ -1,4 +1,4 @@
-"""Using a pretrained minibert: load a run directory, fill in [MASK] tokens.
+"""Using a pretrained minibert: load a pretraining run (rundir.load_run), fill in [MASK] tokens.
 
     model, tok = minibert.load_pretrained("runs/pretrain")
     fill_mask(model, tok, "Return the [MASK] of the list.")
@@ -8,53 +8,19 @@ A space typed before "[MASK]" is absorbed into the mask (as RoBERTa's mask token
 lstrip): byte-level BPE puts a word's leading space inside its token (" length"), so the
 masked slot in pretraining stands for " length", not for "length" after a separate " ".
 """
-import os
 import re
 
 import numpy as np
 
 from minibert import backend
-from minibert.checkpoint import CheckpointError, load_checkpoint
-from minibert.model import IGNORE_INDEX, BertConfig, BertForPreTraining
-
-
-RUN_KINDS = {"minibert-pretraining": "a pretraining checkpoint", "minibert-classification": "a fine-tuned classifier"}
-
-
-def check_kind(meta, run_dir, name, kind):
-    """CheckpointError unless checkpoint `name` of run_dir (its meta given) is of `kind`."""
-    found = meta.get("kind")
-    if found != kind:
-        hint = f" (it is {RUN_KINDS[found]})" if found in RUN_KINDS else ""
-        raise CheckpointError(f"{os.path.join(run_dir, name + '.json')} is not {RUN_KINDS[kind]}: its kind is "
-                              f"{found!r}, expected {kind!r}{hint}")
-
-
-def load_run(run_dir, name, kind, dtype=None):
-    """(BertConfig, params on the device, meta, tokenizer) of checkpoint `name` of a run directory.
-
-    The checkpoint must be of `kind` ("minibert-pretraining" or "minibert-classification") and
-    RUN_DIR/tokenizer.json the tokenizer it was trained with; CheckpointError otherwise.
-    dtype: None keeps the saved one, else "float32" or "float64"."""
-    from minibert.tokenizer import BPETokenizer
-    tok_path = os.path.join(run_dir, "tokenizer.json")
-    if not os.path.exists(tok_path):
-        raise FileNotFoundError(f"{run_dir} is not a minibert run directory: {tok_path} is missing")
-    params, _, meta = load_checkpoint(run_dir, name)
-    check_kind(meta, run_dir, name, kind)
-    tok = BPETokenizer.load(tok_path)
-    if meta.get("tokenizer_fingerprint") != tok.fingerprint():
-        raise CheckpointError(f"{tok_path} is not the tokenizer that {run_dir}/{name}.json was trained with")
-    config = BertConfig.from_dict(meta["config"])
-    if dtype is not None:
-        config.dtype = dtype
-    params = {k: backend.to_device(v, dtype=config.dtype) for k, v in params.items()}
-    return config, params, meta, tok
+from minibert.model import IGNORE_INDEX, BertForPreTraining
+from minibert.rundir import PRETRAINING_KIND, load_run
+from minibert.tokenizer import SPECIAL_TOKENS
 
 
 def load_pretrained(run_dir, name="last", dtype=None):
     """(BertForPreTraining, BPETokenizer) from a pretraining run directory."""
-    config, params, _, tok = load_run(run_dir, name, "minibert-pretraining", dtype)
+    config, params, _, tok = load_run(run_dir, name, PRETRAINING_KIND, dtype)
     return BertForPreTraining(config, params=params), tok
 
 
@@ -68,7 +34,6 @@ def fill_mask(model, tok, texts, top_k=5):
 
 
 def _fill_one(model, tok, text, top_k):
-    from minibert.tokenizer import SPECIAL_TOKENS
     pad, cls, sep, mask = (tok.token_to_id(s) for s in SPECIAL_TOKENS)
     ids = tok.encode(text.replace(" [MASK]", "[MASK]"), allowed_special={"[MASK]"})
     if mask not in ids:

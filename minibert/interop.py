@@ -51,9 +51,10 @@ import json
 import os
 
 import numpy as np  # host side only: checkpoints are host arrays
-from safetensors.numpy import load_file, save_file
+import safetensors.numpy
 
 from minibert import backend
+from minibert.atomic import atomic_write
 from minibert.model import BertConfig, BertForPreTraining, encoder_param_shapes, pretraining_param_shapes
 
 CONFIG_NAME = "config.json"
@@ -204,14 +205,9 @@ def from_hf_state_dict(state, config, heads=True):
     assert names.keys() == shapes.keys()
 
     wanted = [n for hf, _ in names.values() for n in _hf_names(hf)]
-    missing = [n for n in wanted if n not in state]
-    if missing:
-        raise ValueError(f"checkpoint is missing {len(missing)} weight(s): {missing}")
-    unexpected = sorted(set(state) - set(wanted))
-    if not heads:
-        unexpected = [n for n in unexpected if n.startswith("bert.")]
-    if unexpected:
-        raise ValueError(f"checkpoint has {len(unexpected)} weight(s) minibert does not know: {unexpected}")
+    # without heads, whatever sits outside "bert." (a task head) is not ours to check
+    given = state if heads else [n for n in state if n.startswith("bert.")]
+    backend.check_keys(given, wanted, "checkpoint weights do not match minibert's BERT")
 
     params = {}
     for k, (hf, transpose) in names.items():
@@ -313,7 +309,7 @@ def _read_weights(path):
     state = {}
     for fn in files:
         try:
-            state.update(load_file(fn))
+            state.update(safetensors.numpy.load_file(fn))
         except Exception as e:  # e.g. bfloat16, which NumPy has no dtype for
             raise ValueError(f"cannot read {fn!r} with safetensors.numpy: {e}") from None
     return state
@@ -348,14 +344,10 @@ def save_hf(model, path):
     """Write config.json and model.safetensors that transformers.BertForPreTraining
     .from_pretrained(path) loads with no missing or unexpected weights. The tied decoder
     weight and bias are left out, as transformers itself saves them. Each file is written
-    to a temporary name and renamed into place."""
+    atomically (atomic.atomic_write), the weights first."""
     os.makedirs(path, exist_ok=True)
     state = to_hf_state_dict(model)
-    tmp = os.path.join(path, WEIGHTS_NAME + ".tmp")
-    save_file(state, tmp, metadata={"format": "pt"})  # transformers checks the format tag
-    os.replace(tmp, os.path.join(path, WEIGHTS_NAME))
-    tmp = os.path.join(path, CONFIG_NAME + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(config_to_hf(model.config), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(path, CONFIG_NAME))
+    # transformers checks the format tag
+    atomic_write(os.path.join(path, WEIGHTS_NAME), safetensors.numpy.save(state, metadata={"format": "pt"}))
+    config = json.dumps(config_to_hf(model.config), indent=2, sort_keys=True) + "\n"
+    atomic_write(os.path.join(path, CONFIG_NAME), config)

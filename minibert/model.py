@@ -132,10 +132,7 @@ def init_params(shapes, c, seed):
 
 
 def check_params(params, shapes, dtype):
-    missing = sorted(set(shapes) - set(params))
-    unexpected = sorted(set(params) - set(shapes))
-    if missing or unexpected:
-        raise ValueError(f"params do not match the config: missing {missing}, unexpected {unexpected}")
+    backend.check_keys(params, shapes, "params do not match the config")
     for k, s in shapes.items():
         if tuple(params[k].shape) != s:
             raise ValueError(f"param {k!r} has shape {tuple(params[k].shape)}, the config expects {s}")

@@ -30,10 +30,7 @@ from minibert import backend
 
 def _check_same(params, grads, what="grads"):
     """Raise ValueError unless grads has exactly the keys and shapes of params."""
-    if grads.keys() != params.keys():
-        missing = sorted(set(params) - set(grads))
-        extra = sorted(set(grads) - set(params))
-        raise ValueError(f"{what} keys differ from params: missing {missing}, unexpected {extra}")
+    backend.check_keys(grads, params, f"{what} keys differ from params")
     for k, p in params.items():
         if tuple(grads[k].shape) != tuple(p.shape):
             raise ValueError(f"{what}[{k!r}] has shape {tuple(grads[k].shape)}, param has {tuple(p.shape)}")
@@ -150,10 +147,7 @@ class AdamW:
         fields do not match this optimizer's parameters.
         """
         expected = {f"{prefix}.{k}" for k in self.params for prefix in ("m", "v")}
-        if set(tensors) != expected:
-            missing = sorted(expected - set(tensors))
-            extra = sorted(set(tensors) - expected)
-            raise ValueError(f"optimizer state names differ: missing {missing}, unexpected {extra}")
+        backend.check_keys(tensors, expected, "optimizer state names differ")
         for key, a in tensors.items():
             p = self.params[key[2:]]
             if tuple(a.shape) != tuple(p.shape) or a.dtype != p.dtype:

@@ -56,6 +56,30 @@ def test_save_load_round_trip_is_bitwise(tmp_path, dtype, act):
     assert_params_equal(loaded.params, model.params)
 
 
+@pytest.mark.parametrize("fail_on", [1, 2])
+def test_crash_during_export_keeps_previous(tmp_path, monkeypatch, fail_on):
+    """os.replace raising on its 1st (weights) or 2nd (config) call of save_hf leaves the
+    earlier export's file in place, whole, and no temporary file behind."""
+    old = random_model(small_config("float32"), seed=0)
+    interop.save_hf(old, tmp_path)
+    before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+    real_replace, calls = os.replace, []
+
+    def crashing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == fail_on:
+            raise OSError("simulated crash before rename")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        interop.save_hf(random_model(small_config("float32", num_layers=1), seed=1), tmp_path)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    failed = os.path.basename(calls[-1])
+    assert (tmp_path / failed).read_bytes() == before[failed]  # the file being written is the old one, whole
+
+
 def test_saved_files_look_like_transformers(tmp_path):
     model = random_model(small_config("float32", hidden_act="gelu_tanh"))
     interop.save_hf(model, tmp_path)
@@ -157,7 +181,7 @@ def test_missing_weight_is_named(tmp_path):
     state = interop.to_hf_state_dict(random_model(config))
     del state["bert.encoder.layer.1.attention.self.key.bias"]
     path = write_dir(tmp_path, interop.config_to_hf(config), state)
-    with pytest.raises(ValueError, match=r"missing 1 weight.*layer\.1\.attention\.self\.key\.bias"):
+    with pytest.raises(ValueError, match=r"missing \['bert\.encoder\.layer\.1\.attention\.self\.key\.bias'\], unexpected \[\]"):
         interop.load_hf(path)
     with pytest.raises(ValueError, match=r"layer\.1\.attention\.self\.key\.bias"):
         interop.load_hf_encoder_params(path)
@@ -167,7 +191,7 @@ def test_unexpected_and_misshapen_weights_are_named(tmp_path):
     config = small_config()
     state = interop.to_hf_state_dict(random_model(config))
     extra = dict(state, **{"bert.encoder.layer.0.crossattention.self.query.weight": np.zeros((12, 12))})
-    with pytest.raises(ValueError, match="crossattention"):
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['bert\.encoder\.layer\.0\.crossattention"):
         interop.from_hf_state_dict(extra, config)
     bad = dict(state, **{"bert.pooler.dense.weight": np.zeros((12, 13))})
     with pytest.raises(ValueError, match=r"bert\.pooler\.dense\.weight.*\(12, 13\)"):
