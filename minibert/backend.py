@@ -12,8 +12,6 @@ module exposes one name so that ops have one code path:
     scatter_add(a, idx, v)   a[idx[i]] += v[i] for every i, repeated indices accumulate
     batched_matmul(a, b)     a @ b over a stack of small matrices (attention's per-head products)
     blockwise(f, *arrays)    f(*arrays) for an elementwise f, in cache-sized blocks on the host
-    fused_kernel(name)       a hand-written CuPy kernel (GELU, AdamW) on the device, None on
-                             the host, where ops run their plain array code
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
     rng(seed)                a seeded random Generator on the current device
     to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
@@ -21,7 +19,8 @@ module exposes one name so that ops have one code path:
                              named arrays (params, grads, optimizer state, checkpoints)
 
 Nothing is half-initialised: ``use("cupy")`` first checks that CuPy imports and sees a
-GPU, and only then switches.
+GPU, and only then switches. The fast variants of single ops (fused CUDA kernels, the
+float32 GELU) live in minibert/kernels.py, each beside its plain twin.
 """
 import os
 
@@ -129,10 +128,8 @@ def blockwise(f, *arrays):
 
     On the host a long chain of array ops (f's temporaries) streams the whole array through
     memory once per op; in blocks of BLOCK elements the temporaries stay in cache, which
-    roughly halves the time (each element's result is the same either way). Sharing the
-    blocks among Python threads did not pay here: the GIL hand-offs between ~30 short
-    NumPy calls per block cost more than the second core gave. On the device f runs on
-    the whole arrays.
+    roughly halves the time (each element's result is the same either way). On the device
+    f runs on the whole arrays.
     """
     x = arrays[0]
     if xp is not numpy or x.size <= BLOCK:
@@ -143,39 +140,6 @@ def blockwise(f, *arrays):
     for i in range(0, x.size, BLOCK):
         of[i:i + BLOCK] = f(*(a[i:i + BLOCK] for a in flat))
     return out
-
-
-# Fused elementwise kernels for the device, one pass over memory instead of one per op.
-# Each has a plain array-code twin in layers.py / optim.py that the tests compare against
-# (tests/test_fused.py). CUDA's normcdf/normcdff is the normal CDF to within an ulp or two.
-use_fused = True  # False: the device runs the plain array code too (for tests)
-_KERNEL_PREAMBLE = """
-__device__ inline float minibert_phi(float x) { return normcdff(x); }
-__device__ inline double minibert_phi(double x) { return normcdf(x); }
-"""
-_KERNEL_SRC = {
-    # out = x Phi(x)
-    "gelu_forward": ("T x", "T out", "out = x * minibert_phi(x);"),
-    # dx = dout (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
-    "gelu_backward": ("T x, T dout", "T dx",
-                      "dx = dout * (minibert_phi(x) + x * exp((T)-0.5 * x * x) * (T)0.3989422804014327);"),
-    # one AdamW step in place, with optim.AdamW.step's folded scalars
-    "adamw": ("T g, T decay, T b1, T b2, T step_size, T eps_hat", "T p, T m, T v",
-              "p *= decay; m = b1 * m + ((T)1 - b1) * g; v = b2 * v + ((T)1 - b2) * g * g;"
-              " p -= step_size * m / (sqrt(v) + eps_hat);"),
-}
-_kernels = {}
-
-
-def fused_kernel(name):
-    """The CuPy ElementwiseKernel called `name` when the device backend is in use, else None."""
-    if xp is numpy or not use_fused:
-        return None
-    if name not in _kernels:
-        in_params, out_params, body = _KERNEL_SRC[name]
-        _kernels[name] = xp.ElementwiseKernel(in_params, out_params, body, "minibert_" + name,
-                                              preamble=_KERNEL_PREAMBLE)
-    return _kernels[name]
 
 
 def rng(seed):

@@ -19,8 +19,9 @@ layer is post-LN: x = LN(x + Attn(x)); x = LN(x + FFN(x)). The derivation of eve
 backward below is written out in docs/internals.md.
 """
 import math
+from typing import NamedTuple
 
-from minibert import backend
+from minibert import backend, kernels
 
 # Added to the attention scores of padded keys. A finite large negative (as in the original
 # BERT) rather than -inf: exp() sends it to exactly 0 next to any real key, and a row whose
@@ -61,30 +62,38 @@ def linear_backward(dout, cache):
 # embeddings: out = word[input_ids] + pos[0:T] + type[token_type_ids]
 
 
+class EmbeddingCache(NamedTuple):
+    """What embedding_backward needs: the ids route gradients back to table rows, and the
+    table shapes size the gradients (the tables themselves are not needed)."""
+    input_ids: object  # (B, T)
+    token_type_ids: object  # (B, T)
+    word_shape: tuple  # (V, H)
+    pos_shape: tuple  # (max_position, H)
+    type_shape: tuple  # (type_vocab, H)
+
+
 def embedding_forward(input_ids, token_type_ids, w_word, w_pos, w_type):
     T = input_ids.shape[1]
     out = w_word[input_ids]  # (B, T, H)
     out += w_pos[:T]  # (T, H) broadcast over the batch
     out += w_type[token_type_ids]  # (B, T, H)
-    # backward needs the ids to route gradients back to rows, and the table shapes
-    return out, (input_ids, token_type_ids, w_word.shape, w_pos.shape, w_type.shape)
+    return out, EmbeddingCache(input_ids, token_type_ids, w_word.shape, w_pos.shape, w_type.shape)
 
 
 def embedding_backward(dout, cache):
     xp = backend.xp
-    input_ids, token_type_ids, word_shape, pos_shape, type_shape = cache
     B, T, H = dout.shape
     dout2 = dout.reshape(B * T, H)  # (N, H)
     # forward: out[b, t] += word[ids[b, t]], so row ids[b, t] of dword gets dout[b, t];
     # a token id that occurs twice receives the sum, hence scatter-add, not assignment
-    dword = xp.zeros(word_shape, dtype=dout.dtype)  # (V, H)
-    backend.scatter_add(dword, input_ids.reshape(-1), dout2)
+    dword = xp.zeros(cache.word_shape, dtype=dout.dtype)  # (V, H)
+    backend.scatter_add(dword, cache.input_ids.reshape(-1), dout2)
     # forward: out[b, t] += pos[t], so dpos[t] = sum over the batch of dout[:, t]
-    dpos = xp.zeros(pos_shape, dtype=dout.dtype)  # (max_position, H)
+    dpos = xp.zeros(cache.pos_shape, dtype=dout.dtype)  # (max_position, H)
     dpos[:T] = dout.sum(axis=0)
     # forward: out[b, t] += type[type_ids[b, t]], same routing as the word table
-    dtt = xp.zeros(type_shape, dtype=dout.dtype)  # (type_vocab, H)
-    backend.scatter_add(dtt, token_type_ids.reshape(-1), dout2)
+    dtt = xp.zeros(cache.type_shape, dtype=dout.dtype)  # (type_vocab, H)
+    backend.scatter_add(dtt, cache.token_type_ids.reshape(-1), dout2)
     return dword, dpos, dtt
 
 
@@ -122,58 +131,11 @@ def layernorm_backward(dout, cache):
 
 
 # ----------------------------------------------------------------------------------------
-# GELU: exact x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), or the tanh approximation
+# GELU: exact x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), or the tanh approximation.
+# The exact form is one name in minibert/kernels.py (fused on the device, a float32 erfc
+# approximation on the host, the plain erf formula in float64).
 
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_C = math.sqrt(2.0 / math.pi)
-# erfc(z) = t exp(-z^2 + c0 + c1 t + ... + c9 t^9), t = 1 / (1 + z / 2), z >= 0, with a
-# relative error below 1.2e-7 for every z (Press et al., Numerical Recipes, sec. 6.2, erfcc)
-_ERFC_C = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
-           1.48851587, -0.82215223, 0.17087277)
-
-
-def normal_cdf(x):
-    """Phi(x) = 0.5 (1 + erf(x / sqrt 2)), the standard normal CDF, elementwise.
-
-    float64 goes through the backend's erf (exact to float64). float32 uses the erfc
-    rational approximation above in float32 arithmetic: its relative error (~1e-7) is at
-    float32 rounding level, it is several times faster than scipy's erf (which computes in
-    float64 and rounds), and, unlike 1 + erf(x) in float32, it keeps its relative accuracy
-    in the lower tail, where Phi(x) is tiny. It runs in cache-sized blocks on the host.
-    """
-    if x.dtype != backend.xp.float32:
-        return 0.5 * (1.0 + backend.erf(x * _SQRT_HALF))  # (...)
-    return backend.blockwise(_normal_cdf_float32, x)  # (...)
-
-
-def _normal_cdf_float32(x):
-    xp = backend.xp
-    f32 = xp.float32
-    z = xp.abs(x)  # (...)
-    z *= f32(_SQRT_HALF)
-    xp.minimum(z, f32(12.0), out=z)  # erfc(12) ~ 1e-64 is 0 in float32 anyway; z * z stays finite
-    t = z * f32(0.5)  # (...)
-    t += f32(1.0)
-    xp.reciprocal(t, out=t)
-    q = t * f32(_ERFC_C[9])  # (...) Horner's rule in t
-    for c in _ERFC_C[8:0:-1]:
-        q += f32(c)
-        q *= t
-    q += f32(_ERFC_C[0])
-    z *= z
-    q -= z
-    xp.exp(q, out=q)
-    q *= t
-    q *= f32(0.5)  # q = 0.5 erfc(|x| / sqrt 2) = Phi(-|x|), the lower tail, accurate
-    # Phi(x) = q for x < 0 and q + (1 - 2q) = 1 - q for x >= 0: adding exactly 0 on the
-    # lower side keeps the tail's accuracy (0.5 + ... would cancel), and multiplying by a
-    # bool is several times faster than xp.where on an unpredictable mask
-    r = q * f32(-2.0)  # (...)
-    r += f32(1.0)
-    r *= x >= 0
-    q += r
-    return q  # (...)
 
 
 def gelu_forward(x, approximate="none"):
@@ -182,32 +144,11 @@ def gelu_forward(x, approximate="none"):
         inner = _TANH_C * (x + 0.044715 * x * x * x)  # (...)
         out = 0.5 * x * (1.0 + xp.tanh(inner))  # (...)
     elif approximate == "none":
-        fused = backend.fused_kernel("gelu_forward")  # one pass on the device
-        out = fused(x) if fused is not None else backend.blockwise(_gelu_exact, x)  # (...)
+        out = kernels.gelu_exact(x)  # (...) x Phi(x)
     else:
         raise ValueError(f"unknown GELU approximation {approximate!r}: 'none' or 'tanh'")
     # backward recomputes from x: cheaper in memory than keeping Phi(x) as well
     return out, (x, approximate)
-
-
-def _gelu_exact(x):
-    """x Phi(x) on one block (see backend.blockwise)."""
-    out = normal_cdf(x)  # (...)
-    out *= x
-    return out
-
-
-def _gelu_exact_backward(x, dout):
-    """dout (Phi(x) + x phi(x)) on one block (see backend.blockwise)."""
-    dx = normal_cdf(x)  # (...) Phi(x)
-    xpdf = x * x  # (...)
-    xpdf *= -0.5
-    backend.xp.exp(xpdf, out=xpdf)
-    xpdf *= x
-    xpdf *= _INV_SQRT_2PI  # x phi(x)
-    dx += xpdf
-    dx *= dout
-    return dx  # (...)
 
 
 def gelu_backward(dout, cache):
@@ -220,10 +161,8 @@ def gelu_backward(dout, cache):
         dgelu = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * _TANH_C * (1.0 + 3 * 0.044715 * x * x)
         dgelu *= dout
         return (dgelu,)
-    # forward: out = x Phi(x), so dout/dx = Phi(x) + x phi(x), phi the normal density;
-    # on the device in one fused pass, on the host in cache-sized blocks
-    fused = backend.fused_kernel("gelu_backward")
-    dx = fused(x, dout) if fused is not None else backend.blockwise(_gelu_exact_backward, x, dout)  # (...)
+    # forward: out = x Phi(x), so dout/dx = Phi(x) + x phi(x), phi the normal density
+    dx = kernels.gelu_exact_backward(x, dout)  # (...)
     return (dx,)
 
 
@@ -246,8 +185,8 @@ def dropout_forward(x, p, rng):
 
 
 def dropout_backward(dout, cache):
-    if cache is None:  # nothing was dropped
-        return (dout,)
+    if cache is None:  # nothing was dropped: dx = dout, as a new array (never an alias of dout)
+        return (dout.copy(),)
     keep, scale = cache
     # forward: out = x * keep * scale, so dx = dout * keep * scale
     dx = dout * keep  # (...)
@@ -284,52 +223,65 @@ def softmax_backward(dout, cache):
 # multi-head self-attention with a fused Q/K/V projection
 
 
+class AttentionCache(NamedTuple):
+    """What attention_backward needs: q, k, v and the dropped probabilities for the two
+    batched products, each sub-op's own cache, and the score scale and head count."""
+    c_qkv: tuple  # linear cache of the fused Q/K/V projection
+    q: object  # (B, A, T, D)
+    k: object  # (B, A, T, D)
+    v: object  # (B, A, T, D)
+    probs_d: object  # (B, A, T, T) attention probabilities after dropout
+    c_soft: object  # softmax cache (its output)
+    c_drop: object  # dropout cache (mask and scale, or None)
+    c_o: tuple  # linear cache of the output projection
+    scale: float  # 1 / sqrt(D)
+    num_heads: int  # A
+
+
 def attention_forward(x, attn_bias, w_qkv, b_qkv, w_o, b_o, num_heads, p_drop=0.0, rng=None):
     """x (B, T, H); attn_bias (B, 1, 1, T) additive: 0 for real keys, MASK_VALUE for padding."""
     B, T, H = x.shape
     A = num_heads
     D = H // A
     qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)  # (B, T, 3H)
-    qkv = qkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D)
-    q, k, v = qkv[0], qkv[1], qkv[2]  # (B, A, T, D) each
+    qkv_h = qkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
+    q, k, v = qkv_h[0], qkv_h[1], qkv_h[2]  # (B, A, T, D) each
     scale = x.dtype.type(1.0 / math.sqrt(D))
     scores = backend.batched_matmul(q, k.transpose(0, 1, 3, 2))  # (B, A, T, T)
     scores *= scale
     scores += attn_bias  # padded keys get a large negative score
     probs, c_soft = softmax_forward(scores)  # (B, A, T, T)
     probs_d, c_drop = dropout_forward(probs, p_drop, rng)  # (B, A, T, T)
-    ctx = backend.batched_matmul(probs_d, v)  # (B, A, T, D)
-    ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H) heads side by side
+    ctx_h = backend.batched_matmul(probs_d, v)  # (B, A, T, D)
+    ctx = ctx_h.transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H) heads side by side
     out, c_o = linear_forward(ctx, w_o, b_o)  # (B, T, H)
-    # backward needs q, k, v, the dropped probabilities and each sub-op's cache
-    return out, (c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, scale, A)
+    return out, AttentionCache(c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, scale, A)
 
 
 def attention_backward(dout, cache):
     xp = backend.xp
-    c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, scale, A = cache
+    c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, scale, A = cache  # see AttentionCache
     B, T, H = dout.shape
     D = H // A
     # forward: out = ctx @ w_o + b_o
     dctx, dw_o, db_o = linear_backward(dout, c_o)  # (B, T, H)
-    dctx = dctx.reshape(B, T, A, D).transpose(0, 2, 1, 3)  # (B, A, T, D)
-    # forward: ctx = probs_d @ v, so dprobs_d = dctx @ v^T and dv = probs_d^T @ dctx
-    dprobs_d = backend.batched_matmul(dctx, v.transpose(0, 1, 3, 2))  # (B, A, T, T)
-    dv = backend.batched_matmul(probs_d.transpose(0, 1, 3, 2), dctx)  # (B, A, T, D)
+    dctx_h = dctx.reshape(B, T, A, D).transpose(0, 2, 1, 3)  # (B, A, T, D) view
+    # forward: ctx_h = probs_d @ v, so dprobs_d = dctx_h @ v^T and dv = probs_d^T @ dctx_h
+    dprobs_d = backend.batched_matmul(dctx_h, v.transpose(0, 1, 3, 2))  # (B, A, T, T)
+    dv = backend.batched_matmul(probs_d.transpose(0, 1, 3, 2), dctx_h)  # (B, A, T, D)
     # forward: probs_d = dropout(probs)
-    (dprobs,) = dropout_backward(dprobs_d, c_drop)
+    (dprobs,) = dropout_backward(dprobs_d, c_drop)  # (B, A, T, T)
     # forward: probs = softmax(scores)
     (dscores,) = softmax_backward(dprobs, c_soft)  # (B, A, T, T)
     # forward: scores = q @ k^T * scale + attn_bias (the bias is a constant), so
     # dq = dscores @ k * scale and dk = dscores^T @ q * scale; both are written straight
     # into the (B, T, 3, A, D) layout of qkv, which undoes the forward's reshape and transpose
-    dqkv = xp.empty((B, T, 3, A, D), dtype=dout.dtype)  # (B, T, 3, A, D)
-    dqkv_h = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
+    dqkv = xp.empty((B, T, 3 * H), dtype=dout.dtype)  # (B, T, 3H)
+    dqkv_h = dqkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
     backend.batched_matmul(dscores, k, out=dqkv_h[0])
     backend.batched_matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv_h[1])
     dqkv_h[:2] *= scale
     dqkv_h[2] = dv
-    dqkv = dqkv.reshape(B, T, 3 * H)  # (B, T, 3H)
     # forward: qkv = x @ w_qkv + b_qkv
     dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)  # (B, T, H)
     return dx, dw_qkv, db_qkv, dw_o, db_o
@@ -359,8 +311,8 @@ def ffn_backward(dout, cache):
 
 # ----------------------------------------------------------------------------------------
 # the post-LN encoder layer:
-#   h = LN1(x + dropout(attention(x)))
-#   out = LN2(h + dropout(ffn(h)))
+#   a = attention(x);  h = LN1(x + dropout(a))
+#   f = ffn(h);        out = LN2(h + dropout(f))
 
 ENCODER_LAYER_PARAMS = (
     "attn.w_qkv", "attn.b_qkv", "attn.w_o", "attn.b_o", "ln1.w", "ln1.b",
@@ -368,33 +320,45 @@ ENCODER_LAYER_PARAMS = (
 )
 
 
+class EncoderLayerCache(NamedTuple):
+    """Each sub-op's cache, in forward order (the residual sums need nothing kept)."""
+    c_attn: AttentionCache
+    c_drop1: object  # dropout after attention
+    c_ln1: tuple
+    c_ffn: tuple
+    c_drop2: object  # dropout after the feed-forward block
+    c_ln2: tuple
+
+
 def encoder_layer_forward(x, attn_bias, p, num_heads, eps, hidden_act="gelu", p_drop=0.0, p_attn_drop=0.0, rng=None):
     """p: dict of this layer's params keyed as in ENCODER_LAYER_PARAMS."""
     approx = gelu_approximation(hidden_act)
     a, c_attn = attention_forward(x, attn_bias, p["attn.w_qkv"], p["attn.b_qkv"], p["attn.w_o"], p["attn.b_o"],
                                   num_heads, p_attn_drop, rng)  # (B, T, H)
-    a, c_drop1 = dropout_forward(a, p_drop, rng)  # (B, T, H)
-    h, c_ln1 = layernorm_forward(x + a, p["ln1.w"], p["ln1.b"], eps)  # (B, T, H) residual then LN
+    a_d, c_drop1 = dropout_forward(a, p_drop, rng)  # (B, T, H)
+    h, c_ln1 = layernorm_forward(x + a_d, p["ln1.w"], p["ln1.b"], eps)  # (B, T, H) residual then LN
     f, c_ffn = ffn_forward(h, p["ffn.w_fc"], p["ffn.b_fc"], p["ffn.w_proj"], p["ffn.b_proj"], approx)  # (B, T, H)
-    f, c_drop2 = dropout_forward(f, p_drop, rng)  # (B, T, H)
-    out, c_ln2 = layernorm_forward(h + f, p["ln2.w"], p["ln2.b"], eps)  # (B, T, H)
-    return out, (c_attn, c_drop1, c_ln1, c_ffn, c_drop2, c_ln2)
+    f_d, c_drop2 = dropout_forward(f, p_drop, rng)  # (B, T, H)
+    out, c_ln2 = layernorm_forward(h + f_d, p["ln2.w"], p["ln2.b"], eps)  # (B, T, H)
+    return out, EncoderLayerCache(c_attn, c_drop1, c_ln1, c_ffn, c_drop2, c_ln2)
 
 
 def encoder_layer_backward(dout, cache):
     """Returns (dx, grads) with grads keyed as in ENCODER_LAYER_PARAMS."""
-    c_attn, c_drop1, c_ln1, c_ffn, c_drop2, c_ln2 = cache
+    c_attn, c_drop1, c_ln1, c_ffn, c_drop2, c_ln2 = cache  # see EncoderLayerCache
     g = {}
-    # forward: out = LN2(h + f); the residual sends the same gradient to h and to f
+    # forward: out = LN2(h + f_d); the residual sends the same gradient to h and to f_d
     dres2, g["ln2.w"], g["ln2.b"] = layernorm_backward(dout, c_ln2)  # (B, T, H)
-    (df,) = dropout_backward(dres2, c_drop2)
+    # forward: f_d = dropout(f), f = ffn(h)
+    (df,) = dropout_backward(dres2, c_drop2)  # (B, T, H)
     dh, g["ffn.w_fc"], g["ffn.b_fc"], g["ffn.w_proj"], g["ffn.b_proj"] = ffn_backward(df, c_ffn)
-    dh += dres2  # the residual path h -> h + f
-    # forward: h = LN1(x + a)
+    dh += dres2  # the residual path h -> h + f_d
+    # forward: h = LN1(x + a_d)
     dres1, g["ln1.w"], g["ln1.b"] = layernorm_backward(dh, c_ln1)  # (B, T, H)
-    (da,) = dropout_backward(dres1, c_drop1)
+    # forward: a_d = dropout(a), a = attention(x)
+    (da,) = dropout_backward(dres1, c_drop1)  # (B, T, H)
     dx, g["attn.w_qkv"], g["attn.b_qkv"], g["attn.w_o"], g["attn.b_o"] = attention_backward(da, c_attn)
-    dx += dres1  # the residual path x -> x + a
+    dx += dres1  # the residual path x -> x + a_d
     return dx, g
 
 

@@ -25,7 +25,7 @@ import math
 
 import numpy
 
-from minibert import backend
+from minibert import backend, kernels
 
 
 def _check_same(params, grads, what="grads"):
@@ -80,7 +80,6 @@ class AdamW:
 
         lr, when given, replaces the base learning rate for this step (the schedule).
         """
-        xp = backend.xp
         _check_same(self.params, grads)
         lr = self.lr if lr is None else float(lr)
         b1, b2 = self.betas
@@ -92,32 +91,11 @@ class AdamW:
         step_size = lr * bc2_sqrt / bc1
         eps_hat = self.eps * bc2_sqrt
         decay_factor = 1.0 - lr * self.weight_decay
-        fused = backend.fused_kernel("adamw")  # the whole update in one device pass
         for k, p in self.params.items():
-            g, m, v = grads[k], self.m[k], self.v[k]
-            if fused is not None:
-                decay = decay_factor if self.decay[k] else 1.0
-                dt = p.dtype.type
-                fused(g, dt(decay), dt(b1), dt(b2), dt(step_size), dt(eps_hat), p, m, v)
-                continue
-            s = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
-            if self.decay[k] and self.weight_decay != 0.0:
-                p *= decay_factor  # decoupled decay: p <- p * (1 - lr * wd), before the update
-            # m <- b1 * m + (1 - b1) * g
-            xp.multiply(g, 1.0 - b1, out=s)
-            m *= b1
-            m += s
-            # v <- b2 * v + (1 - b2) * g * g
-            xp.multiply(g, g, out=s)
-            s *= 1.0 - b2
-            v *= b2
-            v += s
-            # p <- p - step_size * m / (sqrt(v) + eps_hat)
-            xp.sqrt(v, out=s)
-            s += eps_hat
-            xp.divide(m, s, out=s)
-            s *= step_size
-            p -= s
+            scratch = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
+            # one fused pass on the device, the array code of kernels.adamw_update_plain on the host
+            kernels.adamw_update(p, grads[k], self.m[k], self.v[k], decay_factor if self.decay[k] else 1.0,
+                                 b1, b2, step_size, eps_hat, scratch)
 
     def state_dict(self):
         """The optimizer state as (tensors, meta).

@@ -7,6 +7,7 @@ against plain NumPy / math formulas written here, independently of the code unde
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import erf as np_erf
 
@@ -130,6 +131,19 @@ def test_dropout_rate_and_seed():
     assert abs(frac - 0.1) < 5 * math.sqrt(0.1 * 0.9 / x.size)
     assert abs(float(host(a).mean()) - 1.0) < 0.01  # inverted: expectation preserved
     assert layers.dropout_forward(x, 0.1, None)[0] is x  # evaluation: identity
+
+
+@pytest.mark.parametrize("p, train", [(0.0, True), (0.3, False), (0.3, True)])
+def test_dropout_backward_never_returns_dout(p, train):
+    """dx is a new array in every case (rate 0, evaluation, or a drawn mask), so an in-place
+    op on dx can never corrupt the caller's dout."""
+    dout = arr(np.random.default_rng(0), 3, 4)
+    before = host(dout).copy()
+    _, cache = layers.dropout_forward(dout, p, backend.rng(1) if train else None)
+    (dx,) = layers.dropout_backward(dout, cache)
+    assert dx is not dout and not np.shares_memory(host(dx), host(dout))
+    dx += 1.0
+    np.testing.assert_array_equal(host(dout), before)
 
 
 @st.composite

@@ -1,0 +1,205 @@
+"""The speed paths: each op behind one name, beside the plain array code it must equal.
+
+A reader follows the plain twin; the fast variants compute the same numbers (to rounding)
+faster, and tests/test_kernels.py compares each with its twin.
+
+    name (what layers/optim call)   plain twin (the reference)           fast variants
+    normal_cdf(x)                   normal_cdf_plain                     float32: erfc approximation
+        Phi(x) = 0.5 (1 + erf(x / sqrt 2))                               (normal_cdf_float32), in
+                                                                          cache-sized blocks on the host
+    gelu_exact(x)                   gelu_exact_plain                     device: one fused CUDA pass;
+        out = x Phi(x)                                                    float32: the erfc Phi, in blocks
+    gelu_exact_backward(x, dout)    gelu_exact_backward_plain            as gelu_exact
+        dx = dout (Phi(x) + x phi(x)), phi the normal density
+    adamw_update(p, g, m, v, ...)   adamw_update_plain                   device: one fused CUDA pass
+        one AdamW step of one parameter, in place
+
+Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False; float32
+elsewhere the erfc approximation; float64 on the host is the plain formula itself, so every
+float64 gradient check sees the textbook expression. Shapes: every op is elementwise, any
+shape `(...)`, and its outputs have the shape of x (or p). docs/benchmarks.md records what
+each variant gained and what was tried.
+"""
+import math
+
+from minibert import backend
+
+use_fused = True  # False: the device runs the array code too (tests compare the two)
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------
+# the normal CDF Phi(x)
+
+
+def normal_cdf_plain(x):
+    """Phi(x) = 0.5 (1 + erf(x / sqrt 2)) through the backend's erf, in x's dtype."""
+    return 0.5 * (1.0 + backend.erf(x * _SQRT_HALF))  # (...)
+
+
+# erfc(z) = t exp(-z^2 + c0 + c1 t + ... + c9 t^9), t = 1 / (1 + z / 2), z >= 0, with a
+# relative error below 1.2e-7 for every z (Press et al., Numerical Recipes, sec. 6.2, erfcc)
+_ERFC_C = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
+           1.48851587, -0.82215223, 0.17087277)
+
+
+def normal_cdf_float32(x):
+    """Phi(x) for float32 x through the erfc approximation above, in float32 arithmetic.
+
+    Its relative error (~1e-7) is at float32 rounding level, and unlike 1 + erf(x) in
+    float32 it keeps its relative accuracy in the lower tail, where Phi(x) is tiny.
+    """
+    xp = backend.xp
+    f32 = xp.float32
+    z = xp.abs(x)  # (...)
+    z *= f32(_SQRT_HALF)
+    xp.minimum(z, f32(12.0), out=z)  # erfc(12) ~ 1e-64 is 0 in float32 anyway; z * z stays finite
+    t = z * f32(0.5)  # (...)
+    t += f32(1.0)
+    xp.reciprocal(t, out=t)
+    q = t * f32(_ERFC_C[9])  # (...) Horner's rule in t
+    for c in _ERFC_C[8:0:-1]:
+        q += f32(c)
+        q *= t
+    q += f32(_ERFC_C[0])
+    z *= z
+    q -= z
+    xp.exp(q, out=q)
+    q *= t
+    q *= f32(0.5)  # q = 0.5 erfc(|x| / sqrt 2) = Phi(-|x|), the lower tail, accurate
+    # Phi(x) = q for x < 0 and q + (1 - 2q) = 1 - q for x >= 0: adding exactly 0 on the
+    # lower side keeps the tail's accuracy (0.5 + ... would cancel), and multiplying by a
+    # bool is several times faster than xp.where on an unpredictable mask
+    r = q * f32(-2.0)  # (...)
+    r += f32(1.0)
+    r *= x >= 0
+    q += r
+    return q  # (...)
+
+
+def normal_cdf(x):
+    """Phi(x): float32 through the erfc approximation in cache-sized blocks, else plain."""
+    if x.dtype != backend.xp.float32:
+        return normal_cdf_plain(x)  # (...)
+    return backend.blockwise(normal_cdf_float32, x)  # (...)
+
+
+# ----------------------------------------------------------------------------------------
+# exact GELU: out = x Phi(x), dx = dout (Phi(x) + x phi(x))
+
+
+def gelu_exact_plain(x):
+    """x Phi(x), the textbook formula."""
+    return x * normal_cdf_plain(x)  # (...)
+
+
+def gelu_exact_backward_plain(x, dout):
+    """dout (Phi(x) + x phi(x)) with phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
+    xp = backend.xp
+    return dout * (normal_cdf_plain(x) + x * xp.exp(-0.5 * x * x) * _INV_SQRT_2PI)  # (...)
+
+
+def _gelu_exact_block(x):
+    """x Phi(x) for one block of backend.blockwise, Phi by normal_cdf."""
+    out = normal_cdf(x)  # (...)
+    out *= x
+    return out
+
+
+def _gelu_exact_backward_block(x, dout):
+    """dout (Phi(x) + x phi(x)) for one block, in place on few temporaries."""
+    dx = normal_cdf(x)  # (...) Phi(x)
+    xpdf = x * x  # (...)
+    xpdf *= -0.5
+    backend.xp.exp(xpdf, out=xpdf)
+    xpdf *= x
+    xpdf *= _INV_SQRT_2PI  # x phi(x)
+    dx += xpdf
+    dx *= dout
+    return dx  # (...)
+
+
+def gelu_exact(x):
+    """x Phi(x): one fused pass on the device, else in cache-sized blocks on the host."""
+    fused = _fused("gelu_forward")
+    return fused(x) if fused is not None else backend.blockwise(_gelu_exact_block, x)  # (...)
+
+
+def gelu_exact_backward(x, dout):
+    """dout (Phi(x) + x phi(x)): one fused pass on the device, else in blocks."""
+    fused = _fused("gelu_backward")
+    return fused(x, dout) if fused is not None else backend.blockwise(_gelu_exact_backward_block, x, dout)  # (...)
+
+
+# ----------------------------------------------------------------------------------------
+# one AdamW step of one parameter, in place, with optim.AdamW.step's folded scalars:
+#   p <- p * decay;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+#   p <- p - step_size * m / (sqrt(v) + eps_hat)
+
+
+def adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=None):
+    """The update as array ops, in place on p, m, v; scratch: a buffer like p (or None)."""
+    xp = backend.xp
+    s = xp.empty_like(p) if scratch is None else scratch  # like p
+    if decay != 1.0:
+        p *= decay  # decoupled decay: p <- p * (1 - lr * wd), before the update
+    # m <- b1 * m + (1 - b1) * g
+    xp.multiply(g, 1.0 - b1, out=s)
+    m *= b1
+    m += s
+    # v <- b2 * v + (1 - b2) * g * g
+    xp.multiply(g, g, out=s)
+    s *= 1.0 - b2
+    v *= b2
+    v += s
+    # p <- p - step_size * m / (sqrt(v) + eps_hat)
+    xp.sqrt(v, out=s)
+    s += eps_hat
+    xp.divide(m, s, out=s)
+    s *= step_size
+    p -= s
+
+
+def adamw_update(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=None):
+    """One AdamW step in place: one fused pass on the device, else adamw_update_plain."""
+    fused = _fused("adamw")
+    if fused is None:
+        adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch)
+        return
+    dt = p.dtype.type
+    fused(g, dt(decay), dt(b1), dt(b2), dt(step_size), dt(eps_hat), p, m, v)
+
+
+# ----------------------------------------------------------------------------------------
+# the fused CUDA kernels (CuPy ElementwiseKernels: one pass over memory instead of one per
+# array op). CUDA's normcdf/normcdff is the normal CDF to within an ulp or two.
+
+_KERNEL_PREAMBLE = """
+__device__ inline float minibert_phi(float x) { return normcdff(x); }
+__device__ inline double minibert_phi(double x) { return normcdf(x); }
+"""
+_KERNEL_SRC = {
+    # out = x Phi(x)
+    "gelu_forward": ("T x", "T out", "out = x * minibert_phi(x);"),
+    # dx = dout (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    "gelu_backward": ("T x, T dout", "T dx",
+                      "dx = dout * (minibert_phi(x) + x * exp((T)-0.5 * x * x) * (T)0.3989422804014327);"),
+    # one AdamW step in place, as adamw_update_plain
+    "adamw": ("T g, T decay, T b1, T b2, T step_size, T eps_hat", "T p, T m, T v",
+              "p *= decay; m = b1 * m + ((T)1 - b1) * g; v = b2 * v + ((T)1 - b2) * g * g;"
+              " p -= step_size * m / (sqrt(v) + eps_hat);"),
+}
+_kernels = {}  # name -> compiled ElementwiseKernel, built on first use
+
+
+def _fused(name):
+    """The fused kernel `name` when the device backend is in use (and use_fused), else None."""
+    if backend.name != "cupy" or not use_fused:
+        return None
+    if name not in _kernels:
+        in_params, out_params, body = _KERNEL_SRC[name]
+        _kernels[name] = backend.xp.ElementwiseKernel(in_params, out_params, body, "minibert_" + name,
+                                                      preamble=_KERNEL_PREAMBLE)
+    return _kernels[name]

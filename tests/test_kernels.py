@@ -1,0 +1,174 @@
+"""The speed paths of minibert/kernels.py against their plain twins and independent references.
+
+On the host: the float32 normal CDF behind the exact GELU (a rational erfc in float32
+arithmetic, run in cache-sized blocks) against scipy's float64 ndtr; `gelu_exact` and
+`gelu_exact_backward` against the plain erf formulas; `adamw_update_plain` against the
+textbook AdamW step with its bias corrections written out; the row scatter-add against
+np.add.at. On a CUDA machine (CuPy with a GPU): the fused CUDA kernels (GELU forward and
+backward, AdamW) and the device's float32 erfc route against the plain array code on the
+same device, and the fused GELU under the float64 gradient check. The device tests skip
+cleanly when CuPy or a GPU is absent.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy.special import erf as np_erf, ndtr
+
+from minibert import backend, kernels
+from minibert.gradcheck import check_gradients
+
+gpu = pytest.mark.skipif(not backend.cupy_available(), reason="CuPy with a CUDA GPU is not available")
+
+
+def test_float32_normal_cdf_is_at_float32_rounding_level():
+    x = np.linspace(-14, 14, 1_400_001).astype(np.float32)  # more than one block
+    ref = ndtr(x.astype(np.float64))  # independent, float64
+    got = kernels.normal_cdf(backend.to_device(x))
+    assert got.dtype == np.float32
+    got = backend.to_host(got).astype(np.float64)
+    assert np.abs(got - ref).max() < 3e-7  # a few float32 ulps of values near 1
+    small = np.abs(x) <= 4
+    assert (np.abs(got - ref) / ref)[small].max() < 3e-6  # relative, into the lower tail
+    # GELU's error relative to its scale is no worse than the float32 erf route it replaced
+    gelu_ref = x.astype(np.float64) * ref
+    ours = np.abs(x.astype(np.float64) * got - gelu_ref) / np.maximum(np.abs(x), 1)
+    old = x * (0.5 * (1 + np_erf(x * np.float32(1 / math.sqrt(2)))))  # float32 throughout
+    old_err = np.abs(old.astype(np.float64) - gelu_ref) / np.maximum(np.abs(x), 1)
+    assert ours.max() <= old_err.max() * 1.05 and ours.max() < 1.2e-7
+
+
+def test_float32_normal_cdf_edges():
+    x = backend.to_device(np.array([-np.inf, -1e30, -40.0, 0.0, 40.0, 1e30, np.inf], dtype=np.float32))
+    got = backend.to_host(kernels.normal_cdf(x))
+    np.testing.assert_array_equal(got, [0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0])
+    assert np.isnan(backend.to_host(kernels.normal_cdf(backend.to_device(np.array([np.nan], np.float32)))))[0]
+
+
+def test_float64_normal_cdf_is_the_plain_formula():
+    x = np.linspace(-9, 9, 1001)
+    np.testing.assert_allclose(backend.to_host(kernels.normal_cdf(backend.to_device(x))), ndtr(x),
+                               rtol=1e-13, atol=1e-16)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 3 * backend.BLOCK), seed=st.integers(0, 10**6))
+def test_blockwise_equals_whole_array(n, seed):
+    x = backend.to_device(np.random.default_rng(seed).standard_normal(n).astype(np.float32) * 3)
+    whole = kernels.normal_cdf_float32(x)
+    np.testing.assert_array_equal(backend.to_host(backend.blockwise(kernels.normal_cdf_float32, x)),
+                                  backend.to_host(whole))
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(1, 2 * backend.BLOCK + 7), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 10**6))
+def test_gelu_exact_matches_its_plain_twin(n, dtype, seed):
+    """Whichever variant the current backend picks, against the plain formula in float64."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    if n > 1:
+        x[0] = -30.0  # deep in the lower tail, where 1 + erf cancels
+    dout = rng.standard_normal(n).astype(dtype)  # random upstream, never ones
+    ref = backend.to_host(kernels.gelu_exact_plain(backend.to_device(x.astype(np.float64))))
+    dref = backend.to_host(kernels.gelu_exact_backward_plain(backend.to_device(x.astype(np.float64)),
+                                                             backend.to_device(dout.astype(np.float64))))
+    out = kernels.gelu_exact(backend.to_device(x))
+    dx = kernels.gelu_exact_backward(backend.to_device(x), backend.to_device(dout))
+    assert out.dtype == dtype and dx.dtype == dtype and out.shape == dx.shape == (n,)
+    scale = np.maximum(np.abs(x), 1).astype(np.float64)
+    tol = 2e-7 if dtype == np.float32 else 1e-13  # float32: a couple of ulps of GELU's scale
+    assert (np.abs(backend.to_host(out) - ref) / scale).max() <= tol
+    assert (np.abs(backend.to_host(dx) - dref) / (scale * np.maximum(np.abs(dout), 1e-30))).max() <= 2.5 * tol
+
+
+def test_adamw_update_plain_is_the_textbook_step():
+    """adamw_update_plain with optim.AdamW's folded scalars equals AdamW written out with
+    m_hat and v_hat (Loshchilov & Hutter, Algorithm 2), three steps in float64."""
+    rng = np.random.default_rng(0)
+    lr, wd, b1, b2, eps = 1e-2, 0.1, 0.9, 0.999, 1e-6
+    p0 = rng.standard_normal((4, 3))
+    p, m, v = backend.to_device(p0.copy()), backend.to_device(np.zeros((4, 3))), backend.to_device(np.zeros((4, 3)))
+    rp, rm, rv = p0.copy(), np.zeros((4, 3)), np.zeros((4, 3))
+    for t in (1, 2, 3):
+        g = rng.standard_normal((4, 3))
+        bc2_sqrt = math.sqrt(1 - b2 ** t)
+        kernels.adamw_update(p, backend.to_device(g), m, v, 1 - lr * wd, b1, b2,
+                             lr * bc2_sqrt / (1 - b1 ** t), eps * bc2_sqrt)
+        rp = rp * (1 - lr * wd)
+        rm = b1 * rm + (1 - b1) * g
+        rv = b2 * rv + (1 - b2) * g * g
+        rp = rp - lr * (rm / (1 - b1 ** t)) / (np.sqrt(rv / (1 - b2 ** t)) + eps)
+    np.testing.assert_allclose(backend.to_host(p), rp, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(backend.to_host(m), rm, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(backend.to_host(v), rv, rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(0, 50), V=st.integers(1, 9), H=st.integers(1, 5), seed=st.integers(0, 10**6))
+def test_row_scatter_add_matches_add_at(N, V, H, seed):
+    rng = np.random.default_rng(seed)
+    idx, vals = rng.integers(0, V, N), rng.standard_normal((N, H))
+    ref = rng.standard_normal((V, H))
+    a = backend.to_device(ref.copy())
+    np.add.at(ref, idx, vals)
+    backend.scatter_add(a, backend.to_device(idx), backend.to_device(vals))
+    np.testing.assert_allclose(backend.to_host(a), ref, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# the device variants (CuPy with a GPU only)
+
+
+@pytest.fixture
+def on_cupy():
+    before = backend.name
+    backend.use("cupy")
+    yield backend.xp
+    backend.use(before)
+    kernels.use_fused = True
+
+
+@gpu
+@pytest.mark.parametrize("fused", [True, False])  # False: the float32 erfc route on the device
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_gelu_matches_plain(on_cupy, dtype, fused):
+    xp = on_cupy
+    kernels.use_fused = fused
+    x = xp.asarray(np.random.default_rng(0).standard_normal(100_003) * 4, dtype=dtype)
+    dout = xp.asarray(np.random.default_rng(1).standard_normal(100_003), dtype=dtype)
+    x64, dout64 = x.astype(xp.float64), dout.astype(xp.float64)
+    tol = dict(rtol=2e-6, atol=3e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(xp.asnumpy(kernels.gelu_exact(x)), xp.asnumpy(kernels.gelu_exact_plain(x64)), **tol)
+    np.testing.assert_allclose(xp.asnumpy(kernels.gelu_exact_backward(x, dout)),
+                               xp.asnumpy(kernels.gelu_exact_backward_plain(x64, dout64)), **tol)
+
+
+@gpu
+def test_fused_gelu_gradient_check(on_cupy):
+    xp = on_cupy
+    x = xp.asarray(np.random.default_rng(2).standard_normal(17) * 3)
+    dout = xp.asarray(np.random.default_rng(3).standard_normal(17))  # random, never ones
+    dx = kernels.gelu_exact_backward(x, dout)
+    check_gradients(lambda: float((kernels.gelu_exact(x) * dout).sum()), {"x": x}, {"x": dx})
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_adamw_matches_plain(on_cupy, dtype):
+    xp = on_cupy
+    r = np.random.default_rng(4)
+    host = {k: r.standard_normal((7, 5)).astype(dtype) for k in ("p", "m", "v")}
+    host["v"] = np.abs(host["v"])  # a second moment is never negative
+    fused = {k: xp.asarray(a.copy()) for k, a in host.items()}
+    plain = {k: xp.asarray(a.copy()) for k, a in host.items()}
+    for t in range(1, 6):
+        g = xp.asarray(r.standard_normal((7, 5)).astype(dtype))
+        decay = 1.0 - 1e-2 * 0.1 if t % 2 else 1.0  # with and without weight decay
+        scalars = (decay, 0.9, 0.999, 1e-2 * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t), 1e-6)
+        kernels.adamw_update(fused["p"], g, fused["m"], fused["v"], *scalars)
+        kernels.adamw_update_plain(plain["p"], g, plain["m"], plain["v"], *scalars)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    for k in host:
+        np.testing.assert_allclose(xp.asnumpy(fused[k]), xp.asnumpy(plain[k]), **tol)
