@@ -138,7 +138,7 @@ def documents(texts: Iterable[str]) -> Iterator[str]:
     a bare str, Path items, or texts that all turn out to name existing files."""
     if isinstance(texts, (str, bytes)):
         raise ValueError(f"texts is a single {type(texts).__name__} ({texts[:40]!r}), not an iterable of documents: "
-                         f"pass [text] to train on it, or train_from_files(path) to read a file")
+                         f"to train on that text pass [text]; to read a file, did you mean train_from_files?")
     if isinstance(texts, os.PathLike):
         raise ValueError(f"texts is a path ({str(texts)!r}); did you mean train_from_files?")
     return _documents(iter(texts))
@@ -384,7 +384,9 @@ def train_tokenizer(corpus: Iterable[str | os.PathLike], out: str | os.PathLike,
     files = [Path(c) for c in ([corpus] if isinstance(corpus, (str, os.PathLike)) else corpus)]
     if not files:
         raise ValueError("no corpus files given")
-    read_files(files)   # every file exists, before any work
+    for f in files:   # every file exists, before any work
+        if not f.is_file():
+            raise FileNotFoundError(f"corpus file {str(f)!r} does not exist")
     train_bytes, heldout = heldout_split(files[-1], heldout_bytes)
     texts = chain(read_files(files[:-1], special_tokens), read_file_blocks(files[-1], train_bytes, special_tokens))
     emit = _Progress(progress).emit

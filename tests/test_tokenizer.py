@@ -183,6 +183,12 @@ def test_encoding_matches_naive_bpe(small_tok, text):
     assert small_tok.encode(text, allowed_special="none") == naive_encode(small_tok, text)
 
 
+def test_encoding_matches_plain_bpe_on_real_text(small_tok):
+    # words like " and" need a merge to the left of an earlier one (" a" then "nd", then " and")
+    for text in SMALL_CORPUS[:5] + EDGE_TEXTS + fixture_texts():
+        assert small_tok.encode(text, allowed_special="none") == naive_encode(small_tok, text), text[:80]
+
+
 def test_long_pre_token(small_tok):
     rng = random.Random(0)
     for word in ["".join(rng.choice("the quick brwnfx") for _ in range(3000)), "aaaa" * 500 + "ab" * 500]:
