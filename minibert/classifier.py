@@ -5,8 +5,8 @@ C the number of labels:
 
     input_ids, token_type_ids (B, T)
       -> encoder_forward (embeddings, L encoder layers, pooler)          pooled (B, H)
-      -> dropout(pooled, config.dropout)                                  (B, H)
-      -> logits = h @ cls.w + cls.b                                       (B, C)
+      -> pooled_d = dropout(pooled, config.dropout)                       (B, H)
+      -> logits = pooled_d @ cls.w + cls.b                                (B, C)
     C > 1:  loss = mean cross-entropy of the logits against class ids y (B,)
     C == 1: regression, loss = mean squared error of logits[:, 0] against targets y (B,)
 
@@ -24,14 +24,16 @@ and zero bias, so the same seed gives the same head whichever encoder it sits on
     model = BertForSequenceClassification.from_pretrained_run("runs/pretrain", num_labels=10)
     loss, grads = model.loss_and_grads({"input_ids": ..., "attention_mask": ..., "labels": y})
 """
+from typing import NamedTuple
+
 import numpy as np  # host side only: input validation and seeded initialisation
 
 from minibert import backend
 from minibert.layers import dropout_backward, dropout_forward, linear_backward, linear_forward
 from minibert.losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from minibert.model import (
-    BertConfig, check_grads, check_params, dropout_rng, encoder_backward, encoder_forward, encoder_param_shapes, init_params,
-    to_device_batch, validate_batch,
+    BertBase, BertConfig, EncoderCache, check_grads, check_params, encoder_backward, encoder_forward,
+    encoder_param_shapes, init_params, to_device_batch, validate_batch,
 )
 from minibert.rundir import read_pretrained_encoder
 # re-exported for finetune.py until it imports them from rundir (issue 9, run directories, phase B)
@@ -64,29 +66,30 @@ def _check_num_labels(num_labels):
 # the model
 
 
-class BertForSequenceClassification:
+class ClassifierCache(NamedTuple):
+    """What BertForSequenceClassification.backward needs, in forward order."""
+    c_enc: EncoderCache
+    c_drop: object  # dropout on the pooled output
+    c_cls: tuple  # the classifier's linear layer
+    c_loss: object  # the loss's cache, None when the batch had no labels
+    batch_size: int  # B
+
+
+class BertForSequenceClassification(BertBase):
     """BERT encoder + pooler, dropout, linear classifier over num_labels classes
     (num_labels == 1: regression with MSE). `params` is a dict name -> backend array."""
 
     def __init__(self, config, num_labels, seed=0, params=None):
         _check_num_labels(num_labels)
-        self.config = config
         self.num_labels = int(num_labels)
-        self.seed = seed
-        self._dropout_calls = 0
-        shapes = classifier_param_shapes(config, self.num_labels)
         if params is None:
             params = init_params(encoder_param_shapes(config), config, seed)
             params.update(init_classifier(config, self.num_labels, seed))
-        self.params = params
-        check_params(self.params, shapes, config.dtype)
+        super().__init__(config, params, classifier_param_shapes(config, self.num_labels), seed)
 
     @property
     def is_regression(self):
         return self.num_labels == 1
-
-    def num_parameters(self):
-        return sum(int(np.prod(p.shape)) for p in self.params.values())
 
     # -- construction from a pretrained encoder --------------------------------------
 
@@ -153,10 +156,10 @@ class BertForSequenceClassification:
         if has_labels:
             hb["labels"] = self.validate_labels(batch, B)
         db = to_device_batch(hb)
-        rng = dropout_rng(self, train, rng)
+        rng = self.dropout_rng(train, rng)
         (_, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
-        h, c_drop = dropout_forward(pooled, c.dropout, rng)  # (B, H)
-        logits, c_cls = linear_forward(h, p["cls.w"], p["cls.b"])  # (B, C)
+        pooled_d, c_drop = dropout_forward(pooled, c.dropout, rng)  # (B, H)
+        logits, c_cls = linear_forward(pooled_d, p["cls.w"], p["cls.b"])  # (B, C)
         preds = logits[:, 0] if self.is_regression else logits.argmax(axis=1)  # (B,)
         out = {"logits": logits, "preds": preds, "count": B}
         c_loss = None
@@ -166,11 +169,11 @@ class BertForSequenceClassification:
             else:
                 out["loss"], c_loss = cross_entropy_forward(logits, db["labels"])
                 out["correct"] = (preds == db["labels"]).sum()
-        return out, (c_enc, c_drop, c_cls, c_loss, B)
+        return out, ClassifierCache(c_enc, c_drop, c_cls, c_loss, B)
 
     def backward(self, cache):
         """Gradients of out["loss"] w.r.t. every param: a dict with params' keys and shapes."""
-        c_enc, c_drop, c_cls, c_loss, B = cache
+        c_enc, c_drop, c_cls, c_loss, B = cache  # see ClassifierCache
         if c_loss is None:
             raise ValueError("backward needs a loss: the batch given to forward had no 'labels'")
         g = {}
@@ -181,23 +184,12 @@ class BertForSequenceClassification:
         else:
             # forward: loss = cross_entropy(logits, y)
             (dlogits,) = cross_entropy_backward(1.0, c_loss)  # (B, C)
-        # forward: logits = h @ cls.w + cls.b
-        dh, g["cls.w"], g["cls.b"] = linear_backward(dlogits, c_cls)  # (B, H)
-        # forward: h = dropout(pooled)
-        (dpooled,) = dropout_backward(dh, c_drop)  # (B, H)
+        # forward: logits = pooled_d @ cls.w + cls.b
+        dpooled_d, g["cls.w"], g["cls.b"] = linear_backward(dlogits, c_cls)  # (B, H)
+        # forward: pooled_d = dropout(pooled)
+        (dpooled,) = dropout_backward(dpooled_d, c_drop)  # (B, H)
         # only the pooled [CLS] feeds the head: no gradient arrives at the sequence output
         g.update(encoder_backward(None, dpooled, c_enc))
         check_grads(self.params, g)
         return g
-
-    def loss_and_grads(self, batch, train=True, rng=None):
-        """(loss as a Python float, grads dict) for a labelled batch; see forward."""
-        out, cache = self.forward(batch, train=train, rng=rng)
-        if "loss" not in out:
-            raise ValueError("loss_and_grads needs batch['labels']")
-        return float(out["loss"]), self.backward(cache)
-
-    def predict(self, batch):
-        """Evaluation-mode forward (no dropout); the same `out` dict as forward."""
-        return self.forward(batch, train=False)[0]
 

@@ -17,6 +17,7 @@ dict with the same keys and shapes. The word embedding is used twice (input look
 decoder); its gradient is the sum of both contributions, added in `pretraining_backward`.
 """
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import numpy as np  # host side only: input validation and seeded initialisation
 
@@ -203,6 +204,15 @@ def validate_batch(batch, c, require_labels=True):
 # the encoder shared by every BERT model: embeddings -> layers -> pooler
 
 
+class EncoderCache(NamedTuple):
+    """Each stage's cache, in forward order: what encoder_backward needs."""
+    c_emb: tuple  # embedding lookup
+    c_eln: tuple  # embedding LayerNorm
+    c_edrop: object  # embedding dropout
+    c_layers: list  # one EncoderLayerCache per layer
+    c_pool: tuple  # pooler
+
+
 def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=None):
     """Device arrays in; returns (sequence_output (B, T, H), pooled (B, H)), cache.
 
@@ -211,48 +221,40 @@ def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=No
     B, T = input_ids.shape
     # padded keys get MASK_VALUE added to their scores in every head and every query row
     attn_bias = ((1.0 - attention_mask.astype(dtype)) * MASK_VALUE).reshape(B, 1, 1, T)  # (B, 1, 1, T)
-    x, c_emb = embedding_forward(input_ids, token_type_ids, params["emb.word"], params["emb.pos"], params["emb.type"])
-    x, c_eln = layernorm_forward(x, params["emb.ln.w"], params["emb.ln.b"], c.layer_norm_eps)  # (B, T, H)
-    x, c_edrop = dropout_forward(x, c.dropout, rng)  # (B, T, H)
+    emb, c_emb = embedding_forward(input_ids, token_type_ids, params["emb.word"], params["emb.pos"],
+                                   params["emb.type"])  # (B, T, H)
+    emb_ln, c_eln = layernorm_forward(emb, params["emb.ln.w"], params["emb.ln.b"], c.layer_norm_eps)  # (B, T, H)
+    x, c_edrop = dropout_forward(emb_ln, c.dropout, rng)  # (B, T, H) the input of layer 0
     c_layers = []
     for l in range(c.num_layers):
         p = {k: params[f"layers.{l}.{k}"] for k in ENCODER_LAYER_PARAMS}
+        # x is the hidden state, layer l's input before and its output after
         x, cl = encoder_layer_forward(x, attn_bias, p, c.num_heads, c.layer_norm_eps, c.hidden_act,
                                       c.dropout, c.attention_dropout, rng)  # (B, T, H)
         c_layers.append(cl)
     pooled, c_pool = pooler_forward(x, params["pool.w"], params["pool.b"])  # (B, H)
-    return (x, pooled), (c_emb, c_eln, c_edrop, c_layers, c_pool)
+    return (x, pooled), EncoderCache(c_emb, c_eln, c_edrop, c_layers, c_pool)
 
 
 def encoder_backward(dseq, dpooled, cache):
     """Gradients of the encoder params from d(sequence_output) (or None) and d(pooled)."""
-    c_emb, c_eln, c_edrop, c_layers, c_pool = cache
+    c_emb, c_eln, c_edrop, c_layers, c_pool = cache  # see EncoderCache
     g = {}
     # forward: pooled = pooler(x); x also flows to the sequence output
     dx, g["pool.w"], g["pool.b"] = pooler_backward(dpooled, c_pool)  # (B, T, H)
     if dseq is not None:
         dx += dseq
     for l in reversed(range(len(c_layers))):
-        # forward: x = encoder_layer(x)
-        dx, gl = encoder_layer_backward(dx, c_layers[l])
+        # forward: x = encoder_layer(x); dx is the gradient of the hidden state
+        dx, gl = encoder_layer_backward(dx, c_layers[l])  # (B, T, H)
         g.update({f"layers.{l}.{k}": v for k, v in gl.items()})
-    # forward: x = dropout(LN(embeddings))
-    (dx,) = dropout_backward(dx, c_edrop)
-    dx, g["emb.ln.w"], g["emb.ln.b"] = layernorm_backward(dx, c_eln)
-    g["emb.word"], g["emb.pos"], g["emb.type"] = embedding_backward(dx, c_emb)
+    # forward: x = dropout(emb_ln)
+    (demb_ln,) = dropout_backward(dx, c_edrop)  # (B, T, H)
+    # forward: emb_ln = LN(emb)
+    demb, g["emb.ln.w"], g["emb.ln.b"] = layernorm_backward(demb_ln, c_eln)  # (B, T, H)
+    # forward: emb = word[ids] + pos[:T] + type[type_ids]
+    g["emb.word"], g["emb.pos"], g["emb.type"] = embedding_backward(demb, c_emb)
     return g
-
-
-def dropout_rng(model, train, rng):
-    """The Generator for a forward's dropout masks: None when there is no dropout (evaluation
-    or a zero rate), rng when given, else a fresh stream from (model.seed, call count)."""
-    c = model.config
-    if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
-        return None
-    if rng is None:
-        model._dropout_calls += 1
-        rng = backend.rng((model.seed, model._dropout_calls))
-    return rng
 
 
 def to_device_batch(b):
@@ -261,22 +263,75 @@ def to_device_batch(b):
 
 
 # ----------------------------------------------------------------------------------------
-# BERT for pretraining
+# what both BERT models share
 
 
-class BertForPreTraining:
-    """BERT with the MLM and NSP heads. `params` is a dict name -> array on the backend."""
+class BertBase:
+    """The scaffolding of a BERT model: config, checked params, the dropout stream, and
+    loss_and_grads / predict on top of a subclass's forward and backward.
 
-    def __init__(self, config, seed=0, params=None):
+    A subclass passes its params (drawn or given) and their expected shapes, and defines
+    forward(batch, train, rng) -> (out, cache) and backward(cache) -> grads.
+    """
+
+    def __init__(self, config, params, shapes, seed=0):
         self.config = config
         self.seed = seed
-        self._dropout_calls = 0
-        shapes = pretraining_param_shapes(config)
-        self.params = init_params(shapes, config, seed) if params is None else params
+        self.params = params
         check_params(self.params, shapes, config.dtype)
+        self._dropout_calls = 0  # forwards that drew masks from the model's own stream
 
     def num_parameters(self):
         return sum(int(np.prod(p.shape)) for p in self.params.values())
+
+    def dropout_rng(self, train, rng=None):
+        """The Generator for a forward's dropout masks: None when there is no dropout
+        (evaluation or zero rates), rng when given, else the model's own stream: a fresh
+        Generator from (seed, number of such forwards so far)."""
+        c = self.config
+        if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
+            return None
+        if rng is None:
+            self._dropout_calls += 1
+            rng = backend.rng((self.seed, self._dropout_calls))
+        return rng
+
+    def loss_and_grads(self, batch, train=True, rng=None):
+        """(loss as a Python float, grads dict) for a labelled batch; see forward."""
+        out, cache = self.forward(batch, train=train, rng=rng)
+        if "loss" not in out:
+            raise ValueError("loss_and_grads needs batch['labels']")
+        return float(out["loss"]), self.backward(cache)
+
+    def predict(self, batch):
+        """Evaluation-mode forward (no dropout); the same `out` dict as forward."""
+        return self.forward(batch, train=False)[0]
+
+
+# ----------------------------------------------------------------------------------------
+# BERT for pretraining
+
+
+class PretrainingCache(NamedTuple):
+    """What BertForPreTraining.backward needs, in forward order."""
+    c_enc: EncoderCache
+    seq_shape: tuple  # (B, T, H)
+    pos: object  # (P,) flat indices of the labelled positions
+    mlm_hidden: object  # (P, H) the decoder's input, for the tied word embedding's gradient
+    c_mlm_fc: tuple
+    c_mlm_act: tuple
+    c_mlm_ln: tuple
+    c_mlm_ce: tuple
+    c_nsp: tuple
+    c_nsp_ce: tuple
+
+
+class BertForPreTraining(BertBase):
+    """BERT with the MLM and NSP heads. `params` is a dict name -> array on the backend."""
+
+    def __init__(self, config, seed=0, params=None):
+        shapes = pretraining_param_shapes(config)
+        super().__init__(config, init_params(shapes, config, seed) if params is None else params, shapes, seed)
 
     def forward(self, batch, train=True, rng=None):
         """Loss, logits and accuracies for a batch, and the cache for `backward`.
@@ -296,17 +351,18 @@ class BertForPreTraining:
         db = to_device_batch({"input_ids": hb["input_ids"], "token_type_ids": hb["token_type_ids"],
                               "attention_mask": hb["attention_mask"], "pos": pos, "mlm_labels": labels[pos],
                               "nsp_labels": hb["next_sentence_label"]})
-        rng = dropout_rng(self, train, rng)
+        rng = self.dropout_rng(train, rng)
         (seq, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
         B, T, H = seq.shape
 
-        # MLM head, only at the P labelled positions
-        h = seq.reshape(B * T, H)[db["pos"]]  # (P, H)
-        h, c_mlm1 = linear_forward(h, p["mlm.w"], p["mlm.b"])  # (P, H)
-        h, c_mlm2 = gelu_forward(h, gelu_approximation(c.hidden_act))  # (P, H)
-        h, c_mlm3 = layernorm_forward(h, p["mlm.ln.w"], p["mlm.ln.b"], c.layer_norm_eps)  # (P, H)
-        # decoder tied to the input word embeddings: logits = h @ word^T + bias
-        mlm_logits = h @ p["emb.word"].T + p["mlm.bias"]  # (P, V)
+        # MLM head, only at the P labelled positions:
+        # mlm_hidden = LN(gelu(seq_mlm @ mlm.w + mlm.b)), logits = mlm_hidden @ word^T + bias
+        seq_mlm = seq.reshape(B * T, H)[db["pos"]]  # (P, H)
+        mlm_fc, c_mlm_fc = linear_forward(seq_mlm, p["mlm.w"], p["mlm.b"])  # (P, H)
+        mlm_act, c_mlm_act = gelu_forward(mlm_fc, gelu_approximation(c.hidden_act))  # (P, H)
+        mlm_hidden, c_mlm_ln = layernorm_forward(mlm_act, p["mlm.ln.w"], p["mlm.ln.b"], c.layer_norm_eps)  # (P, H)
+        # decoder tied to the input word embeddings
+        mlm_logits = mlm_hidden @ p["emb.word"].T + p["mlm.bias"]  # (P, V)
         mlm_loss, c_mlm_ce = cross_entropy_forward(mlm_logits, db["mlm_labels"])
 
         # NSP head on the pooled [CLS]
@@ -323,43 +379,36 @@ class BertForPreTraining:
             "mlm_correct": (mlm_preds == db["mlm_labels"]).sum(), "mlm_count": len(pos),
             "nsp_correct": (nsp_preds == db["nsp_labels"]).sum(), "nsp_count": B,
         }
-        cache = (c_enc, (B, T, H), db["pos"], h, c_mlm1, c_mlm2, c_mlm3, c_mlm_ce, c_nsp, c_nsp_ce)
+        cache = PretrainingCache(c_enc, (B, T, H), db["pos"], mlm_hidden, c_mlm_fc, c_mlm_act, c_mlm_ln, c_mlm_ce,
+                                 c_nsp, c_nsp_ce)
         return out, cache
 
     def backward(self, cache):
         """Gradients of out["loss"] w.r.t. every param: a dict with params' keys and shapes."""
         xp = backend.xp
         p = self.params
-        c_enc, (B, T, H), pos, h_mlm, c_mlm1, c_mlm2, c_mlm3, c_mlm_ce, c_nsp, c_nsp_ce = cache
+        (B, T, H), pos, mlm_hidden = cache.seq_shape, cache.pos, cache.mlm_hidden
         g = {}
         # forward: loss = mlm_loss + nsp_loss, so each receives gradient 1
-        (dnsp_logits,) = cross_entropy_backward(1.0, c_nsp_ce)  # (B, 2)
-        dpooled, g["nsp.w"], g["nsp.b"] = linear_backward(dnsp_logits, c_nsp)  # (B, H)
-        (dmlm_logits,) = cross_entropy_backward(1.0, c_mlm_ce)  # (P, V)
-        # forward: mlm_logits = h @ word^T + bias, so dh = dlogits @ word,
-        # dword (decoder part) = dlogits^T @ h, dbias = sum over positions
-        dh = dmlm_logits @ p["emb.word"]  # (P, H)
-        dword_decoder = dmlm_logits.T @ h_mlm  # (V, H)
+        (dnsp_logits,) = cross_entropy_backward(1.0, cache.c_nsp_ce)  # (B, 2)
+        dpooled, g["nsp.w"], g["nsp.b"] = linear_backward(dnsp_logits, cache.c_nsp)  # (B, H)
+        (dmlm_logits,) = cross_entropy_backward(1.0, cache.c_mlm_ce)  # (P, V)
+        # forward: mlm_logits = mlm_hidden @ word^T + bias, so dmlm_hidden = dlogits @ word,
+        # dword (decoder part) = dlogits^T @ mlm_hidden, dbias = sum over positions
+        dmlm_hidden = dmlm_logits @ p["emb.word"]  # (P, H)
+        dword_decoder = dmlm_logits.T @ mlm_hidden  # (V, H)
         g["mlm.bias"] = dmlm_logits.sum(axis=0)  # (V,)
-        # forward: h = LN(gelu(h @ mlm.w + mlm.b))
-        dh, g["mlm.ln.w"], g["mlm.ln.b"] = layernorm_backward(dh, c_mlm3)
-        (dh,) = gelu_backward(dh, c_mlm2)
-        dh, g["mlm.w"], g["mlm.b"] = linear_backward(dh, c_mlm1)  # (P, H)
-        # forward: h = seq.reshape(N, H)[pos]; positions are distinct, so assignment routes it
-        dseq = xp.zeros((B * T, H), dtype=dh.dtype)  # (N, H)
-        dseq[pos] = dh
-        g.update(encoder_backward(dseq.reshape(B, T, H), dpooled, c_enc))
+        # forward: mlm_hidden = LN(mlm_act)
+        dmlm_act, g["mlm.ln.w"], g["mlm.ln.b"] = layernorm_backward(dmlm_hidden, cache.c_mlm_ln)  # (P, H)
+        # forward: mlm_act = gelu(mlm_fc)
+        (dmlm_fc,) = gelu_backward(dmlm_act, cache.c_mlm_act)  # (P, H)
+        # forward: mlm_fc = seq_mlm @ mlm.w + mlm.b
+        dseq_mlm, g["mlm.w"], g["mlm.b"] = linear_backward(dmlm_fc, cache.c_mlm_fc)  # (P, H)
+        # forward: seq_mlm = seq.reshape(N, H)[pos]; positions are distinct, so assignment routes it
+        dseq = xp.zeros((B * T, H), dtype=dseq_mlm.dtype)  # (N, H)
+        dseq[pos] = dseq_mlm
+        g.update(encoder_backward(dseq.reshape(B, T, H), dpooled, cache.c_enc))
         # the tied word embedding: input lookup + MLM decoder, summed here and only here
         g["emb.word"] += dword_decoder
         check_grads(p, g)
         return g
-
-    def loss_and_grads(self, batch, train=True, rng=None):
-        """(loss as a Python float, grads dict) for a batch; see forward for the arguments."""
-        out, cache = self.forward(batch, train=train, rng=rng)
-        grads = self.backward(cache)
-        return float(out["loss"]), grads
-
-    def predict(self, batch):
-        """Evaluation-mode forward (no dropout); the same `out` dict as forward."""
-        return self.forward(batch, train=False)[0]

@@ -19,7 +19,7 @@ One-dimensional parameters (biases, layer-norm weights and biases) get no weight
 default, as in BERT's original optimizer.
 
 The schedule (``lr_at``) is linear warmup then linear decay; ``clip_grad_norm`` follows
-``torch.nn.utils.clip_grad_norm_``; ``accumulate`` sums micro-batch gradients.
+``torch.nn.utils.clip_grad_norm_``; ``accumulate`` averages micro-batch gradients.
 """
 import math
 
@@ -199,7 +199,16 @@ def clip_grad_norm(grads, max_norm):
 
 
 def accumulate(total, grads, scale=1.0):
-    """total[k] += scale * grads[k] for every key, in place (micro-batch averaging)."""
+    """Add one micro-batch's gradients to a running sum: total[k] += scale * grads[k].
+
+    total None starts the sum with scale * grads (grads itself when scale == 1, so a step
+    of one micro-batch copies nothing); otherwise total is updated in place. Returns the
+    sum. The training loop passes scale = 1 / accum: a step's gradient is the plain mean of
+    its micro-batches' gradients, each already a mean over that micro-batch's own labelled
+    positions and pairs.
+    """
+    if total is None:
+        return grads if scale == 1.0 else {k: scale * g for k, g in grads.items()}
     _check_same(total, grads, "grads")
     for k, t in total.items():
         if scale == 1.0:

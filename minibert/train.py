@@ -270,13 +270,7 @@ def pretrain(tc, model_overrides=None):
             for micro in range(tc.accum):
                 next_position, batch = next(batches)
                 out, cache = model.forward(batch, train=True, rng=backend.rng((tc.seed, step, micro)))
-                g = model.backward(cache)
-                if tc.accum == 1:
-                    grads = g
-                elif grads is None:
-                    grads = {k: v / tc.accum for k, v in g.items()}
-                else:
-                    accumulate(grads, g, 1.0 / tc.accum)
+                grads = accumulate(grads, model.backward(cache), 1.0 / tc.accum)  # the mean over micro-batches
                 for k in ("loss", "mlm_loss", "nsp_loss"):
                     win[k] += out[k] / tc.accum  # device scalars: no host sync until the log line
                 for k in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count"):

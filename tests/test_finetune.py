@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import make_batch, tiny_config
 from minibert import backend
 from minibert.checkpoint import CheckpointError, save_checkpoint
 from minibert.classifier import BertForSequenceClassification
@@ -18,21 +19,6 @@ from minibert.finetune import (
 )
 from minibert.gradcheck import GradientCheckError, check_directional, check_gradients
 from minibert.model import BertConfig, BertForPreTraining
-
-
-def tiny_config(**kw):
-    base = dict(vocab_size=23, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=12,
-                max_position=16, dropout=0.0, attention_dropout=0.0, dtype="float64", layer_norm_eps=1e-5)
-    base.update(kw)
-    return BertConfig(**base)
-
-
-def make_batch(rng, B, T, V, C, lengths=None):
-    lengths = rng.integers(1, T + 1, B) if lengths is None else np.asarray(lengths)
-    mask = (np.arange(T)[None] < lengths[:, None]).astype(np.int64)  # (B, T)
-    types = (np.arange(T)[None] >= rng.integers(0, T + 1, (B, 1))).astype(np.int64)  # (B, T)
-    labels = rng.standard_normal(B) if C == 1 else rng.integers(0, C, B)
-    return dict(input_ids=rng.integers(0, V, (B, T)), token_type_ids=types, attention_mask=mask, labels=labels)
 
 
 # ----------------------------------------------------------------------------------------
@@ -49,7 +35,7 @@ def test_classifier_gradients_every_param(B, T, C, heads, dropout, seed):
     for k, p in model.params.items():  # non-trivial LayerNorm weights and biases, and a non-zero head
         if p.ndim == 1 or k == "cls.w":
             p += backend.to_device(rng.standard_normal(p.shape) * 0.3)
-    batch = make_batch(rng, B, T, c.vocab_size, C)
+    batch = make_batch(rng, B, T, c.vocab_size, num_labels=C)
     # the loss is the upstream: random labels make dlogits random (never all ones)
     f = lambda: model.loss_and_grads(batch, rng=backend.rng(seed))[0]
     _, grads = model.loss_and_grads(batch, rng=backend.rng(seed))
@@ -81,9 +67,22 @@ def test_checker_catches_a_wrong_mse_backward():
 def test_fully_padded_row_and_no_grad_into_sequence():
     rng = np.random.default_rng(1)
     model = BertForSequenceClassification(tiny_config(), 3)
-    batch = make_batch(rng, 3, 5, 23, 3, lengths=[5, 0, 2])
+    batch = make_batch(rng, 3, 5, 23, num_labels=3, lengths=[5, 0, 2])
+    batch["input_ids"] = rng.integers(0, 20, (3, 5))
+    batch["input_ids"][2, 2:] = [20, 21, 22]  # ids that occur only at row 2's padded positions
     loss, grads = model.loss_and_grads(batch, train=False)
     assert np.isfinite(loss) and all(np.isfinite(backend.to_host(g)).all() for g in grads.values())
+    # the fully padded row is defined: every score moved by the same constant, so it is
+    # the row with nothing masked (softmax ignores a common shift)
+    unmasked = dict(batch, attention_mask=np.vstack([batch["attention_mask"][:1]] * 3))
+    np.testing.assert_allclose(backend.to_host(model.predict(batch)["logits"])[1],
+                               backend.to_host(model.predict(unmasked)["logits"])[1], rtol=1e-9, atol=1e-12)
+    # only the pooled [CLS] feeds the head, so no gradient enters the sequence output at any
+    # other position; a padded position also feeds no real query (its keys are masked), so
+    # the tokens sitting only there get exactly zero gradient
+    dword = backend.to_host(grads["emb.word"])
+    assert np.all(dword[20:] == 0.0)
+    assert np.all(np.abs(dword[np.unique(batch["input_ids"][:2])]).sum(axis=1) > 0)  # the real ones do get some
 
 
 def test_head_is_seeded_and_independent_of_the_encoder():
@@ -104,7 +103,7 @@ def test_head_is_seeded_and_independent_of_the_encoder():
 ])
 def test_bad_labels(C, labels, message):
     model = BertForSequenceClassification(tiny_config(), C)
-    batch = make_batch(np.random.default_rng(2), 2, 4, 23, C)
+    batch = make_batch(np.random.default_rng(2), 2, 4, 23, num_labels=C)
     batch["labels"] = labels
     with pytest.raises(ValueError, match=message):
         model.loss_and_grads(batch)
@@ -112,7 +111,7 @@ def test_bad_labels(C, labels, message):
 
 def test_predict_without_labels():
     model = BertForSequenceClassification(tiny_config(), 3)
-    batch = make_batch(np.random.default_rng(3), 2, 4, 23, 3)
+    batch = make_batch(np.random.default_rng(3), 2, 4, 23, num_labels=3)
     batch.pop("labels")
     out = model.predict(batch)
     assert out["logits"].shape == (2, 3) and "loss" not in out

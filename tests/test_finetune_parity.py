@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from conftest import make_batch  # noqa: E402
 from minibert import backend, interop  # noqa: E402
 from minibert.classifier import BertForSequenceClassification  # noqa: E402
 
@@ -48,21 +49,11 @@ def minibert_from_hf(hf):
     return BertForSequenceClassification(config, hf.config.num_labels, params=params)
 
 
-def make_batch(rng, B, T, V, num_labels):
-    lengths = rng.integers(1, T + 1, size=B)
-    lengths[0] = T
-    real = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
-    ids = np.where(real, rng.integers(1, V, size=(B, T)), 0)
-    tt = np.where(real & (np.arange(T)[None, :] >= rng.integers(0, T, size=(B, 1))), 1, 0)
-    labels = rng.standard_normal(B) if num_labels == 1 else rng.integers(0, num_labels, size=B)
-    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": real.astype(np.int64), "labels": labels}
-
-
 @pytest.mark.parametrize("num_labels", [3, 1])
 def test_logits_loss_and_every_gradient_match(num_labels):
     hf = hf_classifier(num_labels)
     model = minibert_from_hf(hf)
-    batch = make_batch(np.random.default_rng(0), 4, 7, 41, num_labels)
+    batch = make_batch(np.random.default_rng(0), 4, 7, 41, num_labels=num_labels, hf=True)
     out, cache = model.forward(batch, train=False)
     grads = model.backward(cache)
 

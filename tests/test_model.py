@@ -4,30 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import make_batch, tiny_config
 from minibert import backend
 from minibert.gradcheck import check_directional, check_gradients
-from minibert.model import BertConfig, BertForPreTraining
-
-
-def tiny_config(**kw):
-    base = dict(vocab_size=23, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=12,
-                max_position=16, dropout=0.0, attention_dropout=0.0, dtype="float64", layer_norm_eps=1e-5)
-    base.update(kw)
-    return BertConfig(**base)
-
-
-def make_batch(rng, B, T, V, lengths=None, n_labels=None):
-    ids = rng.integers(0, V, (B, T))
-    lengths = lengths if lengths is not None else rng.integers(1, T + 1, B)
-    mask = (np.arange(T)[None] < np.asarray(lengths)[:, None]).astype(np.int64)
-    labels = np.full((B, T), -100)
-    for b in range(B):
-        k = rng.integers(0, T + 1) if n_labels is None else n_labels
-        pos = rng.choice(T, size=min(k, T), replace=False)
-        labels[b, pos] = rng.integers(0, V, len(pos))
-    types = (np.arange(T)[None] >= rng.integers(0, T + 1, (B, 1))).astype(np.int64)
-    return dict(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels,
-                next_sentence_label=rng.integers(0, 2, B))
+from minibert.model import BertForPreTraining
 
 
 @settings(max_examples=6, deadline=None)
@@ -53,7 +33,7 @@ def test_no_labelled_position_gives_zero_mlm_loss():
     rng = np.random.default_rng(0)
     c = tiny_config()
     model = BertForPreTraining(c)
-    batch = make_batch(rng, 2, 5, c.vocab_size, n_labels=0)
+    batch = make_batch(rng, 2, 5, c.vocab_size, n_masked=0)
     out, cache = model.forward(batch, train=False)
     assert float(out["mlm_loss"]) == 0.0 and out["mlm_count"] == 0
     grads = model.backward(cache)
@@ -76,7 +56,7 @@ def test_tied_embedding_gets_both_contributions():
     rng = np.random.default_rng(2)
     c = tiny_config()
     model = BertForPreTraining(c)
-    batch = make_batch(rng, 2, 6, c.vocab_size, n_labels=3)
+    batch = make_batch(rng, 2, 6, c.vocab_size, n_masked=3)
     _, grads = model.loss_and_grads(batch, train=False)
     # a vocabulary row that never occurs in the input still gets gradient from the decoder
     unused = sorted(set(range(c.vocab_size)) - set(batch["input_ids"].ravel().tolist()))

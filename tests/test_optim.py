@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import make_batch, tiny_config
 from minibert import backend
+from minibert.model import BertForPreTraining
 from minibert.optim import AdamW, accumulate, clip_grad_norm, lr_at
 
 SHAPES = {"w_qkv": (6, 18), "b_qkv": (18,), "ln_w": (6,), "emb": (11, 6), "scalar": ()}
@@ -313,3 +315,83 @@ def test_accumulate(scale):
         np.testing.assert_allclose(v, scale * (micro[0][k] + micro[1][k] + micro[2][k]), rtol=1e-14, atol=1e-15)
     with pytest.raises(ValueError, match="missing"):
         accumulate(total, {k: v for k, v in to_dev(micro[0]).items() if k != "emb"})
+
+
+def test_accumulate_starts_the_sum_from_none():
+    g = to_dev(make_grads(22, 1)[0])
+    assert accumulate(None, g) is g  # one micro-batch: no copy
+    half = accumulate(None, g, 0.5)
+    for k, v in to_host(half).items():
+        np.testing.assert_array_equal(v, 0.5 * to_host(g)[k])
+
+
+# ----------------------------------------------------------------------------------------
+# gradient accumulation through the model, as minibert.train does it
+
+
+def accumulated_grads(model, micro_batches):
+    """The training loop's contract (minibert/train.py): grads = accumulate(grads, g, 1 / accum)
+    over the micro-batches, dropout off here so that every forward is deterministic."""
+    grads = None
+    for batch in micro_batches:
+        _, g = model.loss_and_grads(batch, train=True)
+        grads = accumulate(grads, g, 1.0 / len(micro_batches))
+    return grads
+
+
+def halves(batch, B):
+    return [{k: v[:B] for k, v in batch.items()}, {k: v[B:] for k, v in batch.items()}]
+
+
+def max_rel_err(a, b):
+    a, b = to_host(a), to_host(b)
+    return max(float(np.abs(a[k] - b[k]).max() / max(np.abs(b[k]).max(), 1e-300)) for k in b)
+
+
+def test_accumulation_over_two_halves_equals_one_step_over_the_batch():
+    """accum=2 over two half-batches gives the gradients and the AdamW update of one step
+    over the combined batch. Both losses are means (MLM over labelled positions, NSP over
+    pairs), so this holds when the halves hold equally many labelled positions, as here
+    (3 per row); the test also shows the micro-batches' own gradients are far from the
+    combined one, so keeping only the last one, or summing instead of averaging, fails."""
+    c = tiny_config()  # dropout off
+    model = BertForPreTraining(c, seed=1)
+    B = 3
+    batch = make_batch(np.random.default_rng(7), 2 * B, 6, c.vocab_size, n_masked=3)
+    _, full = model.loss_and_grads(batch, train=True)
+    micro = [model.loss_and_grads(b, train=True)[1] for b in halves(batch, B)]
+    acc = accumulated_grads(model, halves(batch, B))
+    assert acc.keys() == full.keys()
+    assert max_rel_err(acc, full) < 1e-10
+    # what a broken loop would produce is measurably different
+    assert max_rel_err(micro[1], full) > 1e-2  # only the last micro-batch kept
+    assert max_rel_err({k: 0.5 * g for k, g in micro[1].items()}, full) > 1e-2  # ... and halved
+    assert max_rel_err({k: micro[0][k] + micro[1][k] for k in full}, full) > 0.5  # summed, not averaged
+
+    # the same AdamW update from either gradient
+    updated = []
+    for grads in (acc, full):
+        params = {k: v.copy() for k, v in model.params.items()}
+        opt = AdamW(params, lr=1e-2, weight_decay=0.01)
+        opt.step(grads)
+        updated.append(params)
+    assert max_rel_err(updated[0], updated[1]) < 1e-10
+    assert max_rel_err(updated[0], model.params) > 1e-3  # the step did move the parameters
+
+
+def test_accumulation_weights_micro_batches_equally():
+    """The contract when the halves hold different numbers of labelled positions: each
+    micro-batch's mean counts once (train.py does not re-weight by labelled positions), so
+    the result is the mean of the two micro-batch gradients, not the combined batch's."""
+    c = tiny_config()
+    model = BertForPreTraining(c, seed=2)
+    B = 2
+    rng = np.random.default_rng(8)
+    batch = {k: np.concatenate([a, b]) for (k, a), b in zip(
+        make_batch(rng, B, 6, c.vocab_size, n_masked=1).items(),
+        make_batch(rng, B, 6, c.vocab_size, n_masked=5).values())}
+    g0, g1 = (model.loss_and_grads(b, train=True)[1] for b in halves(batch, B))
+    acc = accumulated_grads(model, halves(batch, B))
+    assert max_rel_err(acc, {k: 0.5 * (g0[k] + g1[k]) for k in g0}) < 1e-12
+    _, full = model.loss_and_grads(batch, train=True)
+    assert max_rel_err(acc, full) > 1e-3

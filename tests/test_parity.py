@@ -4,7 +4,7 @@ The reference is transformers' BertForPreTraining (eager attention, dropout off)
 torch autograd for the gradients; minibert's hand-written backward is compared with it
 tensor by tensor, as max|a - b| / max|b| <= 1e-9 in float64 and 1e-4 in float32.
 
-Two known differences are kept out of the batches on purpose:
+Two known differences are kept out of the batches on purpose (make_batch(..., hf=True)):
 - HF masks padded keys with the dtype's minimum, minibert with -10000: only a row whose
   keys are all padding differs, so every row has at least one real token.
 - HF's word embedding has padding_idx = pad_token_id (0), whose row gets no gradient from
@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
+from conftest import make_batch  # noqa: E402
 from minibert import backend, interop  # noqa: E402
 from minibert.model import BertForPreTraining  # noqa: E402
 
@@ -61,24 +62,6 @@ def minibert_from_hf(hf, dtype):
     state = {k: v.detach().cpu().numpy() for k, v in hf.state_dict().items()}
     config = interop.config_from_hf(hf.config.to_dict(), dtype)
     return BertForPreTraining(config, params=interop.from_hf_state_dict(state, config))
-
-
-def make_batch(rng, B, T, V, types, lengths=None):
-    """Padding at the end of some rows (never a whole row), -100 at most positions, and a
-    row with no label at all; real tokens avoid the pad id 0."""
-    lengths = rng.integers(1, T + 1, size=B) if lengths is None else np.asarray(lengths)
-    lengths[0] = T  # at least one unpadded row
-    real = np.arange(T)[None, :] < lengths[:, None]  # (B, T)
-    ids = np.where(real, rng.integers(1, V, size=(B, T)), 0)
-    split = rng.integers(0, T, size=B)
-    tt = np.where(real & (np.arange(T)[None, :] >= split[:, None]), rng.integers(0, types, size=(B, 1)), 0)
-    labelled = real & (rng.random((B, T)) < 0.2)
-    labelled[0, rng.integers(0, T)] = True  # at least one MLM target in the batch
-    if B > 1:
-        labelled[B - 1] = False  # a row with no MLM target
-    labels = np.where(labelled, rng.integers(0, V, size=(B, T)), -100)
-    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": real.astype(np.int64),
-            "labels": labels, "next_sentence_label": rng.integers(0, 2, size=B)}
 
 
 def exactly_zero_grads(hf_grads, batch):
@@ -139,7 +122,7 @@ def assert_close(errs, dtype):
 def test_loss_logits_and_every_gradient_match(dtype, hidden_act):
     hf = hf_model(seed=0, dtype=dtype, hidden_act=hidden_act)
     rng = np.random.default_rng(0)
-    batch = make_batch(rng, B=4, T=12, V=41, types=2, lengths=[12, 9, 3, 7])
+    batch = make_batch(rng, B=4, T=12, V=41, types=2, lengths=[12, 9, 3, 7], hf=True)
     assert_close(compare(hf, batch, dtype), dtype)
 
 
@@ -156,7 +139,7 @@ def test_parity_check_catches_a_wrong_mapping(corruption):
         p["layers.0.attn.w_o"] = backend.xp.ascontiguousarray(p["layers.0.attn.w_o"].T)
     else:
         p["emb.type"] = backend.xp.zeros_like(p["emb.type"])
-    batch = make_batch(np.random.default_rng(3), B=3, T=8, V=41, types=2, lengths=[8, 5, 6])
+    batch = make_batch(np.random.default_rng(3), B=3, T=8, V=41, types=2, lengths=[8, 5, 6], hf=True)
     errs = compare(hf, batch, "float64", model=model)
     assert errs["mlm_logits"] > 1e-3 and errs["nsp_logits"] > 1e-3
     with pytest.raises(AssertionError, match="relative errors above"):
@@ -176,7 +159,7 @@ def test_parity_drawn_shapes(data):
     act = data.draw(st.sampled_from(["gelu", "gelu_new", "gelu_pytorch_tanh"]), "hidden_act")
     seed = data.draw(st.integers(0, 2**16), "seed")
     hf = hf_model(seed, dtype, act, V=23, H=A * D, L=L, A=A, I=12, max_pos=10, types=3)
-    batch = make_batch(np.random.default_rng(seed), B, T, V=23, types=3)
+    batch = make_batch(np.random.default_rng(seed), B, T, V=23, types=3, hf=True)
     assert_close(compare(hf, batch, dtype), dtype)
 
 
@@ -202,7 +185,7 @@ def test_minibert_checkpoint_loads_in_transformers(tmp_path, dtype):
     assert hf.cls.predictions.decoder.weight is hf.bert.embeddings.word_embeddings.weight
     hf.eval()
 
-    batch = make_batch(np.random.default_rng(1), B=3, T=8, V=41, types=2, lengths=[8, 5, 2])
+    batch = make_batch(np.random.default_rng(1), B=3, T=8, V=41, types=2, lengths=[8, 5, 2], hf=True)
     out = model.predict(batch)
     mlm, nsp = hf_outputs(hf, batch)
     assert rel_err(out["mlm_logits"], mlm.reshape(-1, 41)[backend.to_host(out["mlm_positions"])]) <= TOL[dtype]
@@ -216,7 +199,7 @@ def test_transformers_checkpoint_loads_in_minibert(tmp_path, dtype):
     model = interop.load_hf(tmp_path, dtype=dtype)
     assert model.config.num_heads == 4 and model.config.hidden_act == "gelu"
 
-    batch = make_batch(np.random.default_rng(2), B=3, T=8, V=41, types=2, lengths=[8, 6, 1])
+    batch = make_batch(np.random.default_rng(2), B=3, T=8, V=41, types=2, lengths=[8, 6, 1], hf=True)
     out = model.predict(batch)
     mlm, nsp = hf_outputs(hf, batch)
     assert rel_err(out["mlm_logits"], mlm.reshape(-1, 41)[backend.to_host(out["mlm_positions"])]) <= TOL[dtype]
