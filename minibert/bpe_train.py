@@ -1,7 +1,7 @@
-"""Fast BPE training: the same merges as `bpe.train`, from gigabytes of text in seconds.
+"""Fast BPE training: the same merges as `bpe.train`, in time for real corpora.
 
-The plain trainer in bpe.py recounts every pair of the corpus after every merge. This one does
-the work once and then keeps it up to date:
+The plain trainer in bpe.py recounts every pair of the corpus after every merge (merges x
+corpus size). This one does the work once and then keeps it up to date:
   1. stream the corpus (files in blocks, iterators lazily) and count each distinct pre-token
      once (`count_pretokens`; past a few MB, worker processes share the regex scan, which is
      the slow part);
