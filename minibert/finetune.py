@@ -1,35 +1,20 @@
-"""The fine-tuning program: labelled text -> BertForSequenceClassification -> checkpoints.
+"""Fine-tuning: labelled text -> BertForSequenceClassification -> checkpoints; evaluation,
+saving, loading and prediction. Reading and encoding the data is task_data.py; the program
+around it (argument parsing) is scripts/finetune.py.
 
-    python scripts/finetune.py                              # the default task, from runs/pretrain
-    python scripts/finetune.py --train train.csv --validation dev.csv --epochs 3 --out runs/task
-    python scripts/finetune.py --model runs/finetune --predict "Return the socket's file descriptor."
-
-Data (read_examples): CSV, TSV or JSON lines with a `text` column, an optional `text_pair`
-column (sentence-pair tasks), and a `label` column (any names; regression: numbers). Label
-names are sorted (numerically when every name is an integer) and mapped to ids 0..C-1; the
-names are saved in the checkpoint, so predictions come back as names. Without a validation
-file, a seeded --valid-fraction of the training file is held out.
-
-Encoding (encode_example), as BERT's run_classifier.py does it:
-    single text:  [CLS] A [SEP]            token types 0 ... 0
-    pair:         [CLS] A [SEP] B [SEP]    token types 0 ... 0 1 ... 1
-truncated to --max-length tokens longest-first: one token at a time from the end of the
-longer segment (B on a tie). User text is encoded with allowed_special="none", so a literal
-"[SEP]" or "[MASK]" in a CSV cell is ordinary text, never a special token.
+    model, tok, results = finetune(FinetuneConfig(train="train.csv", validation="dev.csv", out="runs/task"))
+    model, tok, meta = load_classifier("runs/task")
+    predict(model, tok, meta, ["Return the socket's file descriptor."])  -> [[("socket", 0.83), ...]]
 
 One training step: out, cache = model.forward(batch, rng=(seed, step)); grads = backward;
 clip_grad_norm; AdamW with linear warmup (a fraction of all steps) then linear decay to 0.
-Batches are length-grouped (length_grouped_batches: rows of similar length share a batch,
-so little compute goes to padding). Every random draw is a function of counters: the
-batches of epoch e come from (seed, e), the dropout masks of step s from (seed, s), the
-classifier head from [seed, 1].
+Batches are length-grouped (task_data.length_grouped_batches). Every random draw is a
+function of counters: the batches of epoch e come from (seed, e), the dropout masks of step
+s from (seed, s), the classifier head from [seed, 1].
 
-The default task (default_task): from the standard library's docstrings, predict the
-top-level package a docstring belongs to, over the --num-classes largest packages. Training
-examples come only from documents pretraining trained on, evaluation examples only from the
-documents it held out (data.is_heldout, with the pretraining run's heldout_fraction), so the
-evaluation text was never seen by the encoder. That evaluation set is the test set: no
-checkpoint or epoch is selected on it; the numbers reported are those after the last epoch.
+Without a data file, the run uses the default task (task_data.default_task), evaluated only
+on documents pretraining held out. That evaluation set is the test set: no checkpoint or
+epoch is selected on it; the numbers reported are those after the last epoch.
 
 Run directory OUT:
     tokenizer.json                 the tokenizer (copied from the pretraining run)
@@ -39,12 +24,9 @@ Run directory OUT:
     metrics.jsonl                  one JSON line per log interval and per evaluation
     results.json                   final evaluation: accuracy, macro-F1, confusion matrix
 """
-import argparse
-import csv
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -56,6 +38,13 @@ from minibert.classifier import (
     CLASSIFICATION_KIND, BertForSequenceClassification, read_pretrained_encoder, run_heldout_fraction,
 )
 from minibert.inference import load_run
+from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
+from minibert.optim import AdamW, clip_grad_norm, lr_at
+from minibert.task_data import (
+    Example, batches, class_counts, default_task, encode_examples, label_ids, label_names_from,
+    length_grouped_batches, read_examples, split_examples, subsample_per_class,
+)
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 
 MAX_CLASSES_SHOWN = 12  # the confusion matrix is printed only up to this many classes
 
@@ -65,235 +54,7 @@ def log(msg):
 
 
 # ----------------------------------------------------------------------------------------
-# reading labelled data
-
-
-@dataclass
-class Example:
-    text: str
-    text_pair: str | None = None
-    label: str | float | None = None  # a label name (classification) or a number (regression)
-
-
-def _rows(path):
-    """(row number, dict) for each row of a CSV, TSV or JSON-lines file, and its columns."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not part of a name
-            kw = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if ext == ".tsv" else {}
-            reader = csv.DictReader(f, **kw)
-            columns = reader.fieldnames or []
-            rows = [(i + 2, r) for i, r in enumerate(reader)]  # row 1 is the header
-        return rows, columns
-    if ext in (".jsonl", ".json", ".ndjson"):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        if text.lstrip().startswith("["):  # a JSON array of objects is accepted too
-            items = list(enumerate(json.loads(text), 1))
-        else:
-            items = []
-            for i, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        items.append((i, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}: line {i} is not valid JSON ({e})") from None
-        for i, r in items:
-            if not isinstance(r, dict):
-                raise ValueError(f"{path}: line {i} is not a JSON object")
-        columns = sorted({k for _, r in items for k in r})
-        return items, columns
-    raise ValueError(f"{path}: unknown data format {ext!r}: use .csv, .tsv or .jsonl")
-
-
-def read_examples(path, text_column="text", pair_column="text_pair", label_column="label",
-                  require_label=True, regression=False):
-    """Examples from a CSV, TSV or JSON-lines file; ValueError naming the file and the problem.
-
-    The pair column is optional (absent: single-text examples; an empty cell: no pair for
-    that row). The label column is required when require_label; labels are kept as names
-    (strings) for classification and converted to floats for regression."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} not found")
-    rows, columns = _rows(path)
-    need = [text_column] + ([label_column] if require_label else [])
-    for col in need:
-        if col not in columns:
-            raise ValueError(f"{path}: no column {col!r} (columns: {columns}); choose the column with "
-                             f"--{'text' if col == text_column else 'label'}-column")
-    has_label = label_column in columns
-    out = []
-    for i, r in rows:
-        text = r.get(text_column)
-        if text is None:
-            raise ValueError(f"{path}: row {i} has no value for column {text_column!r}")
-        pair = r.get(pair_column)
-        pair = None if pair in (None, "") else str(pair)
-        label = None
-        if has_label:
-            label = r.get(label_column)
-            if label is None or label == "":
-                if require_label:
-                    raise ValueError(f"{path}: row {i} has no value for column {label_column!r}")
-                label = None
-            elif regression:
-                try:
-                    label = float(label)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{path}: row {i}: regression label {label!r} is not a number") from None
-                if not math.isfinite(label):
-                    raise ValueError(f"{path}: row {i}: regression label {label!r} is not finite")
-            else:
-                label = str(label)
-        out.append(Example(str(text), pair, label))
-    return out
-
-
-def label_names_from(examples):
-    """Sorted label names of the examples (numerically when every name is an integer)."""
-    names = {e.label for e in examples if e.label is not None}
-    try:
-        return sorted(names, key=int)
-    except ValueError:
-        return sorted(names)
-
-
-def label_ids(examples, names, where="data"):
-    """Class ids of the examples' labels; ValueError for a label the model does not know."""
-    index = {n: i for i, n in enumerate(names)}
-    ids = []
-    for j, e in enumerate(examples):
-        if e.label not in index:
-            raise ValueError(f"{where}: example {j + 1} has label {e.label!r}, which is not one of the "
-                             f"model's labels {names}")
-        ids.append(index[e.label])
-    return np.array(ids, dtype=np.int64)
-
-
-def split_examples(examples, fraction, seed):
-    """(train, validation) by a seeded permutation; ValueError when either would be empty."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--valid-fraction must be in (0, 1), got {fraction}")
-    n_val = int(round(fraction * len(examples)))
-    if n_val == 0 or n_val == len(examples):
-        raise ValueError(f"empty split: {len(examples)} examples with --valid-fraction {fraction} leave "
-                         f"{len(examples) - n_val} for training and {n_val} for validation")
-    order = np.random.default_rng(seed).permutation(len(examples))
-    val = set(order[:n_val].tolist())
-    return ([e for i, e in enumerate(examples) if i not in val], [e for i, e in enumerate(examples) if i in val])
-
-
-# ----------------------------------------------------------------------------------------
-# the default task: which standard-library package does a docstring come from?
-
-
-def default_task(num_classes=10, heldout_fraction=0.05):
-    """(train examples, evaluation examples, label names) of the embedded task.
-
-    Classes: the num_classes top-level packages with the most docstrings (ties by name).
-    Train: their documents pretraining trained on; evaluation: only those it held out."""
-    from minibert import data
-    from collections import Counter
-    docs = data.default_corpus("all", heldout_fraction=heldout_fraction)
-    counts = Counter(d.package for d in docs)
-    names = sorted(sorted(counts, key=lambda p: (-counts[p], p))[:num_classes])
-    keep = set(names)
-    train, held = [], []
-    for d in docs:
-        if d.package in keep:
-            (held if data.is_heldout(d, heldout_fraction) else train).append(Example(d.text, None, d.package))
-    return train, held, names
-
-
-def subsample_per_class(examples, n, seed):
-    """At most n examples of each label, drawn with the stream [seed, 2], in input order."""
-    rng = np.random.default_rng([int(seed), 2])
-    labels = np.array([e.label for e in examples], dtype=object)
-    keep = []
-    for name in sorted(set(labels.tolist())):
-        idx = np.flatnonzero(labels == name)
-        keep += rng.choice(idx, size=min(n, len(idx)), replace=False).tolist()
-    return [examples[i] for i in sorted(keep)]
-
-
-def class_counts(examples, names):
-    return {n: sum(1 for e in examples if e.label == n) for n in names}
-
-
-# ----------------------------------------------------------------------------------------
-# encoding and batches
-
-
-def encode_example(tok, text, pair, max_length, cls_id, sep_id):
-    """(token ids, token type ids) of [CLS] A [SEP] (B [SEP]), truncated longest-first."""
-    a = tok.encode(text, allowed_special="none")
-    b = tok.encode(pair, allowed_special="none") if pair is not None else None
-    budget = max_length - (3 if b is not None else 2)
-    if budget < (2 if b is not None else 1):
-        raise ValueError(f"--max-length {max_length} leaves no room for text next to [CLS] and [SEP]")
-    if b is None:
-        a = a[:budget]
-        return [cls_id] + a + [sep_id], [0] * (len(a) + 2)
-    # longest first: drop from the end of the longer segment (B on a tie), as truncate_seq_pair
-    while len(a) + len(b) > budget:
-        if len(a) > len(b):
-            a.pop()
-        else:
-            b.pop()
-    ids = [cls_id] + a + [sep_id] + b + [sep_id]
-    return ids, [0] * (len(a) + 2) + [1] * (len(b) + 1)
-
-
-def encode_examples(tok, examples, max_length):
-    """A list of (ids, types) per example."""
-    from minibert.tokenizer import SPECIAL_TOKENS
-    pad, cls_id, sep_id, _ = (tok.token_to_id(s) for s in SPECIAL_TOKENS)
-    return [encode_example(tok, e.text, e.text_pair, max_length, cls_id, sep_id) for e in examples]
-
-
-def make_batch(encoded, labels, idx, pad_id):
-    """Host batch of the rows idx, padded to its longest row: input_ids, token_type_ids,
-    attention_mask (B, T), and labels (B,) when labels is not None."""
-    T = max(len(encoded[i][0]) for i in idx)
-    B = len(idx)
-    ids = np.full((B, T), pad_id, np.int64)  # (B, T)
-    types = np.zeros((B, T), np.int64)  # (B, T)
-    mask = np.zeros((B, T), np.int64)  # (B, T)
-    for r, i in enumerate(idx):
-        x, t = encoded[i]
-        ids[r, :len(x)], types[r, :len(x)], mask[r, :len(x)] = x, t, 1
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-    if labels is not None:
-        batch["labels"] = labels[np.asarray(idx)]
-    return batch
-
-
-def batches(encoded, labels, batch_size, pad_id, order=None):
-    """Batches of batch_size consecutive rows of `order` (default: the given order), or of
-    each index array when `order` is a list of them (see length_grouped_batches)."""
-    order = np.arange(len(encoded)) if order is None else order
-    groups = order if isinstance(order, list) else [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    for idx in groups:
-        yield make_batch(encoded, labels, idx, pad_id)
-
-
-def length_grouped_batches(encoded, batch_size, rng, group=50):
-    """An epoch's batches as index arrays: a random permutation, cut into groups of
-    `group` batches; each group sorted by length and cut into batches; the batches
-    shuffled. Rows of similar length share a batch, so little compute goes to padding
-    (docstrings run from 10 to 500 tokens), while every batch is still a random draw."""
-    lengths = np.array([len(ids) for ids, _ in encoded])
-    perm = rng.permutation(len(encoded))  # (N,)
-    out = []
-    for s in range(0, len(perm), batch_size * group):
-        chunk = perm[s:s + batch_size * group]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        out += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [out[i] for i in rng.permutation(len(out))]
-
-
-# ----------------------------------------------------------------------------------------
-# metrics
+# metrics and evaluation
 
 
 def accuracy(y_true, y_pred):
@@ -366,7 +127,7 @@ def evaluate(model, encoded, labels, batch_size, pad_id):
 
 
 # ----------------------------------------------------------------------------------------
-# checkpoints
+# checkpoints and prediction
 
 
 def save_classifier(out, name, model, opt, tok, meta):
@@ -389,7 +150,6 @@ def load_classifier(run_dir, name="last", dtype=None):
 def predict(model, tok, meta, texts, pairs=None, top_k=3, batch_size=32):
     """For each text (and pair): classification -> list of (label name, probability), the
     top_k most probable; regression -> the predicted value."""
-    from minibert.tokenizer import SPECIAL_TOKENS
     if isinstance(texts, str):
         texts = [texts]
     pairs = [None] * len(texts) if pairs is None else list(pairs)
@@ -417,7 +177,8 @@ def predict(model, tok, meta, texts, pairs=None, top_k=3, batch_size=32):
 
 @dataclass
 class FinetuneConfig:
-    """Everything a fine-tuning run depends on (the model's shape comes from the init)."""
+    """Everything a fine-tuning run depends on (the model's shape comes from the init); the
+    flags of scripts/finetune.py."""
     init: str = "runs/pretrain"  # a pretraining run directory, or a Hugging Face directory with hf=True
     init_checkpoint: str = "last"
     random_init: bool = False  # the run's tokenizer and model shape, but freshly initialised weights
@@ -447,6 +208,11 @@ class FinetuneConfig:
     overwrite: bool = False
     log_every: int = 10
     eval_batch_size: int = 64
+
+
+# the recipe: the fields scripts/compare_pretraining.py shares with scripts/finetune.py
+RECIPE_KEYS = ("epochs", "lr", "warmup", "weight_decay", "grad_clip", "batch_size", "max_length", "num_classes",
+               "log_every", "backend", "dtype")
 
 
 def load_data(fc):
@@ -485,8 +251,6 @@ def load_data(fc):
 
 def build_model(fc, num_labels):
     """(model, tokenizer, description of the init) for the config's init."""
-    from minibert.tokenizer import SPECIAL_TOKENS
-    from minibert.tokenizer import BPETokenizer
     if fc.hf:
         if not fc.tokenizer:
             raise ValueError("--hf needs --tokenizer: the minibert tokenizer.json the Hugging Face model was "
@@ -522,9 +286,6 @@ def build_model(fc, num_labels):
 
 def finetune(fc):
     """Run fine-tuning; returns (model, tokenizer, results dict of the final evaluation)."""
-    from minibert.tokenizer import SPECIAL_TOKENS
-    from minibert.optim import AdamW, clip_grad_norm, lr_at
-    from minibert.train import Metrics, fmt_time
     backend.use(fc.backend)
     t_start = time.time()
     if checkpoint_exists(fc.out, "last") and not fc.overwrite:
@@ -550,7 +311,7 @@ def finetune(fc):
 
     os.makedirs(fc.out, exist_ok=True)
     tok.save(os.path.join(fc.out, "tokenizer.json"))
-    metrics = Metrics(os.path.join(fc.out, "metrics.jsonl"))
+    metrics = MetricsFile(os.path.join(fc.out, "metrics.jsonl"))
     with open(os.path.join(fc.out, "config.json"), "w") as f:
         json.dump({"model": model.config.to_dict(), "finetune": asdict(fc), "label_names": names}, f, indent=2)
     log(f"data: {data_what}")
@@ -573,7 +334,7 @@ def finetune(fc):
                  "columns": {"text": fc.text_column, "text_pair": fc.pair_column, "label": fc.label_column}}
 
     step, t_loop = 0, time.time()
-    win = dict(loss=0.0, correct=0, count=0, tokens=0, steps=0, t0=time.time())
+    window = MetricsWindow()
     ev = None
     for epoch in range(1, fc.epochs + 1):
         order = length_grouped_batches(enc_train, fc.batch_size, np.random.default_rng((fc.seed, epoch)))
@@ -587,27 +348,20 @@ def finetune(fc):
                                          "try a lower --lr")
             opt.step(grads, lr=lr)
             step += 1
-            win["loss"] += float(out["loss"])
-            win["correct"] += int(out.get("correct", 0))
-            win["count"] += out["count"]
-            win["tokens"] += int(batch["attention_mask"].sum())
-            win["steps"] += 1
+            window.add(loss=float(out["loss"]), correct=int(out.get("correct", 0)), count=out["count"],
+                       tokens=batch["attention_mask"].sum())
+            window.step()
             if step % fc.log_every == 0 or step == total:
-                dt = time.time() - win["t0"]
-                n = win["steps"]
-                rec = {"step": step, "epoch": epoch, "loss": win["loss"] / n, "lr": lr, "grad_norm": norm,
-                       "ms_per_step": 1000 * dt / n, "tokens_per_s": win["tokens"] / dt,
-                       "elapsed_s": time.time() - t_start}
-                acc = ""
+                rec = {"step": step, "epoch": epoch, "loss": window.mean("loss"), "lr": lr, "grad_norm": norm,
+                       **window.speed(), "elapsed_s": time.time() - t_start}
+                shown = {"loss": rec["loss"]}
                 if not fc.regression:
-                    rec["acc"] = win["correct"] / max(win["count"], 1)
-                    acc = f" | acc {rec['acc']:.3f}"
+                    rec["acc"] = shown["acc"] = window.ratio("correct", "count")
                 left = (time.time() - t_loop) / step * (total - step)
-                log(f"epoch {epoch}/{fc.epochs} | step {step:>{len(str(total))}}/{total} | loss {rec['loss']:.3f}"
-                    f"{acc} | lr {lr:.1e} | norm {norm:.2f} | {rec['ms_per_step']:.0f} ms | "
-                    f"{rec['tokens_per_s']:,.0f} tok/s | left {fmt_time(left)}")
+                log(log_line(step, total, prefix=f"epoch {epoch}/{fc.epochs}", **shown, lr=lr, grad_norm=norm,
+                             ms_per_step=rec["ms_per_step"], tokens_per_s=rec["tokens_per_s"], left=left))
                 metrics.write(rec)
-                win = dict(loss=0.0, correct=0, count=0, tokens=0, steps=0, t0=time.time())
+                window.reset()
 
         ev = evaluate(model, enc_val, y_val, fc.eval_batch_size, pad)
         summary = {k: v for k, v in ev.items() if k not in ("preds", "confusion")}
@@ -637,152 +391,34 @@ def finetune(fc):
     return model, tok, results
 
 
-# ----------------------------------------------------------------------------------------
-# does pretraining pay? the same recipe from the pretrained encoder and from random weights
-
-
-def compare_pretraining(pretrained, out="runs/compare", seeds=(0,), train_per_class=(0,), **recipe):
-    """Fine-tune from (a) the pretrained run and (b) random weights of the same shape, with
-    the same recipe and seeds, on the default task unless recipe says otherwise; once with
-    each training-set size in train_per_class (0: all training examples).
-    Returns the results dict also written to OUT/results.json (and the table to results.md)."""
-    result = {"pretrained_run": pretrained, "seeds": list(seeds), "regimes": []}
-    with open(os.path.join(pretrained, "last.json")) as f:
-        meta = json.load(f)["meta"]
-    result["pretraining_step"] = meta.get("step")
-    result["pretraining_steps_planned"] = meta.get("train", {}).get("steps")
-    for n in train_per_class:
-        regime = {"train_per_class": n, "runs": {"pretrained": [], "random": []}}
-        for seed in seeds:
-            for init in ("pretrained", "random"):
-                fc = FinetuneConfig(init=pretrained, random_init=(init == "random"), seed=seed, train_per_class=n,
-                                    out=os.path.join(out, f"{init}-n{n}-seed{seed}"), overwrite=True, **recipe)
-                log(f"\n=== {init} initialisation, {n or 'all'} training examples per class, seed {seed} ===")
-                _, _, res = finetune(fc)
-                regime["runs"][init].append({"seed": seed, "acc": res["acc"], "macro_f1": res["macro_f1"],
-                                             "loss": res["loss"], "train_examples": res["train_examples"],
-                                             "examples": res["examples"], "elapsed_s": res["elapsed_s"]})
-        for init, rs in regime["runs"].items():
-            regime[init] = {m: float(np.mean([r[m] for r in rs])) for m in ("acc", "macro_f1")}
-            regime[init].update({m + "_std": float(np.std([r[m] for r in rs])) for m in ("acc", "macro_f1")})
-        regime["train_examples"] = regime["runs"]["pretrained"][0]["train_examples"]
-        result["validation_examples"] = regime["runs"]["pretrained"][0]["examples"]
-        result["regimes"].append(regime)
-    fc = FinetuneConfig(init=pretrained, **recipe)
-    result["recipe"] = {k: getattr(fc, k) for k in ("epochs", "lr", "warmup", "weight_decay", "batch_size",
-                                                    "max_length", "num_classes", "train", "validation", "tokenizer")}
-    table = results_table(result)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    log("\n" + table)
-    return result
-
-
-def results_table(result):
-    """A markdown table of held-out accuracy and macro-F1, pretrained vs random init."""
-    n = len(result["seeds"])
-    fmt = (lambda r, m: f"{r[m]:.3f} ± {r[m + '_std']:.3f}") if n > 1 else (lambda r, m: f"{r[m]:.3f}")
-    step, planned = result["pretraining_step"], result.get("pretraining_steps_planned")
-    of = f" of {planned}" if planned and planned != step else ""
-    lines = ["| training examples | initialisation | held-out accuracy | held-out macro-F1 |", "|---|---|---|---|"]
-    for g in result["regimes"]:
-        size = f"{g['train_examples']:,}" + (f" ({g['train_per_class']} per class)" if g["train_per_class"] else " (all)")
-        lines.append(f"| {size} | (a) pretrained ({result['pretrained_run']}, step {step}{of}) | "
-                     f"{fmt(g['pretrained'], 'acc')} | {fmt(g['pretrained'], 'macro_f1')} |")
-        lines.append(f"| {size} | (b) random | {fmt(g['random'], 'acc')} | {fmt(g['random'], 'macro_f1')} |")
-    seeds = f"mean ± std over seeds {result['seeds']}" if n > 1 else f"seed {result['seeds'][0]}"
-    lines.append(f"\n{result['validation_examples']} held-out examples; {seeds}.")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------
-# command line
+# prediction with a saved run
 
 
-def add_recipe_args(p, d=None):
-    d = d or FinetuneConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of all steps (default %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--num-classes", type=int, default=d.num_classes, help="default task: how many packages")
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", d.backend), choices=["numpy", "cupy"])
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
-
-
-RECIPE_KEYS = ("epochs", "lr", "warmup", "weight_decay", "grad_clip", "batch_size", "max_length", "num_classes",
-               "log_every", "backend", "dtype")
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description="Fine-tune a pretrained minibert on a classification (or regression) "
-                                "task, or predict with a fine-tuned one. With no arguments: the default task "
-                                "(stdlib package of a docstring) from runs/pretrain.")
-    d = FinetuneConfig()
-    p.add_argument("--from", dest="init", default=d.init, help="pretraining run directory (default %(default)s), "
-                   "or a Hugging Face BERT directory with --hf")
-    p.add_argument("--checkpoint", dest="init_checkpoint", default=d.init_checkpoint, choices=["last", "best"])
-    p.add_argument("--random-init", action="store_true", help="same shape and tokenizer, random weights")
-    p.add_argument("--hf", action="store_true", help="--from is a Hugging Face BERT directory")
-    p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's)")
-    p.add_argument("--train", default="", help="CSV, TSV or JSON-lines file (default: the embedded task)")
-    p.add_argument("--validation", default="", help="a separate validation file")
-    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
-    p.add_argument("--text-column", default=d.text_column)
-    p.add_argument("--pair-column", default=d.pair_column)
-    p.add_argument("--label-column", default=d.label_column)
-    p.add_argument("--regression", action="store_true", help="numeric labels, one output, MSE loss")
-    p.add_argument("--train-per-class", type=int, default=0, help="at most N training examples per class "
-                   "(a smaller labelled task; 0: all)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--dropout", type=float, default=None, help="default: the pretrained config's")
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    add_recipe_args(p, d)
-    g = p.add_argument_group("prediction (no training)")
-    g.add_argument("--predict", nargs="+", metavar="TEXT", help="texts to classify with --model")
-    g.add_argument("--pair", nargs="+", metavar="TEXT", help="second segments for --predict, one per text")
-    g.add_argument("--predict-file", help="CSV/TSV/JSON lines to classify; with a label column, also scored")
-    g.add_argument("--model", default=None, help="fine-tuning run directory for prediction (default: --out)")
-    g.add_argument("--top-k", type=int, default=3)
-    return p
-
-
-def config_from_args(args):
-    kw = {k: getattr(args, k) for k in ("init", "init_checkpoint", "random_init", "hf", "tokenizer", "train",
-                                        "validation", "valid_fraction", "text_column", "pair_column",
-                                        "label_column", "regression", "train_per_class", "seed", "dropout", "out", "overwrite",
-                                        *RECIPE_KEYS)}
-    return FinetuneConfig(**kw)
-
-
-def run_predict(args):
-    backend.use(args.backend)
-    model, tok, meta = load_classifier(args.model or args.out)
-    if args.predict_file:
+def predict_run(run_dir, texts=None, pairs=None, path=None, top_k=3):
+    """Classify texts (with pairs), or the examples of a data file `path`, with the fine-tuned
+    run in run_dir; print each prediction, and the score when every example of the file has a
+    label. Returns predict()'s results. An unknown label in the file is a ValueError."""
+    model, tok, meta = load_classifier(run_dir)
+    if path:
         cols = meta["columns"]
-        examples = read_examples(args.predict_file, cols["text"], cols["text_pair"], cols["label"],
+        examples = read_examples(path, cols["text"], cols["text_pair"], cols["label"],
                                  require_label=False, regression=model.is_regression)
         if not examples:
-            raise ValueError(f"empty split: {args.predict_file} holds no examples")
+            raise ValueError(f"empty split: {path} holds no examples")
         texts, pairs = [e.text for e in examples], [e.text_pair for e in examples]
     else:
-        examples, texts, pairs = None, args.predict, args.pair
-    results = predict(model, tok, meta, texts, pairs, top_k=args.top_k)
+        examples = None
+    results = predict(model, tok, meta, texts, pairs, top_k=top_k)
     for text, r in zip(texts, results):
         shown = f"{r:.4f}" if model.is_regression else " | ".join(f"{n} {p:.2f}" for n, p in r)
         log(f"{shown}\t{text[:100]}")
     labelled = examples is not None and all(e.label is not None for e in examples)
     if labelled and not model.is_regression:
         names = meta["label_names"]
-        y = label_ids(examples, names, args.predict_file)  # an unknown label is a clear error
+        y = label_ids(examples, names, path)  # an unknown label is a clear error
         pred = label_ids([Example("", None, r[0][0]) for r in results], names)
         cm = confusion_matrix(y, pred, len(names))
         log(f"accuracy {accuracy(y, pred):.3f} | macro-F1 {macro_f1(y, pred, len(names)):.3f} ({len(y)} examples)")
@@ -792,40 +428,3 @@ def run_predict(args):
         y = np.array([e.label for e in examples])
         log(f"mse {float(np.mean((np.array(results) - y) ** 2)):.4f} ({len(y)} examples)")
     return results
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        if args.predict or args.predict_file:
-            if args.pair and not args.predict:
-                raise ValueError("--pair goes with --predict")
-            run_predict(args)
-        else:
-            finetune(config_from_args(args))
-    except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def compare_main(argv=None):
-    p = argparse.ArgumentParser(description="Does pretraining pay? Fine-tune the same recipe from a pretrained "
-                                "run and from random weights; print a markdown table and write JSON.")
-    p.add_argument("--pretrained", default="runs/pretrain", help="pretraining run directory (default %(default)s)")
-    p.add_argument("--out", default="runs/compare")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--train-per-class", type=int, nargs="+", default=[0], help="training-set sizes to compare "
-                   "(at most N examples per class; 0: all), e.g. 0 32")
-    p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's, checked "
-                   "against the fingerprint its checkpoint records)")
-    add_recipe_args(p)
-    args = p.parse_args(argv)
-    try:
-        compare_pretraining(args.pretrained, args.out, tuple(args.seeds), tuple(args.train_per_class),
-                            tokenizer=args.tokenizer,
-                            **{k: getattr(args, k) for k in RECIPE_KEYS})
-    except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0

@@ -1,7 +1,10 @@
-"""The pretraining program: corpus -> tokenizer -> MLM + NSP training -> checkpoints.
+"""Pretraining: corpus -> tokenizer -> MLM + NSP training -> checkpoints. The program around it
+(argument parsing, fill-mask examples at the end) is scripts/pretrain.py.
 
     python scripts/pretrain.py                       # the whole default job, tiny preset, CPU
     python scripts/pretrain.py --preset mini --backend cupy --steps 20000 --out runs/mini
+
+    model, tok, ev, heldout_docs = pretrain(TrainConfig(steps=300, out="runs/try"))   # from Python
 
 One training step (AdamW with linear warmup then linear decay, Devlin et al. 2019 A.2):
 
@@ -24,20 +27,24 @@ Run directory OUT:
     best.json / best.*.safetensors   the checkpoint with the lowest held-out loss
     metrics.jsonl            one JSON line per log interval and per evaluation
 """
-import argparse
 import json
 import math
 import os
 import signal
-import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
-
+from dataclasses import asdict, dataclass, field
 
 from minibert import backend
 from minibert.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from minibert.corpus import default_corpus, read_documents, split_documents
+from minibert.inference import load_pretrained
+from minibert.instances import PretrainingData
+from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
 from minibert.model import PRESETS, BertConfig, BertForPreTraining, check_params
-from minibert.tokenizer import SPECIAL_TOKENS
+from minibert.optim import AdamW, accumulate, clip_grad_norm, lr_at
+from minibert.token_cache import TokenizedCorpus
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+
 
 @dataclass
 class TrainConfig:
@@ -84,21 +91,19 @@ def log(msg):
 
 def load_documents(tc):
     """(train documents, held-out documents) from --corpus or the embedded default."""
-    from minibert import data
     if tc.corpus:
-        docs = data.read_documents(tc.corpus)
-        train, heldout = data.split_documents(docs, tc.heldout_fraction)
+        docs = read_documents(tc.corpus)
+        train, heldout = split_documents(docs, tc.heldout_fraction)
         if not train or not heldout:  # a tiny corpus: still evaluate on something
             raise ValueError(f"corpus {tc.corpus} has {len(docs)} documents: too few to hold out "
                              f"{tc.heldout_fraction:.0%} for evaluation and train on the rest")
         return train, heldout
-    all_docs = data.default_corpus("all", heldout_fraction=tc.heldout_fraction)
-    return data.split_documents(all_docs, tc.heldout_fraction)
+    all_docs = default_corpus("all", heldout_fraction=tc.heldout_fraction)
+    return split_documents(all_docs, tc.heldout_fraction)
 
 
 def get_tokenizer(tc, train_docs):
     """Load --tokenizer, reuse OUT/tokenizer.json, or train one on the training documents."""
-    from minibert.tokenizer import BPETokenizer
     path = os.path.join(tc.out, "tokenizer.json")
     if tc.tokenizer:
         tok = BPETokenizer.load(tc.tokenizer)
@@ -120,7 +125,7 @@ def get_tokenizer(tc, train_docs):
 
 
 def build_data(tc, tok, train_docs, heldout_docs):
-    from minibert.data import PretrainingData, TokenizedCorpus
+    """(train, held-out) PretrainingData: token caches of both document sets, instances as tc says."""
     t0 = time.time()
     train_c = TokenizedCorpus.build(train_docs, tok)
     held_c = TokenizedCorpus.build(heldout_docs, tok)
@@ -153,6 +158,18 @@ def evaluate(model, batches):
             "perplexity": math.exp(min(mlm_loss, 50.0)), "nsp_loss": nsp_loss_sum / max(nsp_count, 1),
             "nsp_acc": nsp_correct / max(nsp_count, 1), "loss": mlm_loss + nsp_loss_sum / max(nsp_count, 1),
             "mlm_positions": mlm_count, "pairs": nsp_count}
+
+
+def evaluate_run(run_dir, checkpoint="last", corpus=None, batch_size=32, max_batches=None):
+    """evaluate() on a saved pretraining run: on the run's own held-out split (rebuilt from its
+    config.json, with its seed and instance settings), or on every document of `corpus`."""
+    model, tok = load_pretrained(run_dir, checkpoint)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        tc = TrainConfig(**json.load(f)["train"])
+    docs = read_documents(corpus) if corpus else load_documents(tc)[1]
+    data = PretrainingData(TokenizedCorpus.build(docs, tok), tok, max_seq_len=tc.seq_len,
+                           max_predictions=tc.max_predictions, short_seq_prob=tc.short_seq_prob, seed=tc.seed)
+    return evaluate(model, data.eval_batches(batch_size, max_batches))
 
 
 # ----------------------------------------------------------------------------------------
@@ -196,32 +213,13 @@ def restore(tc, model, opt, tok):
 # the training loop
 
 
-class Metrics:
-    """metrics.jsonl writer; on resume, lines past the resumed step are dropped."""
-
-    def __init__(self, path, resume_step=None):
-        self.path = path
-        if resume_step is not None and os.path.exists(path):
-            with open(path) as f:
-                keep = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-            with open(path, "w") as f:
-                f.writelines(keep)
-        elif resume_step is None and os.path.exists(path):
-            os.remove(path)
-
-    def write(self, rec):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-
-def fmt_time(s):
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
 def pretrain(tc, model_overrides=None):
-    """Run (or resume) pretraining; returns (model, tokenizer, final held-out metrics)."""
-    from minibert.optim import AdamW, accumulate, clip_grad_norm, lr_at
+    """Run (or, with tc.resume, continue) pretraining as tc says; model_overrides are BertConfig
+    fields that replace the preset's (e.g. {"num_layers": 1, "dtype": "float64"}).
+
+    Returns (model, tokenizer, held-out metrics of the final model as evaluate() gives them,
+    held-out documents). ValueError for a setting or run directory it refuses (with the reason),
+    FloatingPointError for a non-finite loss, KeyboardInterrupt after saving on Ctrl-C."""
     backend.use(tc.backend)
     if tc.preset not in PRESETS:
         raise ValueError(f"unknown preset {tc.preset!r}: choose from {sorted(PRESETS)}")
@@ -249,7 +247,7 @@ def pretrain(tc, model_overrides=None):
     if tc.resume:
         step, position, best_loss = restore(tc, model, opt, tok)
         log(f"resumed {tc.out} at step {step} (data epoch {position[0]}, batch {position[1]})")
-    metrics = Metrics(os.path.join(tc.out, "metrics.jsonl"), resume_step=step if tc.resume else None)
+    metrics = MetricsFile(os.path.join(tc.out, "metrics.jsonl"), resume_step=step if tc.resume else None)
     with open(os.path.join(tc.out, "config.json"), "w") as f:
         json.dump({"model": config.to_dict(), "train": asdict(tc)}, f, indent=2)
     log(f"model: BERT {tc.preset} (L={config.num_layers}, H={config.hidden_size}, A={config.num_heads}), "
@@ -259,8 +257,7 @@ def pretrain(tc, model_overrides=None):
     batches = train_data.batches(tc.batch_size, start=position)
     interrupted = []
     old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # finish the step, then save
-    win = dict(loss=0.0, mlm_loss=0.0, nsp_loss=0.0, mlm_correct=0, mlm_count=0, nsp_correct=0, nsp_count=0,
-               tokens=0, steps=0, t0=time.time())
+    window = MetricsWindow()
     t_loop, step0 = time.time(), step
     last_saved = step if tc.resume else None
     try:
@@ -271,11 +268,11 @@ def pretrain(tc, model_overrides=None):
                 next_position, batch = next(batches)
                 out, cache = model.forward(batch, train=True, rng=backend.rng((tc.seed, step, micro)))
                 grads = accumulate(grads, model.backward(cache), 1.0 / tc.accum)  # the mean over micro-batches
-                for k in ("loss", "mlm_loss", "nsp_loss"):
-                    win[k] += out[k] / tc.accum  # device scalars: no host sync until the log line
-                for k in ("mlm_correct", "mlm_count", "nsp_correct", "nsp_count"):
-                    win[k] += out[k]
-                win["tokens"] += int(batch["attention_mask"].sum())
+                # losses stay device scalars: no host sync until the log line
+                window.add(loss=out["loss"] / tc.accum, mlm_loss=out["mlm_loss"] / tc.accum,
+                           nsp_loss=out["nsp_loss"] / tc.accum, mlm_correct=out["mlm_correct"],
+                           mlm_count=out["mlm_count"], nsp_correct=out["nsp_correct"], nsp_count=out["nsp_count"],
+                           tokens=batch["attention_mask"].sum())
                 position = next_position
             norm = clip_grad_norm(grads, tc.grad_clip)
             if not math.isfinite(norm) or not math.isfinite(float(out["loss"])):
@@ -285,26 +282,19 @@ def pretrain(tc, model_overrides=None):
                     f"saving. The last good checkpoint: {kept}. Try a lower --lr or more --warmup")
             opt.step(grads, lr=lr)
             step += 1
-            win["steps"] += 1
-            win["grad_norm"] = norm
+            window.step()
 
             if step % tc.log_every == 0 or step == tc.steps:
-                dt = time.time() - win["t0"]
-                n = win["steps"]
-                rec = {"step": step, "loss": float(win["loss"]) / n, "mlm_loss": float(win["mlm_loss"]) / n,
-                       "nsp_loss": float(win["nsp_loss"]) / n,
-                       "mlm_acc": int(win["mlm_correct"]) / max(int(win["mlm_count"]), 1),
-                       "nsp_acc": int(win["nsp_correct"]) / max(int(win["nsp_count"]), 1),
-                       "lr": lr, "grad_norm": norm, "ms_per_step": 1000 * dt / n, "tokens_per_s": win["tokens"] / dt,
-                       "epoch": position[0], "elapsed_s": time.time() - t_start}
+                rec = {"step": step, "loss": window.mean("loss"), "mlm_loss": window.mean("mlm_loss"),
+                       "nsp_loss": window.mean("nsp_loss"), "mlm_acc": window.ratio("mlm_correct", "mlm_count"),
+                       "nsp_acc": window.ratio("nsp_correct", "nsp_count"), "lr": lr, "grad_norm": norm,
+                       **window.speed(), "epoch": position[0], "elapsed_s": time.time() - t_start}
                 left = (time.time() - t_loop) / (step - step0) * (tc.steps - step)
-                log(f"step {step:>{len(str(tc.steps))}}/{tc.steps} | loss {rec['loss']:.3f} | "
-                    f"mlm {rec['mlm_loss']:.3f} acc {rec['mlm_acc']:.3f} | nsp {rec['nsp_loss']:.3f} "
-                    f"acc {rec['nsp_acc']:.2f} | lr {lr:.1e} | norm {norm:.2f} | {rec['ms_per_step']:.0f} ms | "
-                    f"{rec['tokens_per_s']:,.0f} tok/s | left {fmt_time(left)}")
+                log(log_line(step, tc.steps, **{k: rec[k] for k in ("loss", "mlm_loss", "mlm_acc", "nsp_loss",
+                                                                     "nsp_acc", "lr", "grad_norm", "ms_per_step",
+                                                                     "tokens_per_s")}, left=left))
                 metrics.write(rec)
-                win = dict(loss=0.0, mlm_loss=0.0, nsp_loss=0.0, mlm_correct=0, mlm_count=0, nsp_correct=0,
-                           nsp_count=0, tokens=0, steps=0, t0=time.time())
+                window.reset()
 
             if step % tc.eval_every == 0 or step == tc.steps:
                 ev = evaluate(model, eval_set)
@@ -326,62 +316,3 @@ def pretrain(tc, model_overrides=None):
     log(f"done: {step} steps in {fmt_time(time.time() - t_start)} | held-out mlm loss {ev['mlm_loss']:.3f} "
         f"acc {ev['mlm_acc']:.3f} ppl {ev['perplexity']:.1f} | nsp acc {ev['nsp_acc']:.3f} | saved in {tc.out}")
     return model, tok, ev, heldout_docs
-
-
-# ----------------------------------------------------------------------------------------
-# command line
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description="Pretrain BERT (MLM + NSP) with minibert. With no arguments: the "
-                                "whole default job on the embedded corpus (tiny preset, CPU, ~10 minutes).")
-    d = TrainConfig()
-    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
-    p.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", d.backend), choices=["numpy", "cupy"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    for name in ("seed", "steps", "batch_size", "accum", "seq_len", "max_predictions", "warmup", "save_every",
-                 "eval_every", "eval_batches", "log_every", "vocab_size", "fill_mask_examples"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "short_seq_prob", "heldout_fraction"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    p.add_argument("--corpus", nargs="+", default=[], help="text files, directories or globs "
-                   "(default: the docstrings of this Python's standard library)")
-    p.add_argument("--tokenizer", default="", help="a saved tokenizer.json (default: train one)")
-    p.add_argument("--out", default=d.out, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    # model shape overrides (default: the preset's)
-    for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "max_position"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    for name in ("dropout", "attention_dropout"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
-    p.add_argument("--hidden-act", default=None, choices=["gelu", "gelu_tanh"])
-    return p
-
-
-def config_from_args(args):
-    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
-    overrides = {k: getattr(args, k) for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size",
-                                               "max_position", "dropout", "attention_dropout", "hidden_act")
-                 if getattr(args, k) is not None}
-    overrides["dtype"] = args.dtype
-    return tc, overrides
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    tc, overrides = config_from_args(args)
-    try:
-        model, tok, ev, heldout_docs = pretrain(tc, overrides)
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, FloatingPointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if tc.fill_mask_examples:
-        from minibert.inference import fill_mask, mask_examples
-        log("\nfill-mask on held-out sentences (top 5):")
-        for text, answer in mask_examples(heldout_docs, tok, tc.fill_mask_examples, seed=tc.seed):
-            (preds,) = fill_mask(model, tok, text, top_k=5)
-            shown = ", ".join(f"{t!r} {p:.2f}" for t, p in preds)
-            log(f"  {text}\n    answer {answer!r} | predicted {shown}")
-    return 0

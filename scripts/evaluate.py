@@ -2,6 +2,8 @@
 
     python scripts/evaluate.py --model runs/pretrain                 # the run's own held-out split
     python scripts/evaluate.py --model runs/pretrain --corpus more.txt   # every document of a corpus
+
+The work is minibert.train.evaluate_run.
 """
 import argparse
 import json
@@ -11,8 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minibert import backend  # noqa: E402
-from minibert.inference import load_pretrained  # noqa: E402
-from minibert.train import TrainConfig, evaluate, load_documents  # noqa: E402
+from minibert.train import evaluate_run  # noqa: E402
 
 
 def main(argv=None):
@@ -24,16 +25,9 @@ def main(argv=None):
     p.add_argument("--max-batches", type=int, default=None, help="default: all held-out instances")
     p.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", "numpy"), choices=["numpy", "cupy"])
     args = p.parse_args(argv)
-    from minibert.data import PretrainingData, TokenizedCorpus, read_documents
     try:
         backend.use(args.backend)
-        model, tok = load_pretrained(args.model, args.checkpoint)
-        with open(os.path.join(args.model, "config.json")) as f:
-            tc = TrainConfig(**json.load(f)["train"])
-        docs = read_documents(args.corpus) if args.corpus else load_documents(tc)[1]
-        data = PretrainingData(TokenizedCorpus.build(docs, tok), tok, max_seq_len=tc.seq_len,
-                               max_predictions=tc.max_predictions, short_seq_prob=tc.short_seq_prob, seed=tc.seed)
-        ev = evaluate(model, data.eval_batches(args.batch_size, args.max_batches))
+        ev = evaluate_run(args.model, args.checkpoint, args.corpus, args.batch_size, args.max_batches)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

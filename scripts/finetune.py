@@ -3,13 +3,93 @@
     python scripts/finetune.py                                  # the default task, from runs/pretrain
     python scripts/finetune.py --train train.csv --validation dev.csv --out runs/task
     python scripts/finetune.py --model runs/finetune --predict "Create a new socket object."
+
+The flags are the fields of minibert.finetune.FinetuneConfig; the work is
+minibert.finetune.finetune, or minibert.finetune.predict_run with --predict/--predict-file.
 """
+import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minibert.finetune import main  # noqa: E402
+from minibert import backend  # noqa: E402
+from minibert.finetune import RECIPE_KEYS, FinetuneConfig, finetune, predict_run  # noqa: E402
+
+
+def add_recipe_args(p, d=None):
+    """The recipe flags (RECIPE_KEYS), shared with scripts/compare_pretraining.py."""
+    d = d or FinetuneConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of all steps (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--num-classes", type=int, default=d.num_classes, help="default task: how many packages")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", d.backend), choices=["numpy", "cupy"])
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Fine-tune a pretrained minibert on a classification (or regression) "
+                                "task, or predict with a fine-tuned one. With no arguments: the default task "
+                                "(stdlib package of a docstring) from runs/pretrain.")
+    d = FinetuneConfig()
+    p.add_argument("--from", dest="init", default=d.init, help="pretraining run directory (default %(default)s), "
+                   "or a Hugging Face BERT directory with --hf")
+    p.add_argument("--checkpoint", dest="init_checkpoint", default=d.init_checkpoint, choices=["last", "best"])
+    p.add_argument("--random-init", action="store_true", help="same shape and tokenizer, random weights")
+    p.add_argument("--hf", action="store_true", help="--from is a Hugging Face BERT directory")
+    p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's)")
+    p.add_argument("--train", default="", help="CSV, TSV or JSON-lines file (default: the embedded task)")
+    p.add_argument("--validation", default="", help="a separate validation file")
+    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
+    p.add_argument("--text-column", default=d.text_column)
+    p.add_argument("--pair-column", default=d.pair_column)
+    p.add_argument("--label-column", default=d.label_column)
+    p.add_argument("--regression", action="store_true", help="numeric labels, one output, MSE loss")
+    p.add_argument("--train-per-class", type=int, default=0, help="at most N training examples per class "
+                   "(a smaller labelled task; 0: all)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--dropout", type=float, default=None, help="default: the pretrained config's")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    add_recipe_args(p, d)
+    g = p.add_argument_group("prediction (no training)")
+    g.add_argument("--predict", nargs="+", metavar="TEXT", help="texts to classify with --model")
+    g.add_argument("--pair", nargs="+", metavar="TEXT", help="second segments for --predict, one per text")
+    g.add_argument("--predict-file", help="CSV/TSV/JSON lines to classify; with a label column, also scored")
+    g.add_argument("--model", default=None, help="fine-tuning run directory for prediction (default: --out)")
+    g.add_argument("--top-k", type=int, default=3)
+    return p
+
+
+def config_from_args(args):
+    kw = {k: getattr(args, k) for k in ("init", "init_checkpoint", "random_init", "hf", "tokenizer", "train",
+                                        "validation", "valid_fraction", "text_column", "pair_column",
+                                        "label_column", "regression", "train_per_class", "seed", "dropout", "out",
+                                        "overwrite", *RECIPE_KEYS)}
+    return FinetuneConfig(**kw)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.predict or args.predict_file:
+            if args.pair and not args.predict:
+                raise ValueError("--pair goes with --predict")
+            backend.use(args.backend)
+            predict_run(args.model or args.out, args.predict, args.pair, args.predict_file, top_k=args.top_k)
+        else:
+            finetune(config_from_args(args))
+    except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

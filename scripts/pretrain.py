@@ -3,13 +3,78 @@
 
     python scripts/pretrain.py [--preset tiny|mini|small|base] [--backend numpy|cupy] ...
     python scripts/pretrain.py --out runs/pretrain --resume      # continue after an interruption
+
+The flags are the fields of minibert.train.TrainConfig, plus BertConfig fields that override
+the preset's; the work is minibert.train.pretrain.
 """
+import argparse
 import os
 import sys
+from dataclasses import fields
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minibert.train import main  # noqa: E402
+from minibert.inference import fill_mask, mask_examples  # noqa: E402
+from minibert.model import PRESETS  # noqa: E402
+from minibert.train import TrainConfig, log, pretrain  # noqa: E402
+
+# BertConfig fields a flag may set instead of the preset's value
+MODEL_INT_FLAGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "max_position")
+MODEL_FLOAT_FLAGS = ("dropout", "attention_dropout")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Pretrain BERT (MLM + NSP) with minibert. With no arguments: the "
+                                "whole default job on the embedded corpus (tiny preset, CPU, ~10 minutes).")
+    d = TrainConfig()
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
+    p.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", d.backend), choices=["numpy", "cupy"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    for name in ("seed", "steps", "batch_size", "accum", "seq_len", "max_predictions", "warmup", "save_every",
+                 "eval_every", "eval_batches", "log_every", "vocab_size", "fill_mask_examples"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "short_seq_prob", "heldout_fraction"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--corpus", nargs="+", default=[], help="text files, directories or globs "
+                   "(default: the docstrings of this Python's standard library)")
+    p.add_argument("--tokenizer", default="", help="a saved tokenizer.json (default: train one)")
+    p.add_argument("--out", default=d.out, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    # model shape overrides (default: the preset's)
+    for name in MODEL_INT_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    for name in MODEL_FLOAT_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
+    p.add_argument("--hidden-act", default=None, choices=["gelu", "gelu_tanh"])
+    return p
+
+
+def config_from_args(args):
+    """(TrainConfig, BertConfig overrides) of parsed arguments."""
+    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    overrides = {k: getattr(args, k) for k in (*MODEL_INT_FLAGS, *MODEL_FLOAT_FLAGS, "hidden_act")
+                 if getattr(args, k) is not None}
+    overrides["dtype"] = args.dtype
+    return tc, overrides
+
+
+def main(argv=None):
+    tc, overrides = config_from_args(build_parser().parse_args(argv))
+    try:
+        model, tok, ev, heldout_docs = pretrain(tc, overrides)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FloatingPointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if tc.fill_mask_examples:
+        log("\nfill-mask on held-out sentences (top 5):")
+        for text, answer in mask_examples(heldout_docs, tok, tc.fill_mask_examples, seed=tc.seed):
+            (preds,) = fill_mask(model, tok, text, top_k=5)
+            shown = ", ".join(f"{t!r} {p:.2f}" for t, p in preds)
+            log(f"  {text}\n    answer {answer!r} | predicted {shown}")
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

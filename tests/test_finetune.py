@@ -3,6 +3,9 @@ values, data files, pair encoding, refusals with clear messages, and a tiny fine
 end (accuracy rises, the checkpoint predicts)."""
 import json
 import os
+import subprocess
+import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,13 +15,29 @@ from conftest import make_batch, tiny_config
 from minibert import backend
 from minibert.checkpoint import CheckpointError, save_checkpoint
 from minibert.classifier import BertForSequenceClassification
-from minibert.losses import mse_backward, mse_forward
+from minibert.compare import compare_pretraining
+from minibert.corpus import default_corpus
 from minibert.finetune import (
-    Example, FinetuneConfig, accuracy, confusion_matrix, default_task, encode_example, finetune, label_ids,
-    label_names_from, load_classifier, macro_f1, main, predict, read_examples, split_examples,
+    FinetuneConfig, accuracy, build_model, confusion_matrix, finetune, load_classifier, macro_f1, predict,
+    predict_run,
 )
 from minibert.gradcheck import GradientCheckError, check_directional, check_gradients
+from minibert.losses import mse_backward, mse_forward
 from minibert.model import BertConfig, BertForPreTraining
+from minibert.task_data import (
+    Example, default_task, encode_example, label_ids, label_names_from, read_examples, split_examples,
+    subsample_per_class,
+)
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(name, *args):
+    """A program in scripts/ run as a user would: (exit code, stdout, stderr)."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args], capture_output=True, text=True,
+                       timeout=300)
+    return r.returncode, r.stdout, r.stderr
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,8 +210,6 @@ def test_unknown_label_and_empty_split():
 
 @pytest.fixture(scope="module")
 def tok():
-    from minibert.tokenizer import SPECIAL_TOKENS
-    from minibert.tokenizer import BPETokenizer
     text = " ".join(["the cat sat on the mat", "a dog ran to the park", "good great fine", "bad awful poor"] * 20)
     return BPETokenizer.train_from_iterator([text], 300, special_tokens=SPECIAL_TOKENS, progress=False)
 
@@ -283,21 +300,25 @@ def test_tiny_finetune_learns_and_predicts(tmp_path, pretrained, capsys):
     (top,) = predict(m2, t2, meta, ["the cat sat great on the mat"], ["a dog"], top_k=2)
     assert top[0][0] == "pos" and top[0][1] > 0.5 and len(top) == 2
 
-    assert main(["--model", out, "--predict", "the dog was awful", "the mat is good"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    # the program: predictions of texts, one line each
+    rc, stdout, stderr = run_script("finetune.py", "--model", out, "--predict", "the dog was awful", "the mat is good")
+    assert rc == 0, stderr
+    lines = stdout.strip().splitlines()
     assert lines[0].startswith("neg") and lines[1].startswith("pos")
 
     # predict a labelled file: scored; a label the model does not know is a clear error
-    assert main(["--model", out, "--predict-file", str(dev)]) == 0
+    predict_run(out, path=str(dev))
     assert "accuracy" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nthe cat is good,pos\nthe cat is bad,neutral\n")
-    assert main(["--model", out, "--predict-file", str(bad)]) == 1
-    assert "'neutral', which is not one of the model's labels ['neg', 'pos']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="'neutral', which is not one of the model's labels \\['neg', 'pos'\\]"):
+        predict_run(out, path=str(bad))
 
-    # an existing run is not overwritten by accident
-    assert main(["--from", pretrained, "--train", str(train), "--out", out]) == 1
-    assert "--overwrite" in capsys.readouterr().err
+    # an existing run is not overwritten by accident; the program says so and exits 1
+    with pytest.raises(ValueError, match="--overwrite"):
+        finetune(replace(fc, epochs=1))
+    rc, _, stderr = run_script("finetune.py", "--from", pretrained, "--train", str(train), "--out", out)
+    assert rc == 1 and stderr.startswith("error:") and "--overwrite" in stderr
 
 
 def test_regression_finetune(tmp_path, pretrained):
@@ -314,41 +335,40 @@ def test_regression_finetune(tmp_path, pretrained):
     assert isinstance(v, float)
 
 
-def test_refusals(tmp_path, pretrained, capsys):
+def test_refusals(tmp_path, pretrained):
     good = tmp_path / "g.csv"
     good.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in synthetic_rows(20, 3)))
     nolabel = tmp_path / "n.csv"
     nolabel.write_text("text,category\nhello,a\n")
     empty = tmp_path / "e.csv"
     empty.write_text("text,label\n")
-    base = ["--from", pretrained, "--epochs", "1", "--max-length", "16"]
+    base = FinetuneConfig(init=pretrained, epochs=1, max_length=16)
     cases = [
-        (["--train", str(nolabel), "--out", str(tmp_path / "1")], "no column 'label'"),
-        (["--train", str(good), "--validation", str(empty), "--out", str(tmp_path / "2")], "empty split"),
-        (["--train", str(empty), "--validation", str(good), "--out", str(tmp_path / "3")], "empty split"),
-        (["--train", str(good), "--valid-fraction", "0.01", "--out", str(tmp_path / "4")], "empty split"),
-        (["--train", str(good), "--max-length", "1000", "--out", str(tmp_path / "5")], "max_position"),
+        (dict(train=str(nolabel), out=str(tmp_path / "1")), "no column 'label'"),
+        (dict(train=str(good), validation=str(empty), out=str(tmp_path / "2")), "empty split"),
+        (dict(train=str(empty), validation=str(good), out=str(tmp_path / "3")), "empty split"),
+        (dict(train=str(good), valid_fraction=0.01, out=str(tmp_path / "4")), "empty split"),
+        (dict(train=str(good), max_length=1000, out=str(tmp_path / "5")), "max_position"),
     ]
-    for args, message in cases:
-        assert main(base + args) == 1, args
-        assert message in capsys.readouterr().err, args
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            finetune(replace(base, **kw))
 
     # checkpoints of the wrong kind
     ft = tmp_path / "ft"
-    assert main(base + ["--train", str(good), "--out", str(ft), "--valid-fraction", "0.25"]) == 0
+    finetune(replace(base, train=str(good), out=str(ft), valid_fraction=0.25))
     with pytest.raises(CheckpointError, match="not a pretraining checkpoint.*'minibert-classification'"):
         BertForSequenceClassification.from_pretrained_run(str(ft), 2)
-    assert main(["--from", str(ft), "--train", str(good), "--out", str(tmp_path / "6")]) == 1
-    assert "not a pretraining checkpoint" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="not a pretraining checkpoint"):
+        finetune(replace(base, init=str(ft), train=str(good), out=str(tmp_path / "6")))
     with pytest.raises(CheckpointError, match="not a fine-tuned classifier.*'minibert-pretraining'"):
         load_classifier(pretrained)
-    assert main(["--model", pretrained, "--predict", "hello"]) == 1
-    assert "not a fine-tuned classifier" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="not a fine-tuned classifier"):
+        predict_run(pretrained, ["hello"])
 
 
 def test_random_init_keeps_shape_and_tokenizer(pretrained):
     fc = FinetuneConfig(init=pretrained, random_init=True, max_length=32)
-    from minibert.finetune import build_model
     a, tok_a, what = build_model(fc, 3)
     b = BertForSequenceClassification.from_pretrained_run(pretrained, 3)
     assert "random" in what and a.config == b.config and a.params.keys() == b.params.keys()
@@ -357,18 +377,16 @@ def test_random_init_keeps_shape_and_tokenizer(pretrained):
 
 
 def test_default_task_evaluates_only_on_heldout_documents():
-    from minibert import data
     train, held, names = default_task(num_classes=8)
     assert len(names) == 8 and names == sorted(names)
     assert {e.label for e in train} == set(names) and {e.label for e in held} <= set(names)
-    held_texts = {d.text for d in data.default_corpus("heldout")}
-    train_texts = {d.text for d in data.default_corpus("train")}
+    held_texts = {d.text for d in default_corpus("heldout")}
+    train_texts = {d.text for d in default_corpus("train")}
     assert all(e.text in held_texts for e in held) and not any(e.text in held_texts for e in train)
     assert all(e.text in train_texts for e in train) and len(held) > 50
 
 
 def test_subsample_per_class():
-    from minibert.finetune import subsample_per_class
     ex = [Example(str(i), None, "ab"[i % 2] if i < 10 else "c") for i in range(13)]
     sub = subsample_per_class(ex, 2, seed=0)
     assert sorted(e.label for e in sub) == ["a", "a", "b", "b", "c", "c"]
@@ -376,14 +394,26 @@ def test_subsample_per_class():
     assert sub == subsample_per_class(ex, 2, seed=0) and len(subsample_per_class(ex, 100, seed=0)) == 13
 
 
-def test_compare_pretraining_command(tmp_path, pretrained, capsys):
-    from minibert.finetune import compare_main
+def test_compare_pretraining(tmp_path, pretrained, capsys):
     out = tmp_path / "cmp"
-    assert compare_main(["--pretrained", pretrained, "--out", str(out), "--epochs", "1", "--max-length", "16",
-                         "--num-classes", "3", "--train-per-class", "0", "8", "--log-every", "1000"]) == 0
-    res = json.loads((out / "results.json").read_text())
+    res = compare_pretraining(pretrained, str(out), seeds=(0,), train_per_class=(0, 8), epochs=1, max_length=16,
+                              num_classes=3, log_every=1000)
+    assert res == json.loads((out / "results.json").read_text())
     assert [g["train_per_class"] for g in res["regimes"]] == [0, 8] and res["regimes"][1]["train_examples"] == 24
     for g in res["regimes"]:
         assert {"pretrained", "random"} <= set(g) and 0 <= g["random"]["acc"] <= 1
     table = (out / "results.md").read_text()
     assert "| (b) random |" in table and "held-out macro-F1" in table and table in capsys.readouterr().out
+
+
+def test_compare_pretraining_command(tmp_path, pretrained):
+    out = tmp_path / "cmp"
+    rc, stdout, stderr = run_script("compare_pretraining.py", "--pretrained", pretrained, "--out", str(out),
+                                    "--epochs", "1", "--max-length", "16", "--num-classes", "2",
+                                    "--train-per-class", "4", "--log-every", "1000")
+    assert rc == 0, stderr
+    res = json.loads((out / "results.json").read_text())
+    assert [g["train_per_class"] for g in res["regimes"]] == [4] and res["regimes"][0]["train_examples"] == 8
+    assert "| (b) random |" in stdout
+    rc, _, stderr = run_script("compare_pretraining.py", "--pretrained", str(tmp_path / "none"), "--out", str(out))
+    assert rc == 1 and stderr.startswith("error:") and "Traceback" not in stderr

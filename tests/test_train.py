@@ -6,13 +6,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from minibert import backend
 from minibert.checkpoint import load_checkpoint
-from minibert.train import TrainConfig, main, pretrain
+from minibert.inference import fill_mask, load_pretrained
+from minibert.interop import save_hf
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+from minibert.train import TrainConfig, pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position=64)
@@ -64,7 +68,6 @@ def test_short_run_loss_falls(tmp_path, corpus):
     assert any("eval_mlm_acc" in r for r in recs)
     assert os.path.exists(tmp_path / "best.json") and os.path.exists(tmp_path / "last.json")
 
-    from minibert.inference import fill_mask, load_pretrained
     m2, t2 = load_pretrained(str(tmp_path))
     preds = fill_mask(m2, t2, "The parser [MASK] the buffer.", top_k=3)
     probs = [p for _, p in preds[0]]
@@ -76,8 +79,6 @@ def test_short_run_loss_falls(tmp_path, corpus):
 
 @pytest.fixture(scope="module")
 def trained_tokenizer(tmp_path_factory, corpus):
-    from minibert.tokenizer import SPECIAL_TOKENS
-    from minibert.tokenizer import BPETokenizer
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     BPETokenizer.train_from_files(corpus, 600, special_tokens=SPECIAL_TOKENS, progress=False).save(str(path))
     return str(path)
@@ -131,45 +132,43 @@ def test_ctrl_c_saves_then_resumes(tmp_path, corpus, trained_tokenizer):
     assert step >= 5
 
 
-def test_refusals(tmp_path, corpus, trained_tokenizer, capsys):
+def test_refusals(tmp_path, corpus, trained_tokenizer):
     out = tmp_path / "run"
-    args = ["--corpus", corpus, "--out", str(out), "--tokenizer", trained_tokenizer, "--seq-len", "32",
-            "--batch-size", "8", "--steps", "10", "--eval-every", "1000", "--eval-batches", "1",
-            "--fill-mask-examples", "0", *SMALL_ARGS]
-    assert main(args) == 0
-    assert main(args) == 1  # an existing run is not overwritten
-    assert "--resume" in capsys.readouterr().err
-    assert main([*args, "--resume", "--hidden-size", "64"]) == 1  # another model config
-    assert "model config differs" in capsys.readouterr().err
-    assert main([*args, "--resume", "--batch-size", "4"]) == 1  # exact resume needs the same batches
-    assert "batch_size" in capsys.readouterr().err
-    assert main([*args[:2], "--out", str(tmp_path / "none"), "--resume"]) == 1
-    assert "no checkpoint" in capsys.readouterr().err
-    # a truncated checkpoint: a clear error naming the file, no traceback
+    tc = small_tc(out, corpus, tokenizer=trained_tokenizer, steps=10, eval_every=1000, eval_batches=1)
+    pretrain(tc, dict(SMALL))
+    with pytest.raises(ValueError, match="--resume"):  # an existing run is not overwritten
+        pretrain(tc, dict(SMALL))
+    resume = replace(tc, resume=True, steps=20)
+    with pytest.raises(ValueError, match="model config differs"):
+        pretrain(resume, dict(SMALL, hidden_size=64))
+    with pytest.raises(ValueError, match="batch_size"):  # exact resume needs the same batches
+        pretrain(replace(resume, batch_size=4), dict(SMALL))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        pretrain(replace(resume, out=str(tmp_path / "none")), dict(SMALL))
+    # a truncated checkpoint, through the program: exit 1, a clear error naming the file, no traceback
     tensors = next(p for p in os.listdir(out) if p.startswith("last.") and p.endswith(".safetensors"))
     with open(out / tensors, "r+b") as f:
         f.truncate(100)
-    assert main([*args, "--resume", "--steps", "20"]) == 1
-    err = capsys.readouterr().err
-    assert tensors in err and "Traceback" not in err
+    r = subprocess.run(run_args(out, corpus, trained_tokenizer, "--steps", "20", "--resume"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith("error:"), r.stderr
+    assert tensors in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point of the test
-def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, corpus, trained_tokenizer, capsys):
+def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, corpus, trained_tokenizer):
     out = tmp_path / "run"
-    args = ["--corpus", corpus, "--out", str(out), "--tokenizer", trained_tokenizer, "--seq-len", "32",
-            "--batch-size", "8", "--eval-every", "1000", "--eval-batches", "1", "--fill-mask-examples", "0",
-            "--save-every", "5", *SMALL_ARGS]
-    assert main([*args, "--steps", "5"]) == 0
+    tc = small_tc(out, corpus, tokenizer=trained_tokenizer, steps=5, save_every=5, eval_every=1000, eval_batches=1)
+    pretrain(tc, dict(SMALL))
     before = (out / "last.json").read_text()
-    # an absurd learning rate overflows the weights within a few steps
-    assert main([*args, "--steps", "40", "--resume", "--lr", "1e38", "--warmup", "0", "--grad-clip", "0"]) == 1
-    err = capsys.readouterr().err
-    assert "non-finite" in err and "at step" in err
-    step = json.loads((out / "last.json").read_text())["meta"]["step"]
-    assert step % 5 == 0  # what is on disk is a checkpoint from before the blow-up
-    if step == 5:
-        assert (out / "last.json").read_text() == before
+    # an absurd learning rate overflows the weights within a step or two of the resume at step 5, so
+    # the next checkpoint (step 10) is never reached: the run stops before saving the broken step
+    blow_up = replace(tc, steps=40, resume=True, lr=1e38, warmup=0, grad_clip=0)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step ([6-9]|10) ") as e:
+        pretrain(blow_up, dict(SMALL))
+    assert f"{out}/last.json (step 5)" in str(e.value)  # the message names the last good checkpoint
+    assert (out / "last.json").read_text() == before  # and that is what is on disk
+    assert all(np.isfinite(v).all() for v in final_params(out).values())
 
 
 def test_evaluate_script(tmp_path, corpus, trained_tokenizer):
@@ -197,8 +196,6 @@ def test_gradient_accumulation_and_hf_export(tmp_path, corpus, trained_tokenizer
     # a trained minibert exports to Hugging Face: weights through interop, tokenizer as GPT-2 files
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    from minibert.inference import load_pretrained
-    from minibert.interop import save_hf
     m, t = load_pretrained(str(out))
     save_hf(m, str(tmp_path / "hf"))
     t.save_gpt2_files(str(tmp_path / "hf"))
