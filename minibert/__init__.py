@@ -4,9 +4,11 @@
     model = BertForPreTraining(BertConfig(vocab_size=1000))
     loss, grads = model.loss_and_grads(batch)
 
-Modules: backend (the NumPy/CuPy switch), layers and losses (forward/backward pairs),
-model, classifier, gradcheck, tokenizer, data, optim, checkpoint, train, finetune,
-inference, interop.
+Modules, in the order data flows through them (README.md has the tour):
+    corpus -> bpe / bpe_train / tokenizer -> token_cache -> instances      the training signal
+    backend, kernels -> layers, losses -> model, classifier, gradcheck     the network
+    optim -> checkpoint, rundir, atomic -> metrics, train, finetune        training
+    task_data, compare, inference, interop                                 using models
 """
 from minibert import backend
 from minibert.classifier import BertForSequenceClassification

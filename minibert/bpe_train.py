@@ -39,7 +39,7 @@ _POOL_AFTER_CHARS = 2 << 20  # a corpus larger than this is counted by worker pr
 _FILE_NAME_CHARS = 4096      # a text longer than this (or with a newline) is not checked as a file name
 
 
-class _Progress:
+class Progress:
     """Rate-limited progress lines: nothing for the first 2 s, then at most one per 2 s."""
 
     every = 2.0
@@ -348,7 +348,7 @@ def train(texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] =
                          f"{len(special_tokens)} special tokens ({n_base})")
     if not isinstance(min_frequency, int) or min_frequency < 1:
         raise ValueError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
-    report = _Progress(progress)
+    report = Progress(progress)
     counts = count_pretokens(texts, pattern, special_tokens, workers, report)
     merges = learn_merges(counts, vocab_size - n_base, min_frequency, report)
     report.done(f"bpe: {len(merges):,} merges, vocab {n_base + len(set(a + b for a, b in merges)):,}")
@@ -389,7 +389,7 @@ def train_tokenizer(corpus: Iterable[str | os.PathLike], out: str | os.PathLike,
             raise FileNotFoundError(f"corpus file {str(f)!r} does not exist")
     train_bytes, heldout = heldout_split(files[-1], heldout_bytes)
     texts = chain(read_files(files[:-1], special_tokens), read_file_blocks(files[-1], train_bytes, special_tokens))
-    emit = _Progress(progress).emit
+    emit = Progress(progress).emit
     if emit is not None:
         total = sum(f.stat().st_size for f in files)
         emit(f"corpus: {len(files)} file(s), {total / 1e6:,.1f} MB; held out {len(heldout.encode()) / 1e6:,.2f} MB "

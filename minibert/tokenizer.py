@@ -190,6 +190,10 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         return len(self._id_bytes)
 
+    def clear_cache(self) -> None:
+        """Forget the pre-token -> ids memo, so the next encode starts cold (benchmarks)."""
+        self._cache.clear()
+
     def token_to_id(self, token: str) -> int:
         """Id of a token given as its printable string ("Ġthe", "[MASK]"); KeyError if unknown."""
         try:

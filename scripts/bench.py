@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 from minibert.model import PRESETS as TRAIN_PRESETS  # noqa: E402
 
 # L layers, H hidden, A heads, I intermediate; V and T default to 8192 and 128.
-# The training program's table (minibert/train.py) is the source; BertConfig's field names
+# The presets table beside BertConfig (minibert/model.py) is the source; BertConfig's field names
 # map to the letters here.
 _LETTERS = {"num_layers": "L", "hidden_size": "H", "num_heads": "A", "intermediate_size": "I",
             "vocab_size": "V"}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minibert.tokenizer import BPETokenizer  # noqa: E402
+from minibert.tokenizer import SPECIAL_TOKENS as SPECIALS, BPETokenizer  # noqa: E402
 
 
 @dataclass
@@ -33,7 +33,6 @@ class Config:
     workdir: str = ""
 
 
-SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def build_corpus(path: Path, n_bytes: int) -> None:
@@ -88,11 +87,11 @@ def main() -> None:
     for r in range(cfg.repeat):
         t, tok = timed(lambda: BPETokenizer.train_from_files(corpus, cfg.vocab_size, SPECIALS, cfg.min_frequency, progress=False))
         results.setdefault("minibert train s", []).append(t)
-        tok._cache.clear()   # encoding starts cold, as Hugging Face's does
+        tok.clear_cache()   # encoding starts cold, as Hugging Face's does
         t, ids = timed(lambda: tok.encode_batch(docs))
         results.setdefault("minibert encode s", []).append(t)
         n_tok = sum(map(len, ids))
-        tok._cache.clear()
+        tok.clear_cache()
         t, _ = timed(lambda: tok.encode_batch(chunks))
         results.setdefault("minibert encode chunks s", []).append(t)
         rng = random.Random(r)

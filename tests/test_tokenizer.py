@@ -232,7 +232,7 @@ def test_training_order_independent_and_streaming_exact(tmp_path, monkeypatch):
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8", newline="")
     monkeypatch.setattr(bpe_train, "_READ_BLOCK", 37)
-    quiet = bpe_train._Progress(False)
+    quiet = bpe_train.Progress(False)
     streamed = bpe_train.count_pretokens(bpe_train.read_files([path], ["[MASK]"]), GPT2_PATTERN, ["[MASK]"], 1, quiet)
     whole = Counter(p for part in text.split("[MASK]") for p in regex.findall(GPT2_PATTERN, part))
     assert streamed == whole
@@ -286,7 +286,7 @@ def test_texts_that_are_file_paths_are_refused(tmp_path, monkeypatch):
 
 
 def test_progress_lines(monkeypatch, capsys):
-    monkeypatch.setattr(bpe_train._Progress, "every", 0.0)
+    monkeypatch.setattr(bpe_train.Progress, "every", 0.0)
     lines = []
     BPETokenizer.train_from_iterator(SMALL_CORPUS[:5], 300, progress=lines.append)
     assert any("merge" in line for line in lines) and "merges" in lines[-1]
