@@ -324,3 +324,61 @@ class PretrainingData:
         n = -(-len(ep) // batch_size)
         n = n if num_batches is None else min(n, num_batches)
         return [ep.batch(slice(i * batch_size, (i + 1) * batch_size), pad_to) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------
+# one instance, spelled out for a reader (scripts/show_instance.py, docs/pretraining.md)
+
+# how a labelled position's input came about; a random draw that happens to pick the original
+# token (1 in ~V) reads as "kept": the input alone cannot tell the two apart
+MASK_CHOICES = {"mask": "[MASK] (80%)", "random": "random token (10%)", "kept": "kept (10%)"}
+
+
+def instance_rows(data, row, epoch=0):
+    """The positions of instance `row` of `epoch` as dicts: pos, segment (0 for [CLS] A [SEP],
+    1 for B [SEP]), input id, original id (before masking), label (-100 when not predicted),
+    and for a labelled position which of the 80/10/10 choices it got (MASK_CHOICES' keys)."""
+    ep = data.epoch(epoch)
+    a0, la, b0, lb = (int(v) for v in ep.spans[row])
+    tokens = data.corpus.tokens
+    original = [data.cls_id, *tokens[a0:a0 + la], data.sep_id, *tokens[b0:b0 + lb], data.sep_id]  # (L,)
+    L = int(ep.lengths[row])
+    segment = ep.token_type_ids(np.array([row]))[0]  # (T,)
+    rows = []
+    for t in range(L):
+        inp, orig, label = int(ep.input_ids[row, t]), int(original[t]), int(ep.labels[row, t])
+        choice = None
+        if label != IGNORE_INDEX:
+            choice = "mask" if inp == data.mask_id else ("kept" if inp == orig else "random")
+        rows.append(dict(pos=t, segment=int(segment[t]), input=inp, original=orig, label=label, choice=choice))
+    return rows
+
+
+def document_of(corpus, token_index):
+    """Index of the document holding flat token position token_index."""
+    first_token = np.asarray(corpus.sentence_offsets)[np.asarray(corpus.doc_offsets)]  # (D + 1,)
+    return int(np.searchsorted(first_token, token_index, side="right")) - 1
+
+
+def format_instance(data, tokenizer, row, epoch=0):
+    """Instance `row` of `epoch` as text: where A and B come from, the NSP label, and one line
+    per position with its segment, the input token, and for the labelled positions the label
+    (the original token) and the 80/10/10 choice."""
+    ep = data.epoch(epoch)
+    rows = instance_rows(data, row, epoch)
+    a0, la, b0, lb = (int(v) for v in ep.spans[row])
+    nsp = int(ep.next_sentence_label[row])
+    show = lambda i: repr(tokenizer.decode([i]))  # noqa: E731 (a token with its leading space visible)
+    lines = [f"instance {row} of epoch {epoch}: {len(rows)} tokens, padded to {data.max_seq_len} in a batch",
+             f"  A: {la} tokens of document {document_of(data.corpus, a0)}; "
+             f"B: {lb} tokens of document {document_of(data.corpus, b0)}",
+             f"  next_sentence_label {nsp} ({'B is a random segment of another document' if nsp else 'B follows A'})",
+             f"  {sum(r['label'] != IGNORE_INDEX for r in rows)} of {sum(r['original'] not in (data.cls_id, data.sep_id) for r in rows)} "
+             f"non-special tokens labelled (15%, at most max_predictions={data.max_predictions})",
+             "",
+             f"  {'pos':>3}  seg  {'input':<18} {'label (original)':<18} choice"]
+    for r in rows:
+        label = show(r["label"]) if r["choice"] else "-100"
+        lines.append(f"  {r['pos']:>3}  {r['segment']:>3}  {show(r['input']):<18} {label:<18} "
+                     f"{MASK_CHOICES[r['choice']] if r['choice'] else ''}".rstrip())
+    return "\n".join(lines)

@@ -363,3 +363,31 @@ def test_eval_batches_fixed_and_distinct_from_training(corpus, tok):
     assert not np.array_equal(train0["input_ids"], a[0]["input_ids"])
     n = len(dl.epoch(0, stream=instances.EVAL_STREAM))
     assert sum(len(x["next_sentence_label"]) for x in dl.eval_batches(8)) == n
+
+
+def test_instance_rows_and_format_tell_the_truth(corpus, tok):
+    """The reader's view (scripts/show_instance.py) agrees with the arrays training uses."""
+    dl = PretrainingData(corpus, tok, max_seq_len=48, seed=3)
+    ep = dl.epoch(0)
+    orig = original_rows(ep)
+    choices = set()
+    for i in range(40):
+        rows = instances.instance_rows(dl, i)
+        assert len(rows) == ep.lengths[i]
+        a0 = int(ep.spans[i][0])
+        assert instances.document_of(corpus, a0) == doc_of_token(corpus, a0)
+        for r in rows:
+            t = r["pos"]
+            assert r["input"] == ep.input_ids[i, t] and r["original"] == orig[i, t] and r["label"] == ep.labels[i, t]
+            if r["label"] == -100:
+                assert r["choice"] is None and r["input"] == r["original"]
+            else:
+                assert r["label"] == r["original"]
+                assert (r["choice"] == "mask") == (r["input"] == dl.mask_id)
+                assert (r["choice"] == "kept") == (r["input"] == r["original"])
+            choices.add(r["choice"])
+    assert {"mask", "random", "kept"} <= choices
+    text = instances.format_instance(dl, tok, 0)
+    assert f"next_sentence_label {int(ep.next_sentence_label[0])}" in text
+    assert text.count("\n") == 6 + int(ep.lengths[0]) - 1
+    assert text.count("[MASK] (80%)") == sum(r["choice"] == "mask" for r in instances.instance_rows(dl, 0))

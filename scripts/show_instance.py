@@ -1,0 +1,54 @@
+"""Print one pretraining instance, as the model sees it, with its labels.
+
+    python scripts/show_instance.py                          # the json package's docstrings
+    python scripts/show_instance.py --packages email --index 3 --seq-len 64
+
+Documents come from the embedded corpus (the standard library's docstrings, of --packages);
+the tokenizer is --tokenizer, or one trained on those documents. The instance is built
+exactly as pretraining builds them (minibert.instances.PretrainingData); the work is
+minibert.instances.format_instance.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from minibert.corpus import stdlib_documents  # noqa: E402
+from minibert.instances import PretrainingData, format_instance  # noqa: E402
+from minibert.token_cache import TokenizedCorpus  # noqa: E402
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--packages", nargs="+", default=["json"], help="standard-library packages to read")
+    p.add_argument("--tokenizer", default="", help="a saved tokenizer.json (default: train one, vocab 1,000)")
+    p.add_argument("--index", type=int, default=0, help="which instance of the epoch")
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seq-len", type=int, default=48)
+    p.add_argument("--max-predictions", type=int, default=20)
+    args = p.parse_args(argv)
+    docs = stdlib_documents(packages=args.packages)
+    if len(docs) < 2:
+        print(f"error: packages {args.packages} have {len(docs)} docstrings; NSP needs two documents", file=sys.stderr)
+        return 1
+    if args.tokenizer:
+        tok = BPETokenizer.load(args.tokenizer)
+    else:
+        tok = BPETokenizer.train_from_iterator((d.text for d in docs), 1000, special_tokens=SPECIAL_TOKENS,
+                                               progress=False)
+    data = PretrainingData(TokenizedCorpus.build(docs, tok), tok, max_seq_len=args.seq_len,
+                           max_predictions=args.max_predictions, seed=args.seed)
+    n = data.num_instances(args.epoch)
+    if not 0 <= args.index < n:
+        print(f"error: --index {args.index}: epoch {args.epoch} has {n} instances", file=sys.stderr)
+        return 1
+    print(f"{len(docs)} documents of {', '.join(args.packages)}; {n} instances in epoch {args.epoch}")
+    print(format_instance(data, tok, args.index, args.epoch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
