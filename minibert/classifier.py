@@ -32,12 +32,10 @@ from minibert import backend
 from minibert.layers import dropout_backward, dropout_forward, linear_backward, linear_forward
 from minibert.losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from minibert.model import (
-    BertBase, BertConfig, EncoderCache, check_grads, check_params, encoder_backward, encoder_forward,
+    BertBase, EncoderCache, check_grads, check_params, encoder_backward, encoder_forward,
     encoder_param_shapes, init_params, to_device_batch, validate_batch,
 )
 from minibert.rundir import read_pretrained_encoder
-# re-exported for finetune.py until it imports them from rundir (issue 9, run directories, phase B)
-from minibert.rundir import CLASSIFICATION_KIND, PRETRAINING_KIND, run_heldout_fraction  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------

@@ -5,13 +5,15 @@ sizes; a markdown table of held-out accuracy and macro-F1 (scripts/compare_pretr
     result = compare_pretraining("runs/pretrain", "runs/compare", seeds=(0, 1), train_per_class=(0, 32))
 
 Run directory OUT: one fine-tuning run per (initialisation, size, seed), results.json (the
-returned dict), results.md (the table).
+returned dict), results.md (the table). The comparison holds OUT's lock (rundir.lock) while
+it runs, and each fine-tuning run its own.
 """
-import json
 import os
 
 import numpy as np
 
+from minibert import rundir
+from minibert.atomic import atomic_write
 from minibert.finetune import FinetuneConfig, finetune, log
 
 
@@ -20,9 +22,13 @@ def compare_pretraining(pretrained, out="runs/compare", seeds=(0,), train_per_cl
     the same recipe and seeds, on the default task unless recipe says otherwise; once with
     each training-set size in train_per_class (0: all training examples).
     Returns the results dict also written to OUT/results.json (and the table to results.md)."""
+    with rundir.lock(out):
+        return _compare(pretrained, out, seeds, train_per_class, recipe)
+
+
+def _compare(pretrained, out, seeds, train_per_class, recipe):
     result = {"pretrained_run": pretrained, "seeds": list(seeds), "regimes": []}
-    with open(os.path.join(pretrained, "last.json")) as f:
-        meta = json.load(f)["meta"]
+    meta = rundir.read_meta(pretrained, "last", rundir.PRETRAINING_KIND)
     result["pretraining_step"] = meta.get("step")
     result["pretraining_steps_planned"] = meta.get("train", {}).get("steps")
     for n in train_per_class:
@@ -46,11 +52,8 @@ def compare_pretraining(pretrained, out="runs/compare", seeds=(0,), train_per_cl
     result["recipe"] = {k: getattr(fc, k) for k in ("epochs", "lr", "warmup", "weight_decay", "batch_size",
                                                     "max_length", "num_classes", "train", "validation", "tokenizer")}
     table = results_table(result)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n")
+    rundir.write_json(os.path.join(out, rundir.RESULTS_FILE), result)
+    atomic_write(os.path.join(out, "results.md"), table + "\n")
     log("\n" + table)
     return result
 

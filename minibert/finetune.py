@@ -12,19 +12,25 @@ Batches are length-grouped (task_data.length_grouped_batches). Every random draw
 function of counters: the batches of epoch e come from (seed, e), the dropout masks of step
 s from (seed, s), the classifier head from [seed, 1].
 
+Exact resume (resume=True, --resume), as in pretraining: the checkpoint after each epoch
+holds the params, the AdamW moments and step count, the epoch and the step, and the
+counters above give every later random draw, so a run killed at any moment and resumed
+from its last checkpoint reaches bitwise the final parameters of an uninterrupted run
+(NumPy backend). Settings that change what is computed must match the checkpoint's.
+
 Without a data file, the run uses the default task (task_data.default_task), evaluated only
 on documents pretraining held out. That evaluation set is the test set: no checkpoint or
 epoch is selected on it; the numbers reported are those after the last epoch.
 
-Run directory OUT:
+Run directory OUT (rundir.py; the run holds its lock from start to end):
     tokenizer.json                 the tokenizer (copied from the pretraining run)
     last.json / last.*.safetensors the model after the latest epoch (kind
                                    "minibert-classification", with label names, task,
                                    max length, optimizer state), written atomically
     metrics.jsonl                  one JSON line per log interval and per evaluation
+    config.json                    {"model": BertConfig, "finetune": FinetuneConfig, "label_names"}
     results.json                   final evaluation: accuracy, macro-F1, confusion matrix
 """
-import json
 import math
 import os
 import time
@@ -32,12 +38,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from minibert import backend
-from minibert.checkpoint import CheckpointError, checkpoint_exists, save_checkpoint
-from minibert.classifier import (
-    CLASSIFICATION_KIND, BertForSequenceClassification, read_pretrained_encoder, run_heldout_fraction,
-)
-from minibert.inference import load_run
+from minibert import backend, rundir
+from minibert.checkpoint import check_tensors, checkpoint_exists
+from minibert.classifier import BertForSequenceClassification
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
 from minibert.optim import AdamW, clip_grad_norm, lr_at
 from minibert.task_data import (
@@ -133,9 +136,8 @@ def evaluate(model, encoded, labels, batch_size, pad_id):
 def save_classifier(out, name, model, opt, tok, meta):
     """Write OUT/NAME atomically: params, AdamW state and a "minibert-classification" meta."""
     tensors, opt_meta = opt.state_dict() if opt is not None else ({}, None)
-    meta = dict(meta, kind=CLASSIFICATION_KIND, config=model.config.to_dict(), num_labels=model.num_labels,
-                tokenizer_fingerprint=tok.fingerprint(), optim=opt_meta)
-    save_checkpoint(out, name, model.params, tensors, meta)
+    meta = dict(meta, config=model.config.to_dict(), num_labels=model.num_labels, optim=opt_meta)
+    rundir.save(out, name, rundir.CLASSIFICATION_KIND, model.params, tensors, meta, tok)
 
 
 def load_classifier(run_dir, name="last", dtype=None):
@@ -143,7 +145,7 @@ def load_classifier(run_dir, name="last", dtype=None):
 
     meta holds label_names (None for regression), max_length, the columns and the recipe.
     A checkpoint of another kind is a CheckpointError."""
-    config, params, meta, tok = load_run(run_dir, name, CLASSIFICATION_KIND, dtype)
+    config, params, meta, tok = rundir.load_run(run_dir, name, rundir.CLASSIFICATION_KIND, dtype)
     return BertForSequenceClassification(config, meta["num_labels"], params=params), tok, meta
 
 
@@ -206,6 +208,7 @@ class FinetuneConfig:
     dtype: str = "float32"
     out: str = "runs/finetune"
     overwrite: bool = False
+    resume: bool = False  # continue the run in out from its last checkpoint
     log_every: int = 10
     eval_batch_size: int = 64
 
@@ -220,7 +223,7 @@ def load_data(fc):
     if not fc.train:
         if fc.regression:
             raise ValueError("the default task is classification; --regression needs --train")
-        frac = 0.05 if fc.hf else run_heldout_fraction(fc.init)
+        frac = 0.05 if fc.hf else rundir.run_heldout_fraction(fc.init)
         train, val, names = default_task(fc.num_classes, frac)
         what = (f"default task: stdlib package of a docstring, {len(names)} classes; train on documents "
                 f"pretraining trained on, evaluate on the {len(val)} it held out (heldout_fraction {frac})")
@@ -259,11 +262,8 @@ def build_model(fc, num_labels):
         model = BertForSequenceClassification.from_hf(fc.init, num_labels, seed=fc.seed, dtype=fc.dtype)
         what = f"Hugging Face weights {fc.init}"
     else:
-        config, params, meta = read_pretrained_encoder(fc.init, fc.init_checkpoint, fc.dtype)
-        tok_path = fc.tokenizer or os.path.join(fc.init, "tokenizer.json")
-        tok = BPETokenizer.load(tok_path)
-        if not fc.tokenizer and meta.get("tokenizer_fingerprint") != tok.fingerprint():
-            raise CheckpointError(f"{tok_path} is not the tokenizer {fc.init} was pretrained with")
+        config, params, meta = rundir.read_pretrained_encoder(fc.init, fc.init_checkpoint, fc.dtype)
+        tok = rundir.load_tokenizer(fc.init, meta, fc.init_checkpoint, fc.tokenizer)
         if fc.dropout is not None:
             config.dropout = fc.dropout
         if fc.random_init:
@@ -284,17 +284,54 @@ def build_model(fc, num_labels):
     return model, tok, what
 
 
+# FinetuneConfig fields that do not change what a run computes: a resumed run may differ in these
+_NOT_RESUME_KEYS = ("out", "overwrite", "resume", "log_every", "eval_batch_size", "backend")
+
+
+def restore(fc, model, opt, tok, names):
+    """Load OUT/last into model and opt; returns (epoch, step) it was saved at.
+
+    CheckpointError for a checkpoint of another kind or tokenizer, or other parameters;
+    ValueError for settings or labels that would not replay the same steps."""
+    params, tensors, meta = rundir.read_checkpoint(fc.out, "last", rundir.CLASSIFICATION_KIND, tok)
+    saved, now = meta["finetune"], asdict(fc)
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in _NOT_RESUME_KEYS and saved.get(k) != v}
+    if diff:
+        raise ValueError(f"cannot resume {fc.out} exactly: settings differ from the checkpoint's "
+                         f"(setting: (checkpoint, now) {diff})")
+    if meta["label_names"] != names:
+        raise ValueError(f"cannot resume {fc.out}: the labels differ from the checkpoint's "
+                         f"({meta['label_names']} then, {names} now)")
+    check_tensors(params, model.params, os.path.join(fc.out, "last.json"))
+    for k, v in params.items():
+        model.params[k][...] = backend.to_device(v)
+    opt.load_state_dict(tensors, meta["optim"])
+    return meta["epoch"], meta["step"]
+
+
 def finetune(fc):
-    """Run fine-tuning; returns (model, tokenizer, results dict of the final evaluation)."""
+    """Run (or, with fc.resume, continue) fine-tuning; returns (model, tokenizer, results dict
+    of the final evaluation). ValueError for a setting or run directory it refuses,
+    rundir.RunDirLocked while another run writes to fc.out."""
     backend.use(fc.backend)
-    t_start = time.time()
-    if checkpoint_exists(fc.out, "last") and not fc.overwrite:
-        raise ValueError(f"{fc.out} already holds a run (last.json): choose another --out or pass --overwrite")
     for k in ("epochs", "batch_size", "max_length"):
         if getattr(fc, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(fc, k)}")
     if not 0.0 <= fc.warmup <= 1.0:
         raise ValueError(f"--warmup is a fraction of all steps, in [0, 1]; got {fc.warmup}")
+    if fc.resume and fc.overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite replaces it: choose one")
+    with rundir.lock(fc.out):  # one writer for the life of the run: nothing is written before it
+        return _finetune(fc)
+
+
+def _finetune(fc):
+    t_start = time.time()
+    if checkpoint_exists(fc.out, "last") and not (fc.overwrite or fc.resume):
+        raise ValueError(f"{fc.out} already holds a run (last.json): pass --resume to continue it, choose another "
+                         f"--out, or pass --overwrite to replace it")
+    if fc.resume and not checkpoint_exists(fc.out, "last"):
+        raise ValueError(f"--resume: no checkpoint {fc.out}/last.json to resume from")
 
     train, val, names, data_what = load_data(fc)
     num_labels = 1 if fc.regression else len(names)
@@ -309,11 +346,19 @@ def finetune(fc):
     enc_train = encode_examples(tok, train, fc.max_length)
     enc_val = encode_examples(tok, val, fc.max_length)
 
-    os.makedirs(fc.out, exist_ok=True)
-    tok.save(os.path.join(fc.out, "tokenizer.json"))
-    metrics = MetricsFile(os.path.join(fc.out, "metrics.jsonl"))
-    with open(os.path.join(fc.out, "config.json"), "w") as f:
-        json.dump({"model": model.config.to_dict(), "finetune": asdict(fc), "label_names": names}, f, indent=2)
+    steps_per_epoch = math.ceil(len(train) / fc.batch_size)
+    total = steps_per_epoch * fc.epochs
+    warmup = int(round(fc.warmup * total))
+    opt = AdamW(model.params, lr=fc.lr, weight_decay=fc.weight_decay)
+    epoch0, step = 0, 0
+    if fc.resume:
+        epoch0, step = restore(fc, model, opt, tok, names)
+        log(f"resumed {fc.out} at step {step} (after epoch {epoch0})")
+
+    tok.save(os.path.join(fc.out, rundir.TOKENIZER_FILE))
+    metrics = MetricsFile(os.path.join(fc.out, rundir.METRICS_FILE), resume_step=step if fc.resume else None)
+    rundir.write_json(os.path.join(fc.out, rundir.CONFIG_FILE),
+                      {"model": model.config.to_dict(), "finetune": asdict(fc), "label_names": names})
     log(f"data: {data_what}")
     log(f"data: {len(train):,} training examples, {len(val):,} validation examples, "
         f"{'regression' if fc.regression else f'{num_labels} classes'}")
@@ -323,20 +368,16 @@ def finetune(fc):
     log(f"model: {init_what}; L={model.config.num_layers}, H={model.config.hidden_size}, "
         f"{model.num_parameters():,} parameters, {model.config.dtype}, backend {backend.name}")
 
-    steps_per_epoch = math.ceil(len(train) / fc.batch_size)
-    total = steps_per_epoch * fc.epochs
-    warmup = int(round(fc.warmup * total))
-    opt = AdamW(model.params, lr=fc.lr, weight_decay=fc.weight_decay)
     log(f"recipe: {fc.epochs} epochs x {steps_per_epoch} steps of {fc.batch_size} (max length {fc.max_length}), "
         f"lr {fc.lr:.1e}, warmup {warmup} steps, linear decay, weight decay {fc.weight_decay}, seed {fc.seed}")
     meta_base = {"task": "regression" if fc.regression else "classification", "label_names": names,
                  "max_length": fc.max_length, "finetune": asdict(fc), "init": init_what,
                  "columns": {"text": fc.text_column, "text_pair": fc.pair_column, "label": fc.label_column}}
 
-    step, t_loop = 0, time.time()
+    t_loop, step0 = time.time(), step
     window = MetricsWindow()
     ev = None
-    for epoch in range(1, fc.epochs + 1):
+    for epoch in range(epoch0 + 1, fc.epochs + 1):
         order = length_grouped_batches(enc_train, fc.batch_size, np.random.default_rng((fc.seed, epoch)))
         for batch in batches(enc_train, y_train, fc.batch_size, pad, order):
             lr = lr_at(step, fc.lr, warmup, total)
@@ -357,7 +398,7 @@ def finetune(fc):
                 shown = {"loss": rec["loss"]}
                 if not fc.regression:
                     rec["acc"] = shown["acc"] = window.ratio("correct", "count")
-                left = (time.time() - t_loop) / step * (total - step)
+                left = (time.time() - t_loop) / (step - step0) * (total - step)
                 log(log_line(step, total, prefix=f"epoch {epoch}/{fc.epochs}", **shown, lr=lr, grad_norm=norm,
                              ms_per_step=rec["ms_per_step"], tokens_per_s=rec["tokens_per_s"], left=left))
                 metrics.write(rec)
@@ -374,14 +415,15 @@ def finetune(fc):
         save_classifier(fc.out, "last", model, opt, tok,
                         dict(meta_base, epoch=epoch, step=step, eval=summary))
 
+    if ev is None:  # resumed a run that had finished: its last epoch is evaluated again
+        ev = evaluate(model, enc_val, y_val, fc.eval_batch_size, pad)
     results = {k: v for k, v in ev.items() if k != "preds"}
     results.update(label_names=names, init=init_what, epochs=fc.epochs, steps=step,
                    train_examples=len(train), validation_examples=len(val),
                    elapsed_s=time.time() - t_start)
     if names is not None:
         results.update(train_class_counts=class_counts(train, names), validation_class_counts=class_counts(val, names))
-    with open(os.path.join(fc.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    rundir.write_json(os.path.join(fc.out, rundir.RESULTS_FILE), results)
     if names is not None and len(names) <= MAX_CLASSES_SHOWN:
         log("confusion matrix on the validation examples (rows: true label, columns: predicted):")
         log(format_confusion(np.array(ev["confusion"]), names))

@@ -18,6 +18,8 @@ import json
 import os
 import time
 
+from minibert.atomic import atomic_write
+
 
 class MetricsWindow:
     """Sums of per-step figures since the last reset, and the time the window has been open.
@@ -88,18 +90,26 @@ def log_line(step, total=None, prefix="", **figures):
 class MetricsFile:
     """OUT/metrics.jsonl, one JSON object per line. A new run starts it afresh; a resumed run
     (resume_step given) keeps the lines up to that step and drops those past it, which the
-    interrupted run wrote after its last checkpoint and the resumed run will write again."""
+    interrupted run wrote after its last checkpoint and the resumed run will write again,
+    and a last line cut short by a kill (rewritten atomically, so a kill now loses nothing)."""
 
     def __init__(self, path, resume_step=None):
         self.path = path
         if resume_step is not None and os.path.exists(path):
             with open(path) as f:
-                keep = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-            with open(path, "w") as f:
-                f.writelines(keep)
+                keep = [l.rstrip("\n") for l in f if _step_of(l) is not None and _step_of(l) <= resume_step]
+            atomic_write(path, "".join(l + "\n" for l in keep))
         elif resume_step is None and os.path.exists(path):
             os.remove(path)
 
     def write(self, rec):
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+
+
+def _step_of(line):
+    """The step of a metrics.jsonl line; None for a blank line or one cut short by a kill."""
+    try:
+        return json.loads(line).get("step", 0) if line.strip() else None
+    except json.JSONDecodeError:
+        return None

@@ -20,27 +20,28 @@ step count, the step, the data position (epoch, next batch) and the seed. Resumi
 replays exactly the steps an uninterrupted run would take, so the final parameters are
 bitwise identical (NumPy backend; cuBLAS may pick other reduction orders).
 
-Run directory OUT:
+Run directory OUT (rundir.py; the run holds its lock from start to end, so a second run or
+--resume on the same OUT stops at once, naming the PID of the one writing):
     tokenizer.json           the tokenizer (trained here unless --tokenizer is given)
+    config.json              {"model": BertConfig, "train": TrainConfig}
     last.json / last.*.safetensors   the latest checkpoint (every --save-every steps, at the
                              end, and on Ctrl-C)
     best.json / best.*.safetensors   the checkpoint with the lowest held-out loss
     metrics.jsonl            one JSON line per log interval and per evaluation
 """
-import json
 import math
 import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 
-from minibert import backend
-from minibert.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from minibert import backend, rundir
+from minibert.checkpoint import check_tensors, checkpoint_exists
 from minibert.corpus import default_corpus, read_documents, split_documents
 from minibert.inference import load_pretrained
 from minibert.instances import PretrainingData
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
-from minibert.model import PRESETS, BertConfig, BertForPreTraining, check_params
+from minibert.model import PRESETS, BertConfig, BertForPreTraining
 from minibert.optim import AdamW, accumulate, clip_grad_norm, lr_at
 from minibert.token_cache import TokenizedCorpus
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
@@ -104,7 +105,7 @@ def load_documents(tc):
 
 def get_tokenizer(tc, train_docs):
     """Load --tokenizer, reuse OUT/tokenizer.json, or train one on the training documents."""
-    path = os.path.join(tc.out, "tokenizer.json")
+    path = os.path.join(tc.out, rundir.TOKENIZER_FILE)
     if tc.tokenizer:
         tok = BPETokenizer.load(tc.tokenizer)
     elif os.path.exists(path):
@@ -164,8 +165,7 @@ def evaluate_run(run_dir, checkpoint="last", corpus=None, batch_size=32, max_bat
     """evaluate() on a saved pretraining run: on the run's own held-out split (rebuilt from its
     config.json, with its seed and instance settings), or on every document of `corpus`."""
     model, tok = load_pretrained(run_dir, checkpoint)
-    with open(os.path.join(run_dir, "config.json")) as f:
-        tc = TrainConfig(**json.load(f)["train"])
+    tc = TrainConfig(**rundir.read_config(run_dir)["train"])
     docs = read_documents(corpus) if corpus else load_documents(tc)[1]
     data = PretrainingData(TokenizedCorpus.build(docs, tok), tok, max_seq_len=tc.seq_len,
                            max_predictions=tc.max_predictions, short_seq_prob=tc.short_seq_prob, seed=tc.seed)
@@ -177,32 +177,32 @@ def evaluate_run(run_dir, checkpoint="last", corpus=None, batch_size=32, max_bat
 
 
 def save_run_checkpoint(tc, name, model, opt, step, position, tok, best_loss):
-    meta = {"kind": "minibert-pretraining", "config": model.config.to_dict(), "train": asdict(tc),
-            "step": step, "data_position": list(position), "tokenizer_fingerprint": tok.fingerprint(),
-            "optim": opt.state_dict()[1], "best_eval_loss": best_loss,
+    """Checkpoint NAME of kind "minibert-pretraining": everything an exact resume needs."""
+    tensors, opt_meta = opt.state_dict()
+    meta = {"config": model.config.to_dict(), "train": asdict(tc), "step": step, "data_position": list(position),
+            "optim": opt_meta, "best_eval_loss": best_loss,
             # every random draw is a function of these counters (see the module docstring)
             "rng": {"seed": tc.seed, "dropout_stream": "(seed, step, micro_batch)", "data_stream": "(seed, epoch)"}}
-    tensors, _ = opt.state_dict()
-    save_checkpoint(tc.out, name, model.params, tensors, meta)
+    rundir.save(tc.out, name, rundir.PRETRAINING_KIND, model.params, tensors, meta, tok)
 
 
 def restore(tc, model, opt, tok):
-    """Load OUT/last into model and opt; returns (step, data position, best loss)."""
-    params, tensors, meta = load_checkpoint(tc.out, "last")
-    if meta.get("kind") != "minibert-pretraining":
-        raise CheckpointError(f"{tc.out}/last.json is not a pretraining checkpoint (kind {meta.get('kind')!r})")
+    """Load OUT/last into model and opt; returns (step, data position, best loss).
+
+    CheckpointError for a checkpoint of another kind, trained with another tokenizer, or
+    with other parameters; ValueError for a model config or setting that would not replay
+    the same steps."""
+    params, tensors, meta = rundir.read_checkpoint(tc.out, "last", rundir.PRETRAINING_KIND, tok)
     if meta["config"] != model.config.to_dict():
         diff = {k: (v, model.config.to_dict().get(k)) for k, v in meta["config"].items() if model.config.to_dict().get(k) != v}
         raise ValueError(f"cannot resume {tc.out}: the model config differs from the checkpoint's "
                          f"(field: (checkpoint, now) {diff})")
-    if meta["tokenizer_fingerprint"] != tok.fingerprint():
-        raise ValueError(f"cannot resume {tc.out}: the tokenizer differs from the one the checkpoint was trained with")
     saved = meta["train"]
     diff = {k: (saved.get(k), getattr(tc, k)) for k in _RESUME_KEYS if saved.get(k) != getattr(tc, k)}
     if diff:
         raise ValueError(f"cannot resume {tc.out} exactly: settings differ from the checkpoint's "
                          f"(setting: (checkpoint, now) {diff})")
-    check_params(params, {k: tuple(v.shape) for k, v in model.params.items()}, model.config.dtype)
+    check_tensors(params, model.params, os.path.join(tc.out, "last.json"))
     for k, v in params.items():
         model.params[k][...] = backend.to_device(v)
     opt.load_state_dict(tensors, meta["optim"])
@@ -219,12 +219,17 @@ def pretrain(tc, model_overrides=None):
 
     Returns (model, tokenizer, held-out metrics of the final model as evaluate() gives them,
     held-out documents). ValueError for a setting or run directory it refuses (with the reason),
-    FloatingPointError for a non-finite loss, KeyboardInterrupt after saving on Ctrl-C."""
+    rundir.RunDirLocked while another run writes to tc.out, FloatingPointError for a non-finite
+    loss, KeyboardInterrupt after saving on Ctrl-C."""
     backend.use(tc.backend)
     if tc.preset not in PRESETS:
         raise ValueError(f"unknown preset {tc.preset!r}: choose from {sorted(PRESETS)}")
+    with rundir.lock(tc.out):  # one writer for the life of the run: nothing is written before it
+        return _pretrain(tc, model_overrides)
+
+
+def _pretrain(tc, model_overrides):
     t_start = time.time()
-    os.makedirs(tc.out, exist_ok=True)
     if not tc.resume and checkpoint_exists(tc.out, "last"):
         raise ValueError(f"{tc.out} already holds a run (last.json): pass --resume to continue it, "
                          f"or choose another --out")
@@ -247,9 +252,8 @@ def pretrain(tc, model_overrides=None):
     if tc.resume:
         step, position, best_loss = restore(tc, model, opt, tok)
         log(f"resumed {tc.out} at step {step} (data epoch {position[0]}, batch {position[1]})")
-    metrics = MetricsFile(os.path.join(tc.out, "metrics.jsonl"), resume_step=step if tc.resume else None)
-    with open(os.path.join(tc.out, "config.json"), "w") as f:
-        json.dump({"model": config.to_dict(), "train": asdict(tc)}, f, indent=2)
+    metrics = MetricsFile(os.path.join(tc.out, rundir.METRICS_FILE), resume_step=step if tc.resume else None)
+    rundir.write_json(os.path.join(tc.out, rundir.CONFIG_FILE), {"model": config.to_dict(), "train": asdict(tc)})
     log(f"model: BERT {tc.preset} (L={config.num_layers}, H={config.hidden_size}, A={config.num_heads}), "
         f"{model.num_parameters():,} parameters, {config.dtype}, backend {backend.name}; "
         f"{tc.steps:,} steps of {tc.batch_size * tc.accum} sequences x {tc.seq_len} tokens")

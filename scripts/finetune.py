@@ -57,6 +57,8 @@ def build_parser():
     p.add_argument("--dropout", type=float, default=None, help="default: the pretrained config's")
     p.add_argument("--out", default=d.out)
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                   "(after its latest epoch), with the same settings")
     add_recipe_args(p, d)
     g = p.add_argument_group("prediction (no training)")
     g.add_argument("--predict", nargs="+", metavar="TEXT", help="texts to classify with --model")
@@ -71,7 +73,7 @@ def config_from_args(args):
     kw = {k: getattr(args, k) for k in ("init", "init_checkpoint", "random_init", "hf", "tokenizer", "train",
                                         "validation", "valid_fraction", "text_column", "pair_column",
                                         "label_column", "regression", "train_per_class", "seed", "dropout", "out",
-                                        "overwrite", *RECIPE_KEYS)}
+                                        "overwrite", "resume", *RECIPE_KEYS)}
     return FinetuneConfig(**kw)
 
 

@@ -64,7 +64,7 @@ def main(argv=None):
         model, tok, ev, heldout_docs = pretrain(tc, overrides)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FloatingPointError, FileNotFoundError) as e:
+    except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: RunDirLocked
         print(f"error: {e}", file=sys.stderr)
         return 1
     if tc.fill_mask_examples:

@@ -13,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import make_batch, tiny_config
 from minibert import backend
-from minibert.checkpoint import CheckpointError, save_checkpoint
+from minibert import finetune as finetune_module
+from minibert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minibert.classifier import BertForSequenceClassification
 from minibert.compare import compare_pretraining
 from minibert.corpus import default_corpus
@@ -24,6 +25,7 @@ from minibert.finetune import (
 from minibert.gradcheck import GradientCheckError, check_directional, check_gradients
 from minibert.losses import mse_backward, mse_forward
 from minibert.model import BertConfig, BertForPreTraining
+from minibert.rundir import CLASSIFICATION_KIND, read_meta
 from minibert.task_data import (
     Example, default_task, encode_example, label_ids, label_names_from, read_examples, split_examples,
     subsample_per_class,
@@ -365,6 +367,51 @@ def test_refusals(tmp_path, pretrained):
         load_classifier(pretrained)
     with pytest.raises(CheckpointError, match="not a fine-tuned classifier"):
         predict_run(pretrained, ["hello"])
+
+
+def test_resume_after_interruption_is_exact(tmp_path, pretrained, monkeypatch):
+    """A fine-tune interrupted in its second epoch, resumed (--resume) from the checkpoint
+    after the first, reaches bitwise the final parameters of an uninterrupted run (dropout
+    on, so the dropout stream and the AdamW state must both carry over), and its
+    metrics.jsonl has each logged step once."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(96, 4)))
+    fc = FinetuneConfig(init=pretrained, train=str(data), epochs=3, lr=1e-2, batch_size=16, max_length=32,
+                        dropout=0.1, log_every=2, out=str(tmp_path / "full"))
+    finetune(fc)
+    per_epoch = read_meta(fc.out, "last", CLASSIFICATION_KIND)["step"] // fc.epochs
+
+    part = replace(fc, out=str(tmp_path / "part"))
+    real_lr_at = finetune_module.lr_at
+
+    def interrupt_in_epoch_2(step, *args):
+        if step == per_epoch + 2:
+            raise KeyboardInterrupt
+        return real_lr_at(step, *args)
+
+    monkeypatch.setattr(finetune_module, "lr_at", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(part)
+    monkeypatch.undo()
+    assert read_meta(part.out, "last", CLASSIFICATION_KIND)["epoch"] == 1
+
+    with pytest.raises(ValueError, match="--resume"):  # the run is there: not restarted by accident
+        finetune(part)
+    with pytest.raises(ValueError, match=r"settings differ.*'seed': \(0, 1\)"):
+        finetune(replace(part, resume=True, seed=1))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        finetune(replace(part, resume=True, out=str(tmp_path / "none")))
+    with pytest.raises(ValueError, match="choose one"):
+        finetune(replace(part, resume=True, overwrite=True))
+    finetune(replace(part, resume=True))
+
+    a, b = load_checkpoint(fc.out, "last")[0], load_checkpoint(part.out, "last")[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), f"{k} differs after resume"  # bitwise
+    steps = [[r["step"] for r in map(json.loads, open(os.path.join(d, "metrics.jsonl"))) if "loss" in r]
+             for d in (fc.out, part.out)]
+    assert steps[0] == steps[1]
 
 
 def test_random_init_keeps_shape_and_tokenizer(pretrained):

@@ -14,6 +14,8 @@ import pytest
 from minibert import backend, rundir
 from minibert.atomic import atomic_write
 from minibert.checkpoint import CheckpointError, save_checkpoint
+from minibert.inference import load_pretrained
+from minibert.metrics import MetricsFile
 from minibert.model import BertConfig, BertForPreTraining
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 
@@ -85,6 +87,20 @@ def test_every_file_of_a_run_is_written_through_atomic_write(tmp_path, monkeypat
             write()
     left = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
     assert left == [], left
+
+
+def test_metrics_cut_short_by_a_kill_resume(tmp_path):
+    """kill -9 in the middle of an append leaves half a line: a resumed run drops it (and the
+    lines past its checkpoint) instead of failing on it."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 5, "loss": 2.0}\n\n{"step": 10, "loss": 1.5}\n{"step": 15, "loss": 1.2}\n{"step": 20, "lo')
+    metrics = MetricsFile(str(path), resume_step=10)
+    assert path.read_text() == '{"step": 5, "loss": 2.0}\n{"step": 10, "loss": 1.5}\n'
+    metrics.write({"step": 15, "loss": 1.1})
+    assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [5, 10, 15]
+    path.write_text('{"step": 5, "loss": 2.0}')  # a whole last line, only its newline lost
+    MetricsFile(str(path), resume_step=10).write({"step": 10})
+    assert path.read_text() == '{"step": 5, "loss": 2.0}\n{"step": 10}\n'
 
 
 # ----------------------------------------------------------------------------------------
@@ -242,7 +258,6 @@ def test_checkpoint_written_as_before_still_loads(tmp_path):
               "meta": meta}
     (tmp_path / "last.json").write_text(json.dumps(record, indent=1))
     tok.save(tmp_path / "tokenizer.json")
-    from minibert.inference import load_pretrained
     model2, _ = load_pretrained(str(tmp_path))
     for k, v in model.params.items():
         assert np.array_equal(backend.to_host(model2.params[k]), backend.to_host(v)), k
