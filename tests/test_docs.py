@@ -4,6 +4,9 @@ Python blocks. Every fenced block whose info string is ``python`` in README.md a
 docs/*.md runs here, in order, one namespace per file (a later block may use what an earlier
 one made), in a fresh temporary directory that is the working directory, on the NumPy
 backend. A block that must not run says so in its info string: ```` ```python no-run ````.
+A fenced block whose info string ends in ``output`` (```` ```text output ````) right after a
+python block is what that block prints: the test compares it with the captured stdout, line
+by line with trailing spaces ignored.
 Use it sparingly: for code that needs a trained run or minutes of CPU, and say in the text
 around it what it needs. A failing block fails the test of its file, and the traceback names
 the file and the line of the block.
@@ -16,7 +19,9 @@ abbreviation; a doc should not rely on it). The parser is taken from the script 
 intercepting ``ArgumentParser.parse_args`` when its ``main()`` runs, so nothing is trained.
 """
 import argparse
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import shlex
@@ -53,26 +58,38 @@ def fenced_blocks(text):
 
 
 def python_blocks(text):
-    """(line, code, runs) of each ```python block; runs is False for ```python no-run."""
-    out = []
-    for info, line, code in fenced_blocks(text):
+    """(line, code, runs, expected output or None) of each ```python block; runs is False for
+    ```python no-run; the expected output is the fenced block right after it marked output."""
+    out, blocks = [], fenced_blocks(text)
+    for k, (info, line, code) in enumerate(blocks):
         words = info.split()
         if words and words[0] == "python":
-            out.append((line, code, "no-run" not in words[1:]))
+            nxt = blocks[k + 1] if k + 1 < len(blocks) else None
+            expected = nxt[2] if nxt and nxt[0].split()[-1:] == ["output"] else None
+            out.append((line, code, "no-run" not in words[1:], expected))
     return out
 
 
 def run_blocks(path, text, workdir):
-    """Execute the python blocks of one markdown text in order, in one namespace, in workdir."""
+    """Execute the python blocks of one markdown text in order, in one namespace, in workdir;
+    check each printed output that the text states."""
     namespace = {"__name__": "__docs__"}
     old_cwd, old_xp = os.getcwd(), backend.name
     os.chdir(workdir)
     backend.use("numpy")
     try:
-        for line, code, runs in python_blocks(text):
-            if runs:
+        for line, code, runs, expected in python_blocks(text):
+            if not runs:
+                continue
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
                 # padding with blank lines makes tracebacks point at the line in the .md file
                 exec(compile("\n" * (line - 1) + code, str(path), "exec"), namespace)
+            if expected is not None:
+                got = [x.rstrip() for x in printed.getvalue().rstrip("\n").splitlines()]
+                if got != [x.rstrip() for x in expected.splitlines()]:
+                    raise AssertionError(f"{path}:{line}: the block prints\n" + "\n".join(got)
+                                         + "\nbut the text after it says\n" + expected)
     finally:
         os.chdir(old_cwd)
         backend.use(old_xp)
@@ -92,6 +109,9 @@ def test_a_broken_block_fails(tmp_path):
     assert any(str(e.path) == "broken.md" and e.lineno + 1 == 10 for e in info.traceback)  # lineno is 0-based
     skipped = "```python no-run\nraise SystemExit('must not run')\n```\n"
     assert run_blocks(Path("skip.md"), skipped, tmp_path)["__name__"] == "__docs__"
+    stale = "```python\nprint(1 + 1)\n```\n\n```text output\n3\n```\n"
+    with pytest.raises(AssertionError, match="the block prints\n2\n"):
+        run_blocks(Path("stale.md"), stale, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -132,7 +152,7 @@ def doc_commands(text):
     """(line, script name, flags) of every scripts/NAME.py command outside python blocks."""
     lines = text.splitlines()
     skip = set()
-    for line, code, _ in python_blocks(text):
+    for line, code, _, _ in python_blocks(text):
         skip.update(range(line - 1, line - 1 + len(code.splitlines())))
     out = []
     for i, line in enumerate(lines):
