@@ -208,3 +208,26 @@ def test_a_wrong_flag_is_caught():
     assert (line, name, flags) == (3, "pretrain", ["--steps", "--stepz"])
     known = script_parser("pretrain")._option_string_actions
     assert [f for f in flags if f not in known] == ["--stepz"]
+
+
+# ----------------------------------------------------------------------------------------
+# names: every `minibert/x.py::name` and `tests/test_x.py::name` a doc points at exists
+
+REFERENCE = re.compile(r"\b((?:minibert|tests)/\w+\.py)::([\w.]+)")
+
+
+def test_named_functions_exist():
+    problems = []
+    for path in DOC_FILES:
+        for m in REFERENCE.finditer(path.read_text(encoding="utf-8")):
+            file, name = m.group(1), m.group(2).rstrip(".")
+            if file.startswith("tests/"):
+                ok = re.search(rf"^def {re.escape(name)}\b", (ROOT / file).read_text(), re.M) is not None
+            else:
+                obj = importlib.import_module(file[:-3].replace("/", "."))
+                for part in name.split("."):
+                    obj = getattr(obj, part, None)
+                ok = obj is not None
+            if not ok:
+                problems.append(f"{path.name}: {file}::{name} does not exist")
+    assert not problems, "\n".join(problems)
