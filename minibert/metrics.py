@@ -37,7 +37,9 @@ class MetricsWindow:
         self.t0 = time.time()
 
     def add(self, tokens=0, **figures):
-        """Add figures of one step or micro-batch; tokens counts the non-padding tokens seen."""
+        """Add figures of one step or micro-batch; tokens counts the non-padding tokens seen
+        (attention_mask summed), so tok/s is real tokens per second. scripts/bench.py's
+        pos/s counts every B x T position, padding included: a different figure."""
         for k, v in figures.items():
             self.sums[k] = self.sums.get(k, 0) + v
         self.tokens += int(tokens)

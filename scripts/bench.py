@@ -18,6 +18,10 @@ MFU counts the model's useful FLOPs per step (every matmul of the forward, twice
 the backward; the MLM decoder at the P labelled positions only, which is all the loss
 needs) divided by step time and the measured matmul peak. The same count is used for
 PyTorch, which also computes the decoder at the unlabelled positions.
+
+pos/s is B x T / step time: every position of the batch, padding included (the JSON field
+keeps its name, tokens_per_s). It is not the pretraining log's tok/s, which counts real
+tokens only (the sum of attention_mask); the batch here has a quarter of its rows padded.
 """
 import argparse
 import json
@@ -359,8 +363,8 @@ def bench_one(c, compare_torch):
 
 
 def print_table(results):
-    head = (f"{'config':<7} {'impl':<9} {'step ms':>8} {'tok/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
-            f"{'bound ms':>8} {'x bound':>7} {'tok/s ratio':>11} {'paired':>6} {'RSS ratio':>9}")
+    head = (f"{'config':<7} {'impl':<9} {'step ms':>8} {'pos/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
+            f"{'bound ms':>8} {'x bound':>7} {'pos/s ratio':>11} {'paired':>6} {'RSS ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
