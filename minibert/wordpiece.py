@@ -1,0 +1,577 @@
+"""The WordPiece tokenizer of BERT (Devlin et al. 2019; Wu et al. 2016, section 4.1), read from
+a `vocab.txt`, with the semantics of Hugging Face's slow `BertTokenizer`: the same ids for
+every text.
+
+`encode` runs three stages:
+  1. special tokens ("[MASK]", "[SEP]", ...) are cut out of the text first, longest first,
+     anywhere, even inside a word ("wo[MASK]rd" -> "wo", "[MASK]", "rd"). Matching is exact:
+     "[mask]" is ordinary text (three words "[", "mask", "]").
+  2. the basic tokenizer turns each remaining part into words:
+       a. clean: drop every character of Unicode category C* (control, format, unassigned,
+          private use, surrogate) except tab, newline and carriage return, and U+FFFD;
+       b. put spaces around CJK ideographs (tokenize_chinese_chars), so each is a word;
+       c. NFC-normalise, so "e" + U+0301 and "é" are one character either way;
+       d. split on whitespace; a word listed in never_split is kept whole from here on;
+       e. do_lower_case: lower-case, then (unless strip_accents is False) strip accents:
+          NFD, then drop the combining marks (category Mn), "Café" -> "cafe". Without
+          do_lower_case, strip_accents=True strips accents only;
+       f. split every punctuation character off as its own word: Unicode categories P*,
+          plus all ASCII characters that are neither letters, digits nor space ("$", "^",
+          "`", "+", ...), which BERT counts as punctuation.
+  3. WordPiece: each word is cut greedily into the longest vocabulary entry that starts it,
+     then the longest "##"-prefixed entry that continues it, and so on ("unaffable" ->
+     "un", "##aff", "##able"). A word with no such segmentation, or longer than
+     max_input_chars_per_word (100) characters, becomes one [UNK].
+
+Like BPETokenizer.encode, `encode` gives the ids of the text only: the programs add [CLS] and
+[SEP] themselves (task_data.encode_example builds pairs with token types; inference adds them
+for fill-mask), so both tokenizers are used alike.
+
+Where the slow and fast Hugging Face tokenizers disagree, this one follows the slow one
+(tests/test_wordpiece.py lists the cases: the fast one does no NFC (c), lower-cases
+character by character (no final sigma), and uses its own Unicode tables).
+
+Speed: stages a-d run on the whole text with C loops (str.translate, unicodedata.normalize,
+str.split). Each distinct token they leave goes through e, f and WordPiece once, in Python,
+and its ids are cached, so common text costs little more than the split. Characters are
+classified with this Python's `unicodedata`, the tables the slow tokenizer consults (the
+`regex` module carries its own, usually newer, tables), each one once, the first time it is
+seen.
+
+Files: `load` reads a directory holding vocab.txt (and tokenizer_config.json with the options,
+when present), a vocab.txt path, a Hugging Face tokenizer.json with a WordPiece model, or the
+one-file JSON `save(".../tokenizer.json")` writes (format "minibert-wordpiece"). `load_tokenizer`
+at the end of this module picks BPETokenizer or WordPieceTokenizer from what is on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from itertools import chain
+from pathlib import Path
+from typing import Iterable
+
+from minibert.atomic import atomic_write
+from minibert.bpe import special_regex
+from minibert.tokenizer import FORMAT_NAME as BPE_FORMAT_NAME, SPECIAL_TOKENS, BPETokenizer
+
+FORMAT_NAME = "minibert-wordpiece"
+FORMAT_VERSION = 1
+VOCAB_FILE = "vocab.txt"
+CONFIG_FILE = "tokenizer_config.json"
+UNK_TOKEN = "[UNK]"
+# HF config key -> default of the five BERT special tokens ([UNK] plus minibert's SPECIAL_TOKENS)
+_SPECIAL_KEYS = {"unk_token": UNK_TOKEN, "pad_token": SPECIAL_TOKENS[0], "cls_token": SPECIAL_TOKENS[1],
+                 "sep_token": SPECIAL_TOKENS[2], "mask_token": SPECIAL_TOKENS[3]}
+_CACHE_LIMIT = 1 << 19   # word cache entries before the cache is cleared
+
+# "Chinese characters" as BERT defines them: the CJK Unified Ideographs blocks and their
+# extensions, and the compatibility ideographs. Hangul, kana etc. are words like any other.
+_CJK_RANGES = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+               (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)]
+# ASCII that is neither letter, digit, space nor control: punctuation to BERT
+_ASCII_PUNCT_RANGES = [(33, 47), (58, 64), (91, 96), (123, 126)]
+# ASCII control characters (category Cc) other than tab, newline and carriage return
+_ASCII_DROP = {cp: None for cp in [*range(0, 9), 11, 12, *range(14, 32), 127]}
+
+
+# ---------------------------------------------------------------------- characters
+
+def is_dropped(c: str) -> bool:
+    """Stage a: a character the cleaning removes (category C*: control, format, unassigned,
+    private use, surrogate; but not tab, newline or carriage return), or U+FFFD."""
+    return (unicodedata.category(c)[0] == "C" and c not in "\t\n\r") or c == "\ufffd"
+
+
+def is_cjk(c: str) -> bool:
+    """Stage b: a CJK ideograph, which becomes a word of its own."""
+    cp = ord(c)
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+def is_punctuation(c: str) -> bool:
+    """Stage f: a character split off as its own word (category P*, or ASCII "$+<=>^`|~")."""
+    cp = ord(c)
+    return any(lo <= cp <= hi for lo, hi in _ASCII_PUNCT_RANGES) or unicodedata.category(c)[0] == "P"
+
+
+class _CleanTable:
+    """Stages a-b as one str.translate table (dropped character -> None, CJK ideograph ->
+    itself between spaces), filled in as characters are first seen, so each character is
+    looked up in unicodedata once per process rather than once per occurrence."""
+
+    def __init__(self, chinese: bool):
+        self.chinese = chinese
+        self.seen: set[str] = set()
+        self.changed: set[str] = set()    # the characters the table changes
+        self.table: dict[int, str | None] = {}
+
+    def apply(self, text: str) -> str:
+        chars = set(text)
+        for c in chars - self.seen:
+            if is_dropped(c):
+                self.table[ord(c)] = None
+            elif self.chinese and is_cjk(c):
+                self.table[ord(c)] = f" {c} "
+            else:
+                continue
+            self.changed.add(c)
+        self.seen |= chars
+        return text.translate(self.table) if not self.changed.isdisjoint(chars) else text
+
+
+_clean_tables = {True: _CleanTable(True), False: _CleanTable(False)}
+
+
+class _TokenCache(dict):
+    """whitespace-separated token -> list of ids; a miss computes and stores (cleared when full)."""
+
+    def __init__(self, tokenize_word):
+        super().__init__()
+        self._tokenize_word = tokenize_word
+
+    def __missing__(self, word: str) -> list[int]:
+        ids = self._tokenize_word(word)
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
+        self[word] = ids
+        return ids
+
+
+# ---------------------------------------------------------------------- the tokenizer
+
+class WordPieceTokenizer:
+    """BERT's WordPiece tokenizer: a vocabulary (one token per id) and the basic tokenizer's options.
+
+    Build one with `load` (a directory with vocab.txt, a vocab.txt, or a saved JSON file) or
+    the constructor: `vocab` is the list of token strings in id order (vocab.txt's lines).
+    `special_tokens` are cut out of text before anything else; None means the five BERT
+    specials ([UNK], [PAD], [CLS], [SEP], [MASK]) that the vocabulary has. unk_token must be in
+    the vocabulary. The options mean what they mean in Hugging Face's BertTokenizer.
+    """
+
+    def __init__(self, vocab: Iterable[str], do_lower_case: bool = True, strip_accents: bool | None = None,
+                 tokenize_chinese_chars: bool = True, never_split: Iterable[str] = (), unk_token: str = UNK_TOKEN,
+                 special_tokens: Iterable[str] | None = None, max_input_chars_per_word: int = 100,
+                 do_basic_tokenize: bool = True, clean_up_tokenization_spaces: bool = True):
+        if isinstance(vocab, (str, bytes)):
+            raise TypeError("vocab must be a list of token strings; use WordPieceTokenizer.load for a file")
+        self._id_str = list(vocab)
+        if not all(isinstance(t, str) for t in self._id_str):
+            raise ValueError("vocab entries must be strings")
+        # token -> id; a token listed twice keeps its last id, as Hugging Face's load_vocab does
+        self._str_id = {t: i for i, t in enumerate(self._id_str)}
+        if unk_token not in self._str_id:
+            raise ValueError(f"the unknown token {unk_token!r} is not in the vocabulary")
+        if special_tokens is None:
+            special_tokens = [t for t in _SPECIAL_KEYS.values() if t in self._str_id]
+        self._special = {}
+        for s in special_tokens:
+            if s not in self._str_id:
+                raise ValueError(f"special token {s!r} is not in the vocabulary")
+            if not s:
+                raise ValueError("special tokens must be non-empty strings")
+            self._special[s] = self._str_id[s]
+        self.do_lower_case = bool(do_lower_case)
+        self.strip_accents = strip_accents
+        self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        self.never_split = frozenset(never_split)
+        self.unk_token = unk_token
+        self.max_input_chars_per_word = int(max_input_chars_per_word)
+        self.do_basic_tokenize = bool(do_basic_tokenize)
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        self._unk = self._str_id[unk_token]
+        self._strip = strip_accents if strip_accents is not None else self.do_lower_case
+        # Pieces that may start a word (any vocabulary entry) and pieces that continue one
+        # (entries "##x", stored without the "##"), with their longest lengths, so the greedy
+        # search starts at the longest piece that could match rather than at the word's end.
+        self._first = self._str_id
+        self._next = {t[2:]: self._str_id[t] for t in self._str_id if t.startswith("##")}
+        self._first_max = max(map(len, self._first), default=0)
+        self._next_max = max(map(len, self._next), default=0)
+        self._special_res: dict[frozenset, object] = {}
+        self._clean_table = _clean_tables[self.tokenize_chinese_chars]
+        self._cache = _TokenCache(self._token_ids)
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._special)
+
+    @property
+    def vocab(self) -> list[str]:
+        """The token strings in id order (a copy): the lines of vocab.txt."""
+        return list(self._id_str)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_str)
+
+    def options(self) -> dict:
+        """The tokenizer's settings, as tokenizer_config.json names them."""
+        return {"do_lower_case": self.do_lower_case, "strip_accents": self.strip_accents,
+                "tokenize_chinese_chars": self.tokenize_chinese_chars, "never_split": sorted(self.never_split),
+                "unk_token": self.unk_token, "max_input_chars_per_word": self.max_input_chars_per_word,
+                "do_basic_tokenize": self.do_basic_tokenize,
+                "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces}
+
+    def clear_cache(self) -> None:
+        """Forget the word -> ids memo, so the next encode starts cold (benchmarks)."""
+        self._cache.clear()
+
+    def token_to_id(self, token: str) -> int:
+        """Id of a vocabulary entry ("the", "##s", "[MASK]"); KeyError if unknown."""
+        try:
+            return self._str_id[token]
+        except KeyError:
+            raise KeyError(f"unknown token {token!r} (not a line of the vocabulary)") from None
+
+    def id_to_token(self, i: int) -> str:
+        """The vocabulary entry of an id (inverse of token_to_id)."""
+        self._check_ids([i])
+        return self._id_str[i]
+
+    def __repr__(self) -> str:
+        return (f"WordPieceTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
+                f"special_tokens={self._special!r})")
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, text: str, allowed_special: str | Iterable[str] = "all") -> list[int]:
+        """Token ids of `text` (no [CLS]/[SEP] added).
+
+        allowed_special: "all" (default) turns every special token written in the text into
+        its id, as Hugging Face does; "none" tokenizes special-token strings as ordinary text
+        ("[MASK]" -> "[", "mask", "]"; HF's split_special_tokens=True); a set of strings
+        allows just those.
+        """
+        return self._encode(text, self._allowed_regex(allowed_special))
+
+    def encode_batch(self, texts: Iterable[str], allowed_special: str | Iterable[str] = "all") -> list[list[int]]:
+        """encode() for each text (they share the word cache)."""
+        special_re = self._allowed_regex(allowed_special)
+        return [self._encode(t, special_re) for t in texts]
+
+    def tokenize(self, text: str, allowed_special: str | Iterable[str] = "all") -> list[str]:
+        """The token strings of `text` ("un", "##aff", "##able"), for reading."""
+        return [self._id_str[i] for i in self.encode(text, allowed_special)]
+
+    def _encode(self, text: str, special_re) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        out: list[int] = []
+        if special_re is None:
+            self._encode_ordinary(text, out)
+        else:
+            start = 0
+            for m in special_re.finditer(text):
+                self._encode_ordinary(text[start:m.start()], out)
+                out.append(self._special[m.group()])
+                start = m.end()
+            self._encode_ordinary(text[start:], out)
+        return out
+
+    def _encode_ordinary(self, text: str, out: list[int]) -> None:
+        # stages a-d run on the whole text in C (str.translate, NFC, str.split); each distinct
+        # token they leave is taken through e, f and WordPiece once (_token_ids), then cached.
+        # map + chain keep the per-token loop in C: only cache misses run Python code.
+        tokens = self._clean(text).split() if self.do_basic_tokenize else text.split()
+        out.extend(chain.from_iterable(map(self._cache.__getitem__, tokens)))
+
+    def _clean(self, text: str) -> str:
+        """Stages a-c: drop controls, space out CJK ideographs, NFC."""
+        if text.isascii():
+            return text.translate(_ASCII_DROP)    # ASCII is already NFC and has no CJK
+        return unicodedata.normalize("NFC", self._clean_table.apply(text))
+
+    def _token_ids(self, token: str) -> list[int]:
+        """Ids of one whitespace-separated token of cleaned text (a cache miss)."""
+        if not self.do_basic_tokenize:
+            return self._wordpiece(token)
+        ids = []
+        for word in self._words_of_token(token):
+            if word in self.never_split:   # kept whole, looked up as it is (HF does the same)
+                ids.append(self._str_id.get(word, self._unk))
+            else:
+                ids.extend(self._wordpiece(word))
+        return ids
+
+    def _words_of_token(self, token: str) -> list[str]:
+        """Stages e-f on one token: lower-case and strip accents as configured, then split
+        off each punctuation character."""
+        if token in self.never_split:
+            return [token]
+        if self.do_lower_case:
+            token = token.lower()
+        if self._strip:
+            token = "".join([c for c in unicodedata.normalize("NFD", token) if unicodedata.category(c) != "Mn"])
+        words, start = [], 0
+        for i, c in enumerate(token):
+            if is_punctuation(c):
+                words += [token[start:i], c]
+                start = i + 1
+        words.append(token[start:])
+        # joined and split again, as HF does: drops the empty words (and any whitespace)
+        return " ".join(words).split()
+
+    def basic_tokenize(self, text: str) -> list[str]:
+        """The words the basic tokenizer makes of `text` (stage 2 of the module docstring),
+        before WordPiece; special tokens are not recognised here."""
+        return [w for token in self._clean(text).split() for w in self._words_of_token(token)]
+
+    def _wordpiece(self, word: str) -> list[int]:
+        """Stage 3: greedy longest-match-first segmentation of one word into ids."""
+        n = len(word)
+        if n > self.max_input_chars_per_word:
+            return [self._unk]
+        ids = []
+        start = 0
+        pieces, longest = self._first, self._first_max
+        while start < n:
+            end = min(n, start + longest)
+            while end > start:
+                i = pieces.get(word[start:end])
+                if i is not None:
+                    break
+                end -= 1
+            else:
+                return [self._unk]     # no piece continues the word here: the whole word is unknown
+            ids.append(i)
+            start = end
+            pieces, longest = self._next, self._next_max
+        return ids
+
+    def _allowed_regex(self, allowed_special):
+        if isinstance(allowed_special, str):
+            if allowed_special == "all":
+                allowed = frozenset(self._special)
+            elif allowed_special == "none":
+                allowed = frozenset()
+            else:
+                raise ValueError(f'allowed_special must be "all", "none" or a set of special tokens, got {allowed_special!r}')
+        else:
+            allowed = frozenset(allowed_special)
+            unknown = allowed - set(self._special)
+            if unknown:
+                raise ValueError(f"allowed_special has tokens that are not special tokens: {sorted(unknown)!r}")
+        if allowed not in self._special_res:
+            self._special_res[allowed] = special_regex(allowed)
+        return self._special_res[allowed]
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Text of the ids as Hugging Face's slow BertTokenizer.decode gives it: tokens joined
+        by spaces, each "##" piece glued to the one before ("un ##aff ##able" -> "unaffable").
+
+        clean_up_tokenization_spaces (None: the tokenizer's setting, from tokenizer_config.json,
+        True by default as in BERT) removes the space before . , ! ? and English contractions
+        ("it ' s" stays, "don n't" -> "donn't": the rules are HF's, string replacements).
+        The text is not the original: case, accents, spacing and control characters are lost,
+        and an unknown word comes back as "[UNK]".
+        """
+        ids = ids if isinstance(ids, list) else list(ids)
+        self._check_ids(ids)
+        if skip_special_tokens:
+            special = set(self._special.values())
+            ids = [i for i in ids if i not in special]
+        text = " ".join([self._id_str[i] for i in ids]).replace(" ##", "").strip()
+        if self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces:
+            for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                                  (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(before, after)
+        return text
+
+    def _check_ids(self, ids: list[int]) -> None:
+        n = len(self._id_str)
+        if ids and (min(ids) < 0 or max(ids) >= n):
+            bad = next(i for i in ids if not 0 <= i < n)
+            raise ValueError(f"unknown token id {bad} (vocab size is {n})")
+
+    # ------------------------------------------------------------------ files
+
+    def to_dict(self) -> dict:
+        """The JSON-ready content of the one-file format."""
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, **self.options(),
+                "special_tokens": dict(sorted(self._special.items(), key=lambda kv: kv[1])),
+                "vocab": list(self._id_str)}
+
+    def _canonical_json(self) -> str:
+        """The saved text: one key per line, one vocab entry per line."""
+        def dump(x):
+            return json.dumps(x, ensure_ascii=False)
+        lines = []
+        for key, value in self.to_dict().items():
+            if key == "vocab":
+                body = ",\n".join(f"  {dump(v)}" for v in value)
+                lines.append(f' {dump(key)}: [\n{body}\n ]' if value else f" {dump(key)}: []")
+            else:
+                lines.append(f" {dump(key)}: {dump(value)}")
+        return "{\n" + ",\n".join(lines) + "\n}"
+
+    def fingerprint(self) -> str:
+        """Short hex id of the tokenizer (sha256 of its one-file JSON), to key data caches."""
+        return hashlib.sha256(self._canonical_json().encode("utf-8")).hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """A path ending in .json: the one-file JSON (what a run directory's tokenizer.json
+        holds). Otherwise a directory: vocab.txt and tokenizer_config.json, which Hugging Face's
+        BertTokenizer(Fast).from_pretrained reads. Files are written atomically."""
+        path = Path(path)
+        if path.suffix == ".json":
+            atomic_write(path, self._canonical_json() + "\n")
+            return
+        if any("\n" in t or "\r" in t for t in self._id_str):
+            raise ValueError("a token holds a line break, which vocab.txt cannot store; save to a .json file")
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write(path / VOCAB_FILE, "".join(t + "\n" for t in self._id_str))
+        by_id = sorted(self._special.items(), key=lambda kv: kv[1])
+        config = {"tokenizer_class": "BertTokenizer", **self.options(),
+                  **{k: v for k, v in _SPECIAL_KEYS.items() if v in self._special and k != "unk_token"},
+                  "added_tokens_decoder": {str(i): {"content": s, "special": True, "normalized": False,
+                                                    "lstrip": False, "rstrip": False, "single_word": False}
+                                           for s, i in by_id}}
+        atomic_write(path / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d, source: str = "tokenizer data") -> "WordPieceTokenizer":
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise ValueError(f'{source}: "format" is not {FORMAT_NAME!r}')
+        if d.get("version") != FORMAT_VERSION:
+            raise ValueError(f'{source}: unsupported version {d.get("version")!r} (this code reads {FORMAT_VERSION})')
+        if not isinstance(d.get("vocab"), list) or not isinstance(d.get("special_tokens"), dict):
+            raise ValueError(f'{source}: "vocab" (a list) or "special_tokens" (an object) is missing')
+        opts = {k: d[k] for k in cls._option_names() if k in d}
+        try:
+            tok = cls(d["vocab"], special_tokens=list(d["special_tokens"]), **opts)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
+        if tok.special_tokens != d["special_tokens"]:
+            raise ValueError(f"{source}: special token ids {d['special_tokens']} do not match the vocab list")
+        return tok
+
+    @staticmethod
+    def _option_names() -> tuple[str, ...]:
+        return ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "never_split", "unk_token",
+                "max_input_chars_per_word", "do_basic_tokenize", "clean_up_tokenization_spaces")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "WordPieceTokenizer":
+        """Read a directory (vocab.txt, plus tokenizer_config.json when present), a vocab.txt
+        file (its directory's tokenizer_config.json counts too), a Hugging Face tokenizer.json
+        whose model is WordPiece, or a file written by save("....json")."""
+        path = Path(path)
+        if path.is_dir():
+            if (path / VOCAB_FILE).is_file():
+                return cls.from_vocab_file(path / VOCAB_FILE)
+            if (path / "tokenizer.json").is_file():
+                return cls.load(path / "tokenizer.json")
+            raise FileNotFoundError(f"{path} holds neither {VOCAB_FILE} nor tokenizer.json")
+        if path.suffix == ".json":
+            d = _read_json(path)
+            if d.get("format") == FORMAT_NAME:
+                return cls.from_dict(d, str(path))
+            return cls.from_hf_tokenizer_json(d, str(path))
+        return cls.from_vocab_file(path)
+
+    @classmethod
+    def from_vocab_file(cls, vocab_txt: str | os.PathLike, config: dict | None = None) -> "WordPieceTokenizer":
+        """vocab.txt (one token per line; the line number is the id) with the options of
+        `config`, or of tokenizer_config.json beside it when config is None."""
+        vocab_txt = Path(vocab_txt)
+        # text mode, like HF's load_vocab: "\r\n" and "\r" end lines too
+        with open(vocab_txt, encoding="utf-8") as f:
+            vocab = [line.rstrip("\n") for line in f]
+        if config is None:
+            config = {}
+            for name in ("special_tokens_map.json", CONFIG_FILE):   # the second wins, as in HF
+                if (vocab_txt.parent / name).is_file():
+                    config.update(_read_json(vocab_txt.parent / name))
+        try:
+            return cls(vocab, **_options_from_config(config, vocab))
+        except ValueError as e:
+            raise ValueError(f"{vocab_txt}: {e}") from None
+
+    @classmethod
+    def from_hf_tokenizer_json(cls, d: dict, source: str = "tokenizer.json") -> "WordPieceTokenizer":
+        """A Hugging Face `tokenizers` file (tokenizer.json) with a WordPiece model and a
+        BertNormalizer (what BertTokenizerFast saves)."""
+        model = d.get("model") if isinstance(d, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "WordPiece":
+            raise ValueError(f"{source}: not a WordPiece tokenizer (neither {FORMAT_NAME!r} nor a Hugging Face "
+                             "tokenizer.json with a WordPiece model)")
+        if model.get("continuing_subword_prefix", "##") != "##":
+            raise ValueError(f"{source}: continuing_subword_prefix {model['continuing_subword_prefix']!r} "
+                             "(only '##' is supported)")
+        ids = model["vocab"]
+        vocab = [""] * len(ids)
+        for t, i in ids.items():
+            vocab[i] = t
+        norm = d.get("normalizer") or {}
+        if norm.get("type") != "BertNormalizer":
+            raise ValueError(f"{source}: normalizer {norm.get('type')!r} (only BertNormalizer is supported)")
+        specials = [t["content"] for t in d.get("added_tokens", []) if t.get("special") and t["content"] in ids]
+        return cls(vocab, do_lower_case=norm.get("lowercase", True), strip_accents=norm.get("strip_accents"),
+                   tokenize_chinese_chars=norm.get("handle_chinese_chars", True),
+                   unk_token=model.get("unk_token", UNK_TOKEN), special_tokens=specials,
+                   max_input_chars_per_word=model.get("max_input_chars_per_word", 100))
+
+
+def _read_json(path) -> dict:
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return d
+
+
+def _token_name(value):
+    """A special token as tokenizer_config.json writes it: a string, or {"content": ...}."""
+    return value["content"] if isinstance(value, dict) else value
+
+
+def _options_from_config(config: dict, vocab: list[str]) -> dict:
+    """Constructor arguments from a tokenizer_config.json (and special_tokens_map.json) dict."""
+    opts = {k: config[k] for k in WordPieceTokenizer._option_names() if config.get(k) is not None}
+    if "unk_token" in opts:
+        opts["unk_token"] = _token_name(opts["unk_token"])
+    opts["never_split"] = opts.get("never_split") or ()
+    names = {_token_name(config.get(k) or default) for k, default in _SPECIAL_KEYS.items()}
+    for t in (config.get("added_tokens_decoder") or {}).values():
+        if t.get("special"):
+            names.add(t["content"])
+    present = set(vocab)
+    opts["special_tokens"] = [s for s in names if s in present]
+    return opts
+
+
+# ---------------------------------------------------------------------- either kind
+
+def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | WordPieceTokenizer:
+    """The tokenizer at `path`, of the kind the files say:
+      a minibert-bpe JSON file (tokenizer.json of a BPE run)           -> BPETokenizer
+      a minibert-wordpiece JSON, a vocab.txt, a Hugging Face
+      tokenizer.json with a WordPiece model, or a directory with
+      vocab.txt (+ tokenizer_config.json) or tokenizer.json          -> WordPieceTokenizer
+    (It lives here, not in tokenizer.py, because this module imports tokenizer.py.)"""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file() and not (path / VOCAB_FILE).is_file():
+            return load_tokenizer(path / "tokenizer.json")
+        return WordPieceTokenizer.load(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer at {path}")
+    if path.suffix == ".json":
+        d = _read_json(path)
+        if d.get("format") == BPE_FORMAT_NAME:
+            return BPETokenizer.from_dict(d, str(path))
+        if d.get("format") == FORMAT_NAME:
+            return WordPieceTokenizer.from_dict(d, str(path))
+        return WordPieceTokenizer.from_hf_tokenizer_json(d, str(path))
+    return WordPieceTokenizer.from_vocab_file(path)
