@@ -395,3 +395,58 @@ def test_accumulation_weights_micro_batches_equally():
     assert max_rel_err(acc, {k: 0.5 * (g0[k] + g1[k]) for k in g0}) < 1e-12
     _, full = model.loss_and_grads(batch, train=True)
     assert max_rel_err(acc, full) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------
+# edges found by mutation testing (docs/testing.md): each test below failed against a
+# surviving mutant of minibert/optim.py
+
+
+def test_state_dict_copies_both_moments_and_names_the_no_decay_params():
+    dev = to_dev(make_params(30))
+    opt = AdamW(dev)
+    opt.step(to_dev(make_grads(31, 1)[0]))
+    tensors, meta = opt.state_dict()
+    before = {k: v.copy() for k, v in tensors.items()}
+    opt.step(to_dev(make_grads(32, 1)[0]))  # moves m and v in place
+    for k, v in tensors.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    # the 1-D and 0-D parameters (by the shapes in SHAPES), written out by hand
+    assert meta["no_decay"] == ["b_qkv", "ln_w", "scalar"]
+
+
+def test_load_state_dict_restores_the_base_lr_and_refuses_bad_meta():
+    params, grads = make_params(33), make_grads(34, 3)
+    full, _ = run_ours(params, grads, [None] * 3, lr=3e-3, weight_decay=0.1)  # lr=None: the base lr
+    half, opt = run_ours(params, grads[:1], [None], lr=3e-3, weight_decay=0.1)
+    tensors, meta = opt.state_dict()
+    dev = to_dev(half)
+    opt2 = AdamW(dev)  # base lr 1e-4 until load_state_dict restores 3e-3
+    opt2.load_state_dict(tensors, meta)
+    assert opt2.lr == 3e-3 and opt2.weight_decay == 0.1
+    for g in grads[1:]:
+        opt2.step(to_dev(g))
+    for k in params:
+        np.testing.assert_array_equal(to_host(dev)[k], full[k], err_msg=k)
+    for bad_t in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="'t' must be an int"):
+            opt2.load_state_dict(tensors, {**meta, "t": bad_t})
+    with pytest.raises(ValueError, match="'betas' must have two values"):
+        opt2.load_state_dict(tensors, {**meta, "betas": [0.9, 0.99, 0.5]})
+
+
+def test_clip_edges():
+    assert clip_grad_norm({}, 1.0) == 0.0  # no gradients: norm 0
+    grads = make_grads(35, 1)[0]
+    norm = float(np.sqrt(sum(np.sum(g * g) for g in grads.values())))
+    dev = to_dev(grads)
+    assert clip_grad_norm(dev, 1.5 * norm) == pytest.approx(norm, rel=1e-13)
+    for k, v in to_host(dev).items():  # under the limit: untouched, never scaled up
+        np.testing.assert_array_equal(v, grads[k], err_msg=k)
+
+
+def test_accumulate_with_scale_two():
+    a, b = make_grads(36, 2)
+    total = accumulate(to_dev(a), to_dev(b), 2.0)
+    for k, v in to_host(total).items():
+        np.testing.assert_allclose(v, a[k] + 2.0 * b[k], rtol=1e-14, atol=1e-15, err_msg=k)
