@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from minibert import backend, rundir
-from minibert.checkpoint import check_tensors, checkpoint_exists
+from minibert.checkpoint import checkpoint_exists
 from minibert.classifier import BertForSequenceClassification
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
 from minibert.optim import AdamW, clip_grad_norm, lr_at
@@ -47,7 +47,8 @@ from minibert.task_data import (
     Example, batches, class_counts, default_task, encode_examples, label_ids, label_names_from,
     length_grouped_batches, read_examples, split_examples, subsample_per_class,
 )
-from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+from minibert.tokenizer import SPECIAL_TOKENS
+from minibert.wordpiece import load_tokenizer
 
 MAX_CLASSES_SHOWN = 12  # the confusion matrix is printed only up to this many classes
 
@@ -185,7 +186,7 @@ class FinetuneConfig:
     init_checkpoint: str = "last"
     random_init: bool = False  # the run's tokenizer and model shape, but freshly initialised weights
     hf: bool = False  # init is a Hugging Face BERT directory (needs tokenizer)
-    tokenizer: str = ""  # a tokenizer.json (default: the pretraining run's)
+    tokenizer: str = ""  # tokenizer.json or vocab.txt (default: the pretraining run's; with hf, the directory's)
     train: str = ""  # data file; empty: the embedded default task
     validation: str = ""  # data file; empty: hold out valid_fraction of train
     valid_fraction: float = 0.1
@@ -255,10 +256,14 @@ def load_data(fc):
 def build_model(fc, num_labels):
     """(model, tokenizer, description of the init) for the config's init."""
     if fc.hf:
-        if not fc.tokenizer:
-            raise ValueError("--hf needs --tokenizer: the minibert tokenizer.json the Hugging Face model was "
-                             "trained with (e.g. the pretraining run's, for a model exported with interop.save_hf)")
-        tok = BPETokenizer.load(fc.tokenizer)
+        try:   # a BERT directory carries its tokenizer (vocab.txt or tokenizer.json)
+            tok = load_tokenizer(fc.tokenizer or fc.init)
+        except (FileNotFoundError, ValueError):
+            if fc.tokenizer:
+                raise
+            raise ValueError(f"{fc.init} holds no tokenizer minibert reads (vocab.txt, tokenizer.json): give --tokenizer, "
+                             "the minibert tokenizer.json the model was trained with (e.g. the pretraining run's, for a "
+                             "model exported with interop.save_hf)") from None
         model = BertForSequenceClassification.from_hf(fc.init, num_labels, seed=fc.seed, dtype=fc.dtype)
         what = f"Hugging Face weights {fc.init}"
     else:
@@ -293,19 +298,9 @@ def restore(fc, model, opt, tok, names):
 
     CheckpointError for a checkpoint of another kind or tokenizer, or other parameters;
     ValueError for settings or labels that would not replay the same steps."""
-    params, tensors, meta = rundir.read_checkpoint(fc.out, "last", rundir.CLASSIFICATION_KIND, tok)
-    saved, now = meta["finetune"], asdict(fc)
-    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in _NOT_RESUME_KEYS and saved.get(k) != v}
-    if diff:
-        raise ValueError(f"cannot resume {fc.out} exactly: settings differ from the checkpoint's "
-                         f"(setting: (checkpoint, now) {diff})")
-    if meta["label_names"] != names:
-        raise ValueError(f"cannot resume {fc.out}: the labels differ from the checkpoint's "
-                         f"({meta['label_names']} then, {names} now)")
-    check_tensors(params, model.params, os.path.join(fc.out, "last.json"))
-    for k, v in params.items():
-        model.params[k][...] = backend.to_device(v)
-    opt.load_state_dict(tensors, meta["optim"])
+    now = {k: v for k, v in asdict(fc).items() if k not in _NOT_RESUME_KEYS}
+    meta = rundir.restore(fc.out, rundir.CLASSIFICATION_KIND, tok, model, opt, {
+        "settings": ("finetune", now), "labels": (None, {"label_names": names})})
     return meta["epoch"], meta["step"]
 
 

@@ -3,7 +3,7 @@ one way to read it back.
 
     OUT/
       .lock                          the writer's lock (see lock()), holding its PID
-      tokenizer.json                 the tokenizer the run trained with (BPETokenizer.save)
+      tokenizer.json                 the tokenizer the run trained with (BPETokenizer or WordPieceTokenizer .save)
       config.json                    the run's settings: {"model": ..., "train" or "finetune": ...}
       last.json, last.<sha16>.safetensors   the latest checkpoint (checkpoint.py)
       best.json, best.<sha16>.safetensors   pretraining: the lowest held-out loss so far
@@ -44,7 +44,7 @@ from minibert.atomic import atomic_write
 from minibert.checkpoint import CheckpointError, check_tensors, load_checkpoint, save_checkpoint
 from minibert.checkpoint import read_meta as read_record_meta
 from minibert.model import BertConfig, encoder_param_shapes, pretraining_param_shapes
-from minibert.tokenizer import BPETokenizer
+from minibert.wordpiece import load_tokenizer as read_tokenizer
 
 PRETRAINING_KIND = "minibert-pretraining"
 CLASSIFICATION_KIND = "minibert-classification"
@@ -159,15 +159,36 @@ def read_checkpoint(run_dir, name, kind, tok=None):
     return params, optim, meta
 
 
+def restore(run_dir, kind, tok, model, opt, expect):
+    """Load checkpoint RUN_DIR/last into model.params and opt, for an exact resume; returns its meta.
+
+    expect maps a section of the checkpoint's meta to the settings that change what the run
+    computes, as {what: (section, settings)}, e.g. {"settings": ("train", {"seed": 0, ...})}
+    (section None: the meta itself): each must equal what was saved, or ValueError names the differing fields. CheckpointError
+    for a checkpoint of another kind, another tokenizer, or other parameters."""
+    params, tensors, meta = read_checkpoint(run_dir, "last", kind, tok)
+    for what, (section, now) in expect.items():
+        saved = meta[section] if section else meta
+        diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        if diff:
+            raise ValueError(f"cannot resume {run_dir} exactly: {what} differ from the checkpoint's "
+                             f"(field: (checkpoint, now) {diff})")
+    check_tensors(params, model.params, _record(run_dir, "last"))
+    for k, v in params.items():
+        model.params[k][...] = backend.to_device(v)
+    opt.load_state_dict(tensors, meta["optim"])
+    return meta
+
+
 def load_tokenizer(run_dir, meta, name="last", path=None):
     """The run's tokenizer.json, checked against checkpoint NAME's fingerprint (meta); or
     the tokenizer at `path`, which the caller vouches for (it is not checked)."""
     if path:
-        return BPETokenizer.load(path)
+        return read_tokenizer(path)
     tok_path = os.path.join(run_dir, TOKENIZER_FILE)
     if not os.path.exists(tok_path):
         raise FileNotFoundError(f"{run_dir} is not a minibert run directory: {tok_path} is missing")
-    tok = BPETokenizer.load(tok_path)
+    tok = read_tokenizer(tok_path)
     check_tokenizer(meta, tok, run_dir, name, tok_path)
     return tok
 

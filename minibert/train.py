@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from minibert import backend, rundir
-from minibert.checkpoint import check_tensors, checkpoint_exists
+from minibert.checkpoint import checkpoint_exists
 from minibert.corpus import default_corpus, read_documents, split_documents
 from minibert.inference import load_pretrained
 from minibert.instances import PretrainingData
@@ -45,6 +45,7 @@ from minibert.model import PRESETS, BertConfig, BertForPreTraining
 from minibert.optim import AdamW, accumulate, clip_grad_norm, lr_at
 from minibert.token_cache import TokenizedCorpus
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+from minibert.wordpiece import load_tokenizer
 
 
 @dataclass
@@ -66,7 +67,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     corpus: list = field(default_factory=list)  # files / dirs / globs; empty = embedded stdlib docstrings
     heldout_fraction: float = 0.05
-    tokenizer: str = ""  # path of a saved tokenizer; empty = train one on the corpus
+    tokenizer: str = ""  # a saved tokenizer (tokenizer.json, or a BERT vocab.txt / directory); empty = train one
     vocab_size: int = 8192
     out: str = "runs/pretrain"
     resume: bool = False
@@ -104,12 +105,13 @@ def load_documents(tc):
 
 
 def get_tokenizer(tc, train_docs):
-    """Load --tokenizer, reuse OUT/tokenizer.json, or train one on the training documents."""
+    """Load --tokenizer (either kind: wordpiece.load_tokenizer), reuse OUT/tokenizer.json, or
+    train a byte-level BPE tokenizer on the training documents."""
     path = os.path.join(tc.out, rundir.TOKENIZER_FILE)
     if tc.tokenizer:
-        tok = BPETokenizer.load(tc.tokenizer)
+        tok = load_tokenizer(tc.tokenizer)
     elif os.path.exists(path):
-        return BPETokenizer.load(path)
+        return load_tokenizer(path)
     else:
         t0 = time.time()
         log(f"training a byte-level BPE tokenizer (vocab {tc.vocab_size:,}) on {len(train_docs):,} documents")
@@ -192,20 +194,9 @@ def restore(tc, model, opt, tok):
     CheckpointError for a checkpoint of another kind, trained with another tokenizer, or
     with other parameters; ValueError for a model config or setting that would not replay
     the same steps."""
-    params, tensors, meta = rundir.read_checkpoint(tc.out, "last", rundir.PRETRAINING_KIND, tok)
-    if meta["config"] != model.config.to_dict():
-        diff = {k: (v, model.config.to_dict().get(k)) for k, v in meta["config"].items() if model.config.to_dict().get(k) != v}
-        raise ValueError(f"cannot resume {tc.out}: the model config differs from the checkpoint's "
-                         f"(field: (checkpoint, now) {diff})")
-    saved = meta["train"]
-    diff = {k: (saved.get(k), getattr(tc, k)) for k in _RESUME_KEYS if saved.get(k) != getattr(tc, k)}
-    if diff:
-        raise ValueError(f"cannot resume {tc.out} exactly: settings differ from the checkpoint's "
-                         f"(setting: (checkpoint, now) {diff})")
-    check_tensors(params, model.params, os.path.join(tc.out, "last.json"))
-    for k, v in params.items():
-        model.params[k][...] = backend.to_device(v)
-    opt.load_state_dict(tensors, meta["optim"])
+    meta = rundir.restore(tc.out, rundir.PRETRAINING_KIND, tok, model, opt, {
+        "model config fields": ("config", model.config.to_dict()),
+        "settings": ("train", {k: getattr(tc, k) for k in _RESUME_KEYS})})
     return meta["step"], tuple(meta["data_position"]), meta.get("best_eval_loss")
 
 

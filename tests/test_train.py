@@ -229,7 +229,7 @@ def test_refusals(tmp_path, corpus, trained_tokenizer):
     with pytest.raises(ValueError, match="--resume"):  # an existing run is not overwritten
         pretrain(tc, dict(SMALL))
     resume = replace(tc, resume=True, steps=20)
-    with pytest.raises(ValueError, match="model config differs"):
+    with pytest.raises(ValueError, match="model config fields differ"):
         pretrain(resume, dict(SMALL, hidden_size=64))
     with pytest.raises(ValueError, match="batch_size"):  # exact resume needs the same batches
         pretrain(replace(resume, batch_size=4), dict(SMALL))
