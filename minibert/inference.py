@@ -19,7 +19,7 @@ from minibert.tokenizer import SPECIAL_TOKENS
 
 
 def load_pretrained(run_dir, name="last", dtype=None):
-    """(BertForPreTraining, BPETokenizer) from a pretraining run directory."""
+    """(BertForPreTraining, tokenizer: BPETokenizer or WordPieceTokenizer) from a pretraining run directory."""
     config, params, _, tok = load_run(run_dir, name, PRETRAINING_KIND, dtype)
     return BertForPreTraining(config, params=params), tok
 

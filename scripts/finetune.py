@@ -43,7 +43,8 @@ def build_parser():
     p.add_argument("--checkpoint", dest="init_checkpoint", default=d.init_checkpoint, choices=["last", "best"])
     p.add_argument("--random-init", action="store_true", help="same shape and tokenizer, random weights")
     p.add_argument("--hf", action="store_true", help="--from is a Hugging Face BERT directory")
-    p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's)")
+    p.add_argument("--tokenizer", default="", help="tokenizer.json or BERT vocab.txt (default: the pretraining "
+                   "run's; with --hf, the directory's vocab.txt or tokenizer.json)")
     p.add_argument("--train", default="", help="CSV, TSV or JSON-lines file (default: the embedded task)")
     p.add_argument("--validation", default="", help="a separate validation file")
     p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)

@@ -37,7 +37,8 @@ def build_parser():
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--corpus", nargs="+", default=[], help="text files, directories or globs "
                    "(default: the docstrings of this Python's standard library)")
-    p.add_argument("--tokenizer", default="", help="a saved tokenizer.json (default: train one)")
+    p.add_argument("--tokenizer", default="", help="a saved tokenizer.json, or a BERT vocab.txt or directory "
+                   "(WordPiece) (default: train a byte-level BPE one)")
     p.add_argument("--out", default=d.out, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     # model shape overrides (default: the preset's)

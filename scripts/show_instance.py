@@ -18,12 +18,13 @@ from minibert.corpus import stdlib_documents  # noqa: E402
 from minibert.instances import PretrainingData, format_instance  # noqa: E402
 from minibert.token_cache import TokenizedCorpus  # noqa: E402
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer  # noqa: E402
+from minibert.wordpiece import load_tokenizer  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--packages", nargs="+", default=["json"], help="standard-library packages to read")
-    p.add_argument("--tokenizer", default="", help="a saved tokenizer.json (default: train one, vocab 1,000)")
+    p.add_argument("--tokenizer", default="", help="a saved tokenizer.json or BERT vocab.txt (default: train one, vocab 1,000)")
     p.add_argument("--index", type=int, default=0, help="which instance of the epoch")
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
@@ -35,7 +36,7 @@ def main(argv=None):
         print(f"error: packages {args.packages} have {len(docs)} docstrings; NSP needs two documents", file=sys.stderr)
         return 1
     if args.tokenizer:
-        tok = BPETokenizer.load(args.tokenizer)
+        tok = load_tokenizer(args.tokenizer)
     else:
         tok = BPETokenizer.train_from_iterator((d.text for d in docs), 1000, special_tokens=SPECIAL_TOKENS,
                                                progress=False)

@@ -15,15 +15,25 @@ kinds. The reference tests skip without `tokenizers` and `transformers` (the par
 the hand-made-vocabulary tests run everywhere.
 """
 import json
+import os
 import random
+import subprocess
+import sys
 import unicodedata
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from minibert.corpus import stdlib_documents
+from minibert.finetune import FinetuneConfig, finetune
+from minibert.inference import fill_mask, load_pretrained
+from minibert.interop import save_hf
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+from minibert.train import TrainConfig, pretrain
 from minibert.wordpiece import WordPieceTokenizer, load_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 N_DRAWN = 2500  # drawn texts per casing
@@ -305,3 +315,65 @@ def test_fingerprint_and_load_tokenizer_picks_the_kind(small, tmp_path):
         load_tokenizer(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="unknown token"):
         WordPieceTokenizer(["a", "b"])
+
+
+# ---------------------------------------------------------------------- the programs take a vocab.txt
+
+SMALL = dict(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position=64)
+
+
+def write_corpus_and_vocab(directory):
+    """A corpus of short sentences (BERT's format) and a vocab.txt made by hand for it: the
+    specials, every word, every letter and its "##" twin (so nothing is [UNK])."""
+    rng = random.Random(0)
+    subjects, verbs = ["The parser", "A socket", "The queue", "This function"], ["reads", "writes", "closes", "yields"]
+    objects = ["the next item", "a byte string", "the buffer", "a new list"]
+    lines = []
+    for _ in range(80):
+        lines += [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}." for _ in range(rng.randrange(2, 6))]
+        lines.append("")
+    (directory / "corpus.txt").write_text("\n".join(lines) + "\n")
+    words = sorted({w for line in lines for w in line.lower().replace(".", " .").split()})
+    letters = sorted(set("".join(words)))
+    vocab = BERT_SPECIALS + words + [c for c in letters if c not in words] + ["##" + c for c in letters]
+    (directory / "vocab.txt").write_text("".join(t + "\n" for t in vocab))
+    return str(directory / "corpus.txt"), str(directory / "vocab.txt")
+
+
+def test_pretrain_fill_mask_and_finetune_take_a_vocab_txt(tmp_path):
+    corpus, vocab = write_corpus_and_vocab(tmp_path)
+    out = tmp_path / "run"
+    tc = TrainConfig(corpus=[corpus], out=str(out), tokenizer=vocab, steps=8, batch_size=8, seq_len=32,
+                     max_predictions=5, warmup=2, lr=3e-3, log_every=4, eval_every=8, save_every=8, eval_batches=2,
+                     fill_mask_examples=0)
+    model, tok, ev, _ = pretrain(tc, dict(SMALL))
+    assert isinstance(tok, WordPieceTokenizer) and np.isfinite(ev["mlm_loss"])
+    assert json.loads((out / "tokenizer.json").read_text())["format"] == "minibert-wordpiece"
+    m, t = load_pretrained(str(out))          # the run reloads with its tokenizer, fingerprint checked
+    assert t.fingerprint() == WordPieceTokenizer.load(vocab).fingerprint()
+    (top,) = fill_mask(m, t, "The parser [MASK] the buffer.", top_k=3)
+    assert len(top) == 3 and all(isinstance(w, str) and 0 <= p <= 1 for w, p in top)
+    # fine-tuning from the run, and from a Hugging Face directory that carries its vocab.txt
+    rows = [{"text": f"the queue {w} the buffer", "label": w} for w in ["reads", "writes"] * 16]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ft = dict(train=str(tmp_path / "train.jsonl"), epochs=1, batch_size=8, max_length=16, log_every=100)
+    _, tok_ft, res = finetune(FinetuneConfig(init=str(out), out=str(tmp_path / "ft"), **ft))
+    assert isinstance(tok_ft, WordPieceTokenizer) and "acc" in res
+    hf_dir = tmp_path / "hf"
+    save_hf(m, str(hf_dir))
+    t.save(hf_dir)                            # vocab.txt + tokenizer_config.json beside config.json
+    _, tok_hf, _ = finetune(FinetuneConfig(init=str(hf_dir), hf=True, out=str(tmp_path / "ft_hf"), **ft))
+    assert tok_hf.fingerprint() == t.fingerprint()
+
+
+def test_pretrain_script_takes_tokenizer_vocab_txt(tmp_path):
+    corpus, vocab = write_corpus_and_vocab(tmp_path)
+    out = tmp_path / "run"
+    args = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), "--corpus", corpus, "--out", str(out),
+            "--tokenizer", vocab, "--steps", "2", "--seq-len", "32", "--batch-size", "4", "--max-predictions", "5",
+            "--warmup", "1", "--log-every", "1", "--eval-every", "1000", "--eval-batches", "1",
+            "--fill-mask-examples", "0", "--backend", "numpy", "--num-layers", "1", "--hidden-size", "32",
+            "--num-heads", "2", "--intermediate-size", "64", "--max-position", "64"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert isinstance(load_tokenizer(out / "tokenizer.json"), WordPieceTokenizer)
