@@ -209,6 +209,30 @@ class EpochInstances:
 
 
 EVAL_STREAM = 1  # eval instances come from their own random stream, never a training epoch's
+ORDER_STREAM = 2  # the order of an epoch's length-grouped batches: its own stream, so grouping changes no instance
+
+
+def length_grouped_batches(lengths, batch_size, window, rng):
+    """The rows of each batch of one epoch, (n_batches, batch_size), n_batches = N // batch_size.
+
+    window <= 1: rows in order, batch i = rows [i * batch_size, (i + 1) * batch_size), the
+    epoch's last partial batch dropped. window = W > 1: the same rows, but within each run of W
+    batches (W * batch_size consecutive rows of the shuffled epoch) sorted by length before
+    they are cut into batches, so a batch holds instances of similar length and is padded far
+    less; then all the batches are shuffled, so lengths do not arrive in order (what Hugging
+    Face's group_by_length does). Ties keep their order (a stable sort): a pure function of
+    (lengths, batch_size, window) and rng's state.
+    """
+    n_batches = len(lengths) // batch_size
+    rows = np.arange(n_batches * batch_size)  # (n_batches * B,) the last partial batch dropped
+    if window <= 1:
+        return rows.reshape(n_batches, batch_size)
+    kept = np.asarray(lengths)[:rows.size]  # (n_batches * B,)
+    span = window * batch_size
+    for s in range(0, rows.size, span):  # a last, shorter window is sorted too
+        rows[s:s + span] = s + np.argsort(kept[s:s + span], kind="stable")
+    batches = rows.reshape(n_batches, batch_size)  # (n_batches, B)
+    return batches[rng.permutation(n_batches)]
 
 
 class PretrainingData:
@@ -219,15 +243,18 @@ class PretrainingData:
     position: (epoch, index of the next batch) -- two ints, stored as a JSON list in checkpoints.
     batches(batch_size, start=position) yields (next_position, batch) forever; each epoch's last
     partial batch is dropped.
+    length_window: 0 (or 1) gives batches in the epoch's order; W > 1 groups by length within
+    windows of W batches and shuffles the batches (length_grouped_batches): the same instances,
+    far less padding. The order is a function of (seed, epoch), so resuming stays exact.
     """
 
     def __init__(self, corpus, tokenizer, max_seq_len=128, max_predictions=20, short_seq_prob=0.1,
-                 masked_lm_prob=0.15, seed=0, balance_nsp=True, chunk_rows=8192):
+                 masked_lm_prob=0.15, seed=0, balance_nsp=True, chunk_rows=8192, length_window=0):
         if max_seq_len < 5:
             raise ValueError(f"max_seq_len must be at least 5 ([CLS] a [SEP] b [SEP]), got {max_seq_len}")
         self.corpus, self.max_seq_len, self.max_predictions = corpus, max_seq_len, max_predictions
         self.short_seq_prob, self.masked_lm_prob, self.seed = short_seq_prob, masked_lm_prob, seed
-        self.balance_nsp, self.chunk_rows = balance_nsp, chunk_rows
+        self.balance_nsp, self.chunk_rows, self.length_window = balance_nsp, chunk_rows, length_window
         ids, missing = {}, []
         for s in SPECIAL_TOKENS:
             try:
@@ -310,11 +337,18 @@ class PretrainingData:
             n_batches = len(ep) // batch_size
             if n_batches == 0:
                 raise ValueError(f"epoch {epoch} has {len(ep)} instances, fewer than batch_size={batch_size}")
+            order = self.batch_rows(epoch, batch_size)  # (n_batches, B)
             while index < n_batches:
-                batch = ep.batch(slice(index * batch_size, (index + 1) * batch_size), pad_to)
+                batch = ep.batch(order[index], pad_to)
                 index += 1
                 yield ((epoch, index) if index < n_batches else (epoch + 1, 0)), batch
             epoch, index = epoch + 1, 0
+
+    def batch_rows(self, epoch, batch_size):
+        """(n_batches, batch_size) rows of each batch of a training epoch, in the order batches()
+        yields them (length_grouped_batches with this data's length_window)."""
+        order_rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), ORDER_STREAM]))
+        return length_grouped_batches(self.epoch(epoch).lengths, batch_size, self.length_window, order_rng)
 
     def eval_batches(self, batch_size, num_batches=None, pad_to=None):
         """The same list of batches on every call: instances from a fixed eval stream of this

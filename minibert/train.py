@@ -58,6 +58,7 @@ class TrainConfig:
     batch_size: int = 32
     accum: int = 1  # micro-batches per optimizer step (gradient accumulation)
     seq_len: int = 128
+    length_window: int = 64  # group batches by length within windows of this many (instances.py); 0: epoch order
     max_predictions: int = 20
     short_seq_prob: float = 0.1
     lr: float = 1e-3
@@ -79,8 +80,8 @@ class TrainConfig:
 
 
 # settings that change what an exact resume computes: a resumed run must match them
-_RESUME_KEYS = ("seed", "batch_size", "accum", "seq_len", "max_predictions", "short_seq_prob", "corpus",
-                "heldout_fraction")
+_RESUME_KEYS = ("seed", "batch_size", "accum", "seq_len", "length_window", "max_predictions", "short_seq_prob",
+                "corpus", "heldout_fraction")
 
 
 def log(msg):
@@ -133,7 +134,7 @@ def build_data(tc, tok, train_docs, heldout_docs):
     train_c = TokenizedCorpus.build(train_docs, tok)
     held_c = TokenizedCorpus.build(heldout_docs, tok)
     kw = dict(max_seq_len=tc.seq_len, max_predictions=tc.max_predictions, short_seq_prob=tc.short_seq_prob)
-    train = PretrainingData(train_c, tok, seed=tc.seed, **kw)
+    train = PretrainingData(train_c, tok, seed=tc.seed, length_window=tc.length_window, **kw)
     held = PretrainingData(held_c, tok, seed=tc.seed, **kw)
     log(f"corpus: {train_c.num_documents:,} train documents ({train_c.num_tokens:,} tokens), "
         f"{held_c.num_documents:,} held out ({held_c.num_tokens:,} tokens); "
@@ -267,7 +268,7 @@ def _pretrain(tc, model_overrides):
                 window.add(loss=out["loss"] / tc.accum, mlm_loss=out["mlm_loss"] / tc.accum,
                            nsp_loss=out["nsp_loss"] / tc.accum, mlm_correct=out["mlm_correct"],
                            mlm_count=out["mlm_count"], nsp_correct=out["nsp_correct"], nsp_count=out["nsp_count"],
-                           tokens=batch["attention_mask"].sum())
+                           tokens=batch["attention_mask"].sum(), positions=batch["attention_mask"].size)
                 position = next_position
             norm = clip_grad_norm(grads, tc.grad_clip)
             if not math.isfinite(norm) or not math.isfinite(float(out["loss"])):
@@ -283,7 +284,8 @@ def _pretrain(tc, model_overrides):
                 rec = {"step": step, "loss": window.mean("loss"), "mlm_loss": window.mean("mlm_loss"),
                        "nsp_loss": window.mean("nsp_loss"), "mlm_acc": window.ratio("mlm_correct", "mlm_count"),
                        "nsp_acc": window.ratio("nsp_correct", "nsp_count"), "lr": lr, "grad_norm": norm,
-                       **window.speed(), "epoch": position[0], "elapsed_s": time.time() - t_start}
+                       **window.speed(), "real_token_fraction": window.tokens / max(window.sums["positions"], 1),
+                       "epoch": position[0], "elapsed_s": time.time() - t_start}
                 left = (time.time() - t_loop) / (step - step0) * (tc.steps - step)
                 log(log_line(step, tc.steps, **{k: rec[k] for k in ("loss", "mlm_loss", "mlm_acc", "nsp_loss",
                                                                      "nsp_acc", "lr", "grad_norm", "ms_per_step",

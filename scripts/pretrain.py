@@ -30,8 +30,8 @@ def build_parser():
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     p.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", d.backend), choices=["numpy", "cupy"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    for name in ("seed", "steps", "batch_size", "accum", "seq_len", "max_predictions", "warmup", "save_every",
-                 "eval_every", "eval_batches", "log_every", "vocab_size", "fill_mask_examples"):
+    for name in ("seed", "steps", "batch_size", "accum", "seq_len", "length_window", "max_predictions", "warmup",
+                 "save_every", "eval_every", "eval_batches", "log_every", "vocab_size", "fill_mask_examples"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "min_lr", "weight_decay", "grad_clip", "short_seq_prob", "heldout_fraction"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))

@@ -326,15 +326,16 @@ def test_epoch_batch_equals_collated_instances_and_pad_to(corpus, tok):
         ep.batch(rows, pad_to=8)
 
 
-def test_resume_from_saved_position_equals_uninterrupted(corpus, tok):
+@pytest.mark.parametrize("window", [0, 3])
+def test_resume_from_saved_position_equals_uninterrupted(corpus, tok, window):
     bs = 16
-    dl = PretrainingData(corpus, tok, max_seq_len=64, seed=5)
+    dl = PretrainingData(corpus, tok, max_seq_len=64, seed=5, length_window=window)
     per_epoch = len(dl.epoch(0)) // bs
     total = per_epoch + 6  # crosses an epoch boundary
     run = list(zip(range(total), dl.batches(bs)))
     for stop in (0, per_epoch - 2, per_epoch - 1, per_epoch + 2):
         saved = json.loads(json.dumps(run[stop][1][0]))  # the position after batch `stop`
-        fresh = PretrainingData(corpus, tok, max_seq_len=64, seed=5)
+        fresh = PretrainingData(corpus, tok, max_seq_len=64, seed=5, length_window=window)
         it = fresh.batches(bs, start=saved)
         for j in range(stop + 1, min(stop + 4, total)):
             pos, batch = next(it)
@@ -342,6 +343,53 @@ def test_resume_from_saved_position_equals_uninterrupted(corpus, tok):
             for k in batch:
                 np.testing.assert_array_equal(batch[k], run[j][1][1][k])
     assert run[per_epoch - 1][1][0] == (1, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(5, 64), min_size=1, max_size=200), bs=st.integers(1, 9),
+       window=st.integers(0, 6), seed=st.integers(0, 10**6))
+def test_length_grouped_batches_regroup_the_same_rows(lengths, bs, window, seed):
+    lengths = np.array(lengths)
+    got = instances.length_grouped_batches(lengths, bs, window, np.random.default_rng(seed))
+    n_batches = len(lengths) // bs
+    assert got.shape == (n_batches, bs)
+    # exactly the rows of the ungrouped epoch: the last partial batch dropped, no row twice
+    np.testing.assert_array_equal(np.sort(got.ravel()), np.arange(n_batches * bs))
+    if window <= 1:  # off: batch i is rows i*bs .. (i+1)*bs - 1, as before grouping existed
+        np.testing.assert_array_equal(got, np.arange(n_batches * bs).reshape(n_batches, bs))
+        return
+    span = window * bs
+    for rows in got:
+        assert len(set(rows // span)) == 1  # a batch never mixes two windows
+    # within a window, the batches are the window's rows sorted by length, cut in order
+    for w0 in range(0, n_batches * bs, span):
+        in_w = got[(got[:, 0] // span) == w0 // span]  # this window's batches, shuffled
+        in_w = in_w[np.argsort(lengths[in_w].min(axis=1), kind="stable")]
+        ref = w0 + np.argsort(lengths[w0:min(w0 + span, n_batches * bs)], kind="stable")
+        np.testing.assert_array_equal(np.sort(lengths[in_w], axis=1).ravel(), lengths[ref])
+    # the same rng state gives the same order (a resume relies on it)
+    again = instances.length_grouped_batches(lengths, bs, window, np.random.default_rng(seed))
+    np.testing.assert_array_equal(got, again)
+
+
+def test_length_grouping_pads_less_and_keeps_instances(corpus, tok):
+    bs = 8
+    plain = PretrainingData(corpus, tok, max_seq_len=64, seed=3)
+    grouped = PretrainingData(corpus, tok, max_seq_len=64, seed=3, length_window=8)
+    n = len(plain.epoch(0)) // bs
+
+    def epoch_batches(dl):
+        return [b for _, (_, b) in zip(range(n), dl.batches(bs))]
+
+    a, b = epoch_batches(plain), epoch_batches(grouped)
+    real = lambda bb: sum(int(x["attention_mask"].sum()) for x in bb)  # noqa: E731
+    slots = lambda bb: sum(x["attention_mask"].size for x in bb)  # noqa: E731
+    assert real(a) == real(b)  # the same instances (same tokens), only regrouped
+    assert real(b) / slots(b) > real(a) / slots(a) + 0.1  # and far less padding
+    key = lambda bb: sorted(tuple(r[m == 1]) for x in bb for r, m in zip(x["input_ids"], x["attention_mask"]))  # noqa: E731
+    assert key(a) == key(b)
+    # the next epoch has its own order (a function of (seed, epoch))
+    assert not np.array_equal(grouped.batch_rows(0, bs), grouped.batch_rows(1, bs)[:n])
 
 
 def test_batches_reject_batch_larger_than_epoch(corpus, tok):
