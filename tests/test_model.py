@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import make_batch, tiny_config
 from minibert import backend
 from minibert.gradcheck import check_directional, check_gradients
-from minibert.model import BertForPreTraining
+from minibert.model import BertConfig, BertForPreTraining
 
 
 @settings(max_examples=6, deadline=None)
@@ -110,3 +110,33 @@ def test_bad_input_is_a_clear_value_error(mutate, message):
 def test_bad_config(kw):
     with pytest.raises(ValueError):
         tiny_config(**kw)
+
+
+# ----------------------------------------------------------------------------------------
+# edges found by mutation testing (docs/testing.md)
+
+
+def test_predict_is_the_evaluation_forward():
+    """With dropout in the config, predict draws no mask: repeated calls agree with each other
+    and with forward(train=False), and differ from a training forward."""
+    c = tiny_config(dropout=0.3, attention_dropout=0.3)
+    model = BertForPreTraining(c, seed=4)
+    batch = make_batch(np.random.default_rng(5), 3, 6, c.vocab_size, n_masked=3)
+    a, b = model.predict(batch), model.predict(batch)
+    ref = model.forward(batch, train=False)[0]
+    train = model.forward(batch, train=True)[0]
+    np.testing.assert_array_equal(backend.to_host(a["mlm_logits"]), backend.to_host(b["mlm_logits"]))
+    np.testing.assert_array_equal(backend.to_host(a["mlm_logits"]), backend.to_host(ref["mlm_logits"]))
+    assert not np.allclose(backend.to_host(a["mlm_logits"]), backend.to_host(train["mlm_logits"]))
+
+
+def test_config_round_trip_and_parameter_count():
+    c = tiny_config(num_layers=3)
+    assert BertConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="unknown BertConfig fields"):
+        BertConfig.from_dict({**c.to_dict(), "hiden_size": 8})
+    V, H, I, P, L = 23, 8, 12, 16, 3  # tiny_config's sizes, counted by hand below
+    per_layer = (H * 3 * H + 3 * H) + (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
+    encoder = V * H + P * H + 2 * H + 2 * H + L * per_layer + H * H + H
+    heads = H * H + H + 2 * H + V + H * 2 + 2
+    assert BertForPreTraining(c).num_parameters() == encoder + heads
