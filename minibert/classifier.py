@@ -93,10 +93,15 @@ class BertForSequenceClassification(BertBase):
 
     @classmethod
     def from_encoder(cls, config, encoder_params, num_labels, seed=0):
-        """The given encoder params (emb.*, layers.*, pool.*) and a fresh seeded head."""
+        """The given encoder params (emb.*, layers.*, pool.*) and a fresh seeded head. An
+        encoder without a pooler (from BertForMaskedLM) gets a fresh one, N(0,
+        initializer_range) from the stream [seed, 2], as transformers draws a missing pooler."""
         _check_num_labels(num_labels)
-        check_params(encoder_params, encoder_param_shapes(config), config.dtype)
         params = dict(encoder_params)
+        if "pool.w" not in params:
+            H = config.hidden_size
+            params.update(init_params({"pool.w": (H, H), "pool.b": (H,)}, config, [int(seed), 2]))
+        check_params(params, encoder_param_shapes(config), config.dtype)
         params.update(init_classifier(config, int(num_labels), seed))
         return cls(config, num_labels, seed=seed, params=params)
 
@@ -112,7 +117,7 @@ class BertForSequenceClassification(BertBase):
         """From a Hugging Face BERT directory (BertModel, BertForPreTraining, or a task model
         whose encoder sits under "bert."), through minibert.interop; any head in the files
         is ignored and a fresh classifier is drawn from `seed`."""
-        from minibert.interop import load_hf_encoder_params
+        from minibert.interop import load_hf_encoder_params  # here, not at the top: interop imports this module
         config, params = load_hf_encoder_params(path, dtype)
         return cls.from_encoder(config, params, num_labels, seed)
 

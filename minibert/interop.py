@@ -1,8 +1,24 @@
 """Hugging Face interop: read and write `transformers` BERT checkpoints, no torch needed.
 
-A checkpoint directory holds config.json and model.safetensors, as written by
-`transformers.BertForPreTraining.save_pretrained` (or `BertModel.save_pretrained` for the
-encoder alone). Tensors are read and written with safetensors.numpy; nothing is unpickled.
+A checkpoint directory holds config.json and model.safetensors, as `save_pretrained` of
+transformers writes them. Tensors are read and written with safetensors.numpy; nothing is
+unpickled: a directory with only pytorch_model.bin (a pickle, which can run any code when
+loaded) is refused with the one-line conversion to safetensors.
+
+Checkpoint kinds (KINDS), named by the transformers class, each read into the minibert
+class of the same name, and each written back so that class loads it with no missing or
+unexpected weights:
+
+    BertForPreTraining             encoder, pooler, MLM head, NSP head   model.BertForPreTraining
+    BertForMaskedLM                encoder, MLM head (no pooler, no NSP) model.BertForMaskedLM
+    BertModel                      encoder, pooler; keys without "bert." model.BertModel
+    BertForSequenceClassification  encoder, pooler, classifier (C, H)    classifier.BertForSequenceClassification
+
+`load_hf_model(path)` tells the kind from the weights in the files, not from config.json's
+"architectures" (bert-base-uncased says BertForMaskedLM and carries the NSP head and pooler
+too: it loads as BertForPreTraining). Asked for a kind whose head the files lack, it says
+which head is missing; a richer checkpoint loads as a poorer kind (its extra heads dropped,
+as transformers does with a warning). `load_hf(path)` is the BertForPreTraining loader.
 
 Parameter mapping, minibert name -> Hugging Face name (l is the layer index, and the HF
 encoder layer prefix is bert.encoder.layer.{l}). minibert's linear weights are (in, out),
@@ -25,6 +41,7 @@ weight (marked T) is transposed on the way across. Embedding tables are (rows, H
     mlm.ln.w, mlm.ln.b         cls.predictions.transform.LayerNorm.weight, .bias
     mlm.bias  (V,)             cls.predictions.bias
     nsp.w (H, 2), nsp.b        cls.seq_relationship.weight (T), .bias
+    cls.w (H, C), cls.b        classifier.weight (T), .bias
 
 The MLM decoder is tied: HF's cls.predictions.decoder.weight *is* the word embedding and
 cls.predictions.decoder.bias *is* cls.predictions.bias. transformers 5.x leaves both out
@@ -32,9 +49,10 @@ of the files it saves and re-ties them on load, so `save_hf` writes neither. Old
 checkpoints may carry them; `load_hf` accepts them when they equal what they are tied to
 and refuses an untied decoder, which minibert cannot represent.
 
-Also read: the legacy LayerNorm.gamma / LayerNorm.beta names (TF-converted checkpoints),
-encoder keys without the "bert." prefix (a BertModel directory), and sharded checkpoints
-(model.safetensors.index.json). A config minibert cannot run (a decoder, relative
+Also read: the legacy names of converted Google (TensorFlow) checkpoints, LayerNorm.gamma /
+LayerNorm.beta, and their decoder copies cls.predictions.decoder.weight/.bias; encoder keys
+without the "bert." prefix (a BertModel directory); the old position_ids buffer; and
+sharded checkpoints (model.safetensors.index.json). A config minibert cannot run (a decoder, relative
 positions, an activation other than exact or tanh GELU) raises ValueError, as does a
 missing, unexpected or misshapen weight.
 
@@ -55,11 +73,31 @@ import safetensors.numpy
 
 from minibert import backend
 from minibert.atomic import atomic_write
-from minibert.model import BertConfig, BertForPreTraining, encoder_param_shapes, pretraining_param_shapes
+from minibert.classifier import BertForSequenceClassification, classifier_param_shapes
+from minibert.model import (
+    BertConfig, BertForMaskedLM, BertForPreTraining, BertModel, encoder_param_shapes, masked_lm_param_shapes,
+    pretraining_param_shapes,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+# checkpoint kind (the transformers class) -> (minibert class, what its files hold)
+KINDS = {
+    "BertForPreTraining": (BertForPreTraining, "encoder, pooler, MLM head and NSP head"),
+    "BertForMaskedLM": (BertForMaskedLM, "encoder and MLM head, no pooler or NSP head"),
+    "BertModel": (BertModel, "encoder and pooler, no head"),
+    "BertForSequenceClassification": (BertForSequenceClassification, "encoder, pooler and a classifier"),
+}
+# the heads, by the HF weight that shows each is there
+_HEADS = {"mlm": "cls.predictions.bias", "nsp": "cls.seq_relationship.weight", "pooler": "bert.pooler.dense.weight",
+          "classifier": "classifier.weight"}
+_HEAD_NAMES = {"mlm": "MLM head (cls.predictions.*)", "nsp": "NSP head (cls.seq_relationship.weight)",
+               "pooler": "pooler (bert.pooler.dense.weight)", "classifier": "classifier (classifier.weight)"}
+_KIND_NEEDS = {"BertForPreTraining": ("mlm", "nsp", "pooler"), "BertForMaskedLM": ("mlm",),
+               "BertModel": ("pooler",), "BertForSequenceClassification": ("pooler", "classifier")}
 
 # HF hidden_act -> minibert hidden_act. HF's gelu_python is the same exact erf GELU.
 _ACT_FROM_HF = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -93,7 +131,8 @@ _WORD, _MLM_BIAS = "bert.embeddings.word_embeddings.weight", "cls.predictions.bi
 
 
 def _name_map(num_layers, heads=True):
-    """minibert name -> (HF name or a list of three fused HF names, transpose?)."""
+    """minibert name -> (HF name or a list of three fused HF names, transpose?); heads=False:
+    the encoder and pooler only."""
     m = {
         "emb.word": (_WORD, False),
         "emb.pos": ("bert.embeddings.position_embeddings.weight", False),
@@ -128,6 +167,8 @@ def _name_map(num_layers, heads=True):
             "mlm.bias": (_MLM_BIAS, False),
             "nsp.w": ("cls.seq_relationship.weight", True),
             "nsp.b": ("cls.seq_relationship.bias", False),
+            "cls.w": ("classifier.weight", True),
+            "cls.b": ("classifier.bias", False),
         })
     return m
 
@@ -158,12 +199,25 @@ def to_hf_state_dict(model, tensors=None):
                 out[name] = np.array(part.T if transpose else part, order="C")  # a copy, never a view
         else:
             out[hf] = np.array(a.T if transpose else a, order="C")
+    if isinstance(model, BertModel):  # transformers' BertModel names its weights without "bert."
+        out = {k[len("bert."):]: v for k, v in out.items()}
     return out
 
 
-def _canonical_state(state):
+def param_shapes(kind, config, num_labels=None):
+    """name -> shape of the minibert model for checkpoint KIND."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}: minibert reads {sorted(KINDS)}")
+    if kind == "BertForSequenceClassification":
+        return classifier_param_shapes(config, num_labels)
+    return {"BertForPreTraining": pretraining_param_shapes, "BertForMaskedLM": masked_lm_param_shapes,
+            "BertModel": encoder_param_shapes}[kind](config)
+
+
+def _canonical_state(state, check_tied=True):
     """Normalise HF key spellings: legacy gamma/beta, a missing "bert." prefix, old buffers,
-    and tied decoder copies (checked against what they are tied to, then dropped)."""
+    and tied decoder copies (checked against what they are tied to, then dropped; only the
+    names are looked at when check_tied is False)."""
     out = {}
     for k, a in state.items():
         name = k
@@ -182,31 +236,39 @@ def _canonical_state(state):
         b = out.pop(_DECODER_B)
         if _MLM_BIAS not in out:  # some checkpoints keep only the decoder's copy
             out[_MLM_BIAS] = b
-        elif not np.array_equal(b, out[_MLM_BIAS]):
+        elif check_tied and not np.array_equal(b, out[_MLM_BIAS]):
             raise ValueError(f"{_DECODER_B} differs from {_MLM_BIAS}: minibert ties them and cannot load an untied bias")
     if _DECODER_W in out:
         w = out.pop(_DECODER_W)
-        if _WORD in out and not np.array_equal(w, out[_WORD]):
+        if check_tied and _WORD in out and not np.array_equal(w, out[_WORD]):
             raise ValueError(f"{_DECODER_W} differs from {_WORD}: minibert ties the MLM decoder to the "
                              "word embeddings and cannot load an untied decoder")
     return out
 
 
-def from_hf_state_dict(state, config, heads=True):
+def from_hf_state_dict(state, config, heads=True, kind=None, num_labels=None):
     """minibert params (device arrays of config.dtype) from an HF state dict (name -> array).
 
-    heads=True: a BertForPreTraining state; every key must be used. heads=False: the
-    encoder params only (emb.*, layers.*, pool.*); keys outside "bert." (any task head)
-    are ignored, unknown keys inside it still raise. Raises ValueError naming missing,
-    unexpected or misshapen weights."""
+    kind (KINDS): the params of that model; every key must be used, except the heads that
+    kind drops (loading a richer checkpoint as a poorer kind). kind None: heads=True is
+    BertForPreTraining; heads=False the encoder params only (emb.*, layers.*, pool.*), keys
+    outside "bert." (any task head) ignored, unknown keys inside it still raising. Raises
+    ValueError naming missing, unexpected or misshapen weights."""
     state = _canonical_state({k: np.asarray(backend.to_host(v)) for k, v in state.items()})
-    names = _name_map(config.num_layers, heads)
-    shapes = pretraining_param_shapes(config) if heads else encoder_param_shapes(config)
-    assert names.keys() == shapes.keys()
+    lenient = kind is None and not heads
+    kind = kind or ("BertForPreTraining" if heads else "BertModel")
+    shapes = param_shapes(kind, config, num_labels)
+    if lenient and _HEADS["pooler"] not in state:  # a BertForMaskedLM's encoder: no pooler to read
+        shapes = encoder_param_shapes(config, pooler=False)
+    full = _name_map(config.num_layers)
+    names = {k: full[k] for k in shapes}
 
     wanted = [n for hf, _ in names.values() for n in _hf_names(hf)]
-    # without heads, whatever sits outside "bert." (a task head) is not ours to check
-    given = state if heads else [n for n in state if n.startswith("bert.")]
+    if lenient:  # whatever sits outside "bert." (a task head) is not ours to check
+        given = [n for n in state if n.startswith("bert.")]
+    else:  # the heads this kind has no place for are dropped, as transformers drops them
+        dropped = {h for h in _HEADS if h not in _KIND_NEEDS[kind]}
+        given = [n for n in state if not any(_head_of(n) == h for h in dropped)]
     backend.check_keys(given, wanted, "checkpoint weights do not match minibert's BERT")
 
     params = {}
@@ -229,6 +291,35 @@ def from_hf_state_dict(state, config, heads=True):
         # a copy: params must not alias the caller's arrays (e.g. torch tensors' memory)
         params[k] = backend.to_device(np.array(a, dtype=config.dtype, order="C"))
     return params
+
+
+def _head_of(hf_name):
+    """Which head (a _HEADS key) an HF weight belongs to; None for the encoder."""
+    if hf_name.startswith("cls.predictions."):
+        return "mlm"
+    if hf_name.startswith("cls.seq_relationship."):
+        return "nsp"
+    if hf_name.startswith("bert.pooler."):
+        return "pooler"
+    if hf_name.startswith("classifier."):
+        return "classifier"
+    return None
+
+
+def heads_of(state):
+    """The heads (_HEADS keys) an HF state dict holds, legacy spellings included."""
+    names = _canonical_state(state, check_tied=False)
+    return {h for h, n in _HEADS.items() if n in names}
+
+
+def kind_of(state):
+    """The richest checkpoint kind an HF state dict holds all the weights of."""
+    heads = heads_of(state)
+    if "classifier" in heads:
+        return "BertForSequenceClassification"
+    if "mlm" in heads:
+        return "BertForPreTraining" if {"nsp", "pooler"} <= heads else "BertForMaskedLM"
+    return "BertModel"
 
 
 def _check_shape(name, a, want):
@@ -262,9 +353,13 @@ def config_from_hf(d, dtype="float32"):
         raise ValueError(f"config cannot be represented in minibert: {e}") from None
 
 
-def config_to_hf(c, architectures=("BertForPreTraining",)):
-    """The config.json dict transformers expects for a minibert BertConfig."""
+def config_to_hf(c, architectures=("BertForPreTraining",), label_names=None):
+    """The config.json dict transformers expects for a minibert BertConfig; label_names (a
+    classifier's, id order) become id2label / label2id."""
     d = {"architectures": list(architectures), "model_type": "bert"}
+    if label_names is not None:
+        d["id2label"] = {str(i): str(n) for i, n in enumerate(label_names)}
+        d["label2id"] = {str(n): i for i, n in enumerate(label_names)}
     d.update({hf: getattr(c, mb) for hf, (mb, _) in _CONFIG_FIELDS.items()})
     d.update({
         "hidden_act": _ACT_TO_HF[c.hidden_act],
@@ -303,9 +398,17 @@ def _read_weights(path):
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         files = [os.path.join(path, s) for s in shards]
+    elif any(os.path.isfile(os.path.join(path, n)) for n in PICKLE_NAMES):
+        raise ValueError(
+            f"{path} holds pytorch_model.bin, a Python pickle, and no {WEIGHTS_NAME}. minibert never unpickles: "
+            "loading a pickle can run any code its author put in it. Convert it once, with transformers, on a "
+            "checkpoint you trust: python -c \"import transformers as t; "
+            f"t.AutoModelForPreTraining.from_pretrained('{path}').save_pretrained('{path}')\" "
+            "(save_pretrained writes model.safetensors; use AutoModel for an encoder-only checkpoint, "
+            "AutoModelForSequenceClassification for a classifier)")
     else:
         raise ValueError(f"{path!r} has no {WEIGHTS_NAME} (minibert reads safetensors only, never pickled "
-                         "pytorch_model.bin; convert with transformers' save_pretrained(safe_serialization=True))")
+                         "pytorch_model.bin; convert with transformers' save_pretrained)")
     state = {}
     for fn in files:
         try:
@@ -315,9 +418,18 @@ def _read_weights(path):
     return state
 
 
+def is_hf_dir(path):
+    """True for a directory transformers wrote (config.json and weights, of any format), False
+    for a minibert run directory (whose checkpoints are NAME.json records) or anything else."""
+    if not os.path.isfile(os.path.join(path, CONFIG_NAME)) or os.path.isfile(os.path.join(path, "last.json")):
+        return False
+    return any(os.path.isfile(os.path.join(path, n)) for n in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, *PICKLE_NAMES))
+
+
 def load_hf_encoder_params(path, dtype="float32"):
     """(BertConfig, encoder params: emb.*, layers.*, pool.*) from any HF BERT directory:
-    BertModel, BertForPreTraining, or a task model whose encoder sits under "bert."."""
+    BertModel, BertForPreTraining, or a task model whose encoder sits under "bert.". A
+    BertForMaskedLM directory has no pooler: its params then lack pool.*."""
     _, config = _read_config(path, dtype)
     try:
         params = from_hf_state_dict(_read_weights(path), config, heads=False)
@@ -326,28 +438,77 @@ def load_hf_encoder_params(path, dtype="float32"):
     return config, params
 
 
-def load_hf(path, dtype="float32"):
-    """A minibert BertForPreTraining from a transformers BertForPreTraining directory."""
+def _describe(kind):
+    return f"a {kind} checkpoint ({KINDS[kind][1]})"
+
+
+def load_hf_model(path, dtype="float32", kind=None):
+    """The minibert model of an HF BERT directory: of the kind its weights hold (kind None),
+    or of KIND, which must not need a head the files lack (ValueError naming it)."""
     hf_config, config = _read_config(path, dtype)
     state = _read_weights(path)
-    if not hf_config.get("tie_word_embeddings", True) and _DECODER_W not in state:
+    heads, found = heads_of(state), kind_of(state)
+    kind = kind or found
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}: minibert reads {sorted(KINDS)}")
+    missing = [h for h in _KIND_NEEDS[kind] if h not in heads]
+    if missing:
+        raise ValueError(f"{path} holds {_describe(found)}: it has no "
+                         f"{' and no '.join(_HEAD_NAMES[h] for h in missing)}, which {kind} needs")
+    if "mlm" in _KIND_NEEDS[kind] and not hf_config.get("tie_word_embeddings", True) and _DECODER_W not in state:
         raise ValueError(f"{path}: tie_word_embeddings is false and there is no {_DECODER_W}; "
                          "minibert ties the MLM decoder to the word embeddings")
+    num_labels = None
+    if kind == "BertForSequenceClassification":
+        num_labels = int(state["classifier.weight"].shape[0])
+        if hf_config.get("problem_type") == "multi_label_classification":
+            raise ValueError(f"{path}: problem_type multi_label_classification is not supported (minibert's "
+                             "classifier is single-label, or regression with one label)")
     try:
-        params = from_hf_state_dict(state, config, heads=True)
+        params = from_hf_state_dict(state, config, kind=kind, num_labels=num_labels)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    return BertForPreTraining(config, params=params)
+    if kind == "BertForSequenceClassification":
+        return BertForSequenceClassification(config, num_labels, params=params)
+    return KINDS[kind][0](config, params=params)
 
 
-def save_hf(model, path):
-    """Write config.json and model.safetensors that transformers.BertForPreTraining
+def hf_label_names(path):
+    """The label names of an HF classifier directory (config.json's id2label, in id order), or None."""
+    hf_config, _ = _read_config(path, "float32")
+    id2label = hf_config.get("id2label")
+    return [id2label[str(i)] for i in range(len(id2label))] if id2label else None
+
+
+def load_hf(path, dtype="float32"):
+    """A minibert BertForPreTraining from a transformers BertForPreTraining directory (or
+    bert-base-uncased's, which holds the same weights)."""
+    return load_hf_model(path, dtype, kind="BertForPreTraining")
+
+
+def kind_of_model(model):
+    """The checkpoint kind (KINDS) of a minibert model."""
+    for kind, (cls, _) in KINDS.items():
+        if type(model) is cls:
+            return kind
+    raise ValueError(f"no Hugging Face checkpoint kind for {type(model).__name__}")
+
+
+def save_hf(model, path, label_names=None):
+    """Write config.json and model.safetensors that the transformers class of the model's
+    kind (BertForPreTraining, BertForMaskedLM, BertModel, BertForSequenceClassification)
     .from_pretrained(path) loads with no missing or unexpected weights. The tied decoder
-    weight and bias are left out, as transformers itself saves them. Each file is written
-    atomically (atomic.atomic_write), the weights first."""
+    weight and bias are left out, as transformers itself saves them. label_names: a
+    classifier's, for id2label. Each file is written atomically (atomic.atomic_write), the
+    weights first."""
+    kind = kind_of_model(model)
     os.makedirs(path, exist_ok=True)
     state = to_hf_state_dict(model)
     # transformers checks the format tag
     atomic_write(os.path.join(path, WEIGHTS_NAME), safetensors.numpy.save(state, metadata={"format": "pt"}))
-    config = json.dumps(config_to_hf(model.config), indent=2, sort_keys=True) + "\n"
-    atomic_write(os.path.join(path, CONFIG_NAME), config)
+    if kind == "BertForSequenceClassification" and label_names is None:
+        label_names = [f"LABEL_{i}" for i in range(model.num_labels)]
+    d = config_to_hf(model.config, [kind], label_names)
+    if kind == "BertForSequenceClassification":
+        d["problem_type"] = "regression" if model.is_regression else "single_label_classification"
+    atomic_write(os.path.join(path, CONFIG_NAME), json.dumps(d, indent=2, sort_keys=True) + "\n")

@@ -43,7 +43,7 @@ from minibert import backend
 from minibert.atomic import atomic_write
 from minibert.checkpoint import CheckpointError, check_tensors, load_checkpoint, save_checkpoint
 from minibert.checkpoint import read_meta as read_record_meta
-from minibert.model import BertConfig, encoder_param_shapes, pretraining_param_shapes
+from minibert.model import BertConfig, encoder_param_shapes, pretraining_model
 from minibert.wordpiece import load_tokenizer as read_tokenizer
 
 PRETRAINING_KIND = "minibert-pretraining"
@@ -205,8 +205,8 @@ def load_run(run_dir, name, kind, dtype=None, tokenizer=None):
     params, _, meta = read_checkpoint(run_dir, name, kind)
     tok = load_tokenizer(run_dir, meta, name, tokenizer)
     config = BertConfig.from_dict(meta["config"])
-    if kind == PRETRAINING_KIND:
-        check_tensors(params, pretraining_param_shapes(config), _record(run_dir, name))
+    if kind == PRETRAINING_KIND:  # MLM + NSP, or MLM alone (meta "model_class")
+        check_tensors(params, pretraining_model(meta)[1](config), _record(run_dir, name))
     if dtype is not None:
         config.dtype = dtype
     params = {k: backend.to_device(v, dtype=config.dtype) for k, v in params.items()}
@@ -216,15 +216,17 @@ def load_run(run_dir, name, kind, dtype=None, tokenizer=None):
 def read_pretrained_encoder(run_dir, name="last", dtype=None):
     """(BertConfig, encoder params on the device, meta) of a pretraining run's checkpoint.
 
-    Only the encoder (emb.*, layers.*, pool.*) is kept: the MLM and NSP heads are dropped.
+    Only the encoder (emb.*, layers.*, pool.*) is kept: the MLM and NSP heads are dropped
+    (an MLM-only run has no pool.*).
     The tokenizer is left to the caller (load_tokenizer). CheckpointError for a checkpoint
     of another kind, naming what it is, or one whose parameters do not match its config."""
     params, _, meta = read_checkpoint(run_dir, name, PRETRAINING_KIND)
     config = BertConfig.from_dict(meta["config"])
-    check_tensors(params, pretraining_param_shapes(config), _record(run_dir, name))
+    check_tensors(params, pretraining_model(meta)[1](config), _record(run_dir, name))
     if dtype is not None:
         config.dtype = dtype
-    params = {k: backend.to_device(params[k], dtype=config.dtype) for k in encoder_param_shapes(config)}
+    # an MLM-only run (BertForMaskedLM) has no pooler: the classifier draws a fresh one
+    params = {k: backend.to_device(params[k], dtype=config.dtype) for k in encoder_param_shapes(config) if k in params}
     return config, params, meta
 
 
