@@ -258,3 +258,45 @@ def test_converted_arrays_do_not_alias_their_source():
     params = interop.from_hf_state_dict(state, config)
     state["bert.embeddings.LayerNorm.bias"][:] = 8.0  # and the reverse
     assert np.all(backend.to_host(params["emb.ln.b"]) == 7.0)
+
+
+class _Trap:
+    """Unpickling this would write the file named in it: proof that nothing was unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pytorch_model_bin_is_refused_unread(tmp_path):
+    import pickle
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(interop.config_to_hf(small_config()), f)
+    sprung = tmp_path / "sprung"
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(str(sprung))))
+    for load in (interop.load_hf, interop.load_hf_model, interop.load_hf_encoder_params):
+        with pytest.raises(ValueError, match=r"pytorch_model\.bin, a Python pickle.*never unpickles.*"
+                                             r"save_pretrained\('.*'\)"):
+            load(str(tmp_path))
+    assert not sprung.exists()
+    assert interop.is_hf_dir(str(tmp_path))  # recognised as a transformers directory all the same
+
+
+def test_kind_is_told_from_the_weights(tmp_path):
+    config = small_config()
+    state = interop.to_hf_state_dict(random_model(config))
+    enc = {k: v for k, v in state.items() if k.startswith("bert.")}
+    mlm = {k: v for k, v in state.items() if not k.startswith(("bert.pooler", "cls.seq"))}
+    assert interop.kind_of(state) == "BertForPreTraining" and interop.kind_of(mlm) == "BertForMaskedLM"
+    assert interop.kind_of({k[5:]: v for k, v in enc.items()}) == "BertModel"
+    assert interop.kind_of(dict(enc, **{"classifier.weight": np.zeros((2, 12))})) == "BertForSequenceClassification"
+    # legacy gamma/beta spellings and the decoder-only bias of old conversions count too
+    old = {k.replace("LayerNorm.weight", "LayerNorm.gamma"): v for k, v in mlm.items()}
+    old["cls.predictions.decoder.bias"] = old.pop("cls.predictions.bias")
+    assert interop.kind_of(old) == "BertForMaskedLM"
+    # config.json's "architectures" does not decide: bert-base-uncased says BertForMaskedLM
+    path = write_dir(tmp_path, interop.config_to_hf(config, ["BertForMaskedLM"]), state)
+    assert type(interop.load_hf_model(path)).__name__ == "BertForPreTraining"
+    assert type(interop.load_hf_model(path, kind="BertForMaskedLM")).__name__ == "BertForMaskedLM"
