@@ -65,7 +65,7 @@ UNK_TOKEN = "[UNK]"
 # HF config key -> default of the five BERT special tokens ([UNK] plus minibert's SPECIAL_TOKENS)
 _SPECIAL_KEYS = {"unk_token": UNK_TOKEN, "pad_token": SPECIAL_TOKENS[0], "cls_token": SPECIAL_TOKENS[1],
                  "sep_token": SPECIAL_TOKENS[2], "mask_token": SPECIAL_TOKENS[3]}
-_CACHE_LIMIT = 1 << 19   # word cache entries before the cache is cleared
+_CACHE_LIMIT = 1 << 19   # token cache entries before the cache is cleared
 
 # "Chinese characters" as BERT defines them: the CJK Unified Ideographs blocks and their
 # extensions, and the compatibility ideographs. Hangul, kana etc. are words like any other.
@@ -128,15 +128,15 @@ _clean_tables = {True: _CleanTable(True), False: _CleanTable(False)}
 class _TokenCache(dict):
     """whitespace-separated token -> list of ids; a miss computes and stores (cleared when full)."""
 
-    def __init__(self, tokenize_word):
+    def __init__(self, compute):
         super().__init__()
-        self._tokenize_word = tokenize_word
+        self._compute = compute
 
-    def __missing__(self, word: str) -> list[int]:
-        ids = self._tokenize_word(word)
+    def __missing__(self, token: str) -> list[int]:
+        ids = self._compute(token)
         if len(self) >= _CACHE_LIMIT:
             self.clear()
-        self[word] = ids
+        self[token] = ids
         return ids
 
 
@@ -219,7 +219,7 @@ class WordPieceTokenizer:
                 "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces}
 
     def clear_cache(self) -> None:
-        """Forget the word -> ids memo, so the next encode starts cold (benchmarks)."""
+        """Forget the token -> ids memo, so the next encode starts cold (benchmarks)."""
         self._cache.clear()
 
     def token_to_id(self, token: str) -> int:
@@ -463,20 +463,11 @@ class WordPieceTokenizer:
     def load(cls, path: str | os.PathLike) -> "WordPieceTokenizer":
         """Read a directory (vocab.txt, plus tokenizer_config.json when present), a vocab.txt
         file (its directory's tokenizer_config.json counts too), a Hugging Face tokenizer.json
-        whose model is WordPiece, or a file written by save("....json")."""
-        path = Path(path)
-        if path.is_dir():
-            if (path / VOCAB_FILE).is_file():
-                return cls.from_vocab_file(path / VOCAB_FILE)
-            if (path / "tokenizer.json").is_file():
-                return cls.load(path / "tokenizer.json")
-            raise FileNotFoundError(f"{path} holds neither {VOCAB_FILE} nor tokenizer.json")
-        if path.suffix == ".json":
-            d = _read_json(path)
-            if d.get("format") == FORMAT_NAME:
-                return cls.from_dict(d, str(path))
-            return cls.from_hf_tokenizer_json(d, str(path))
-        return cls.from_vocab_file(path)
+        whose model is WordPiece, or a file written by save("....json"); see load_tokenizer."""
+        tok = load_tokenizer(path)
+        if not isinstance(tok, cls):
+            raise ValueError(f"{path} holds a {type(tok).__name__}, not a WordPiece tokenizer")
+        return tok
 
     @classmethod
     def from_vocab_file(cls, vocab_txt: str | os.PathLike, config: dict | None = None) -> "WordPieceTokenizer":
@@ -562,9 +553,11 @@ def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | WordPieceTokenizer
     (It lives here, not in tokenizer.py, because this module imports tokenizer.py.)"""
     path = Path(path)
     if path.is_dir():
-        if (path / "tokenizer.json").is_file() and not (path / VOCAB_FILE).is_file():
+        if (path / VOCAB_FILE).is_file():
+            return WordPieceTokenizer.from_vocab_file(path / VOCAB_FILE)
+        if (path / "tokenizer.json").is_file():
             return load_tokenizer(path / "tokenizer.json")
-        return WordPieceTokenizer.load(path)
+        raise FileNotFoundError(f"{path} holds neither {VOCAB_FILE} nor tokenizer.json")
     if not path.exists():
         raise FileNotFoundError(f"no tokenizer at {path}")
     if path.suffix == ".json":
