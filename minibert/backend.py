@@ -13,7 +13,7 @@ module exposes one name so that ops have one code path:
     batched_matmul(a, b)     a @ b over a stack of small matrices (attention's per-head products)
     blockwise(f, *arrays)    f(*arrays) for an elementwise f, in cache-sized blocks on the host
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
-    rng(seed)                a seeded random Generator on the current device
+    rng(key, first_row)      counter-based random numbers keyed per sequence (dropout)
     to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
     check_keys(got, expected, what)   the one "missing [...], unexpected [...]" check of
                              named arrays (params, grads, optimizer state, checkpoints)
@@ -142,16 +142,127 @@ def blockwise(f, *arrays):
     return out
 
 
-def rng(seed):
-    """A random Generator on the current device, seeded by an int or a tuple of ints.
+# ----------------------------------------------------------------------------------------
+# random numbers keyed per sequence (dropout masks)
+#
+# A mask drawn for a whole (B, ...) batch from one stream depends on how the batch is cut:
+# split it over two processes and each half draws other numbers. So row b of every draw
+# comes from its own counter-based stream, keyed by (key, draw number, global row index):
+# the same sequence gets the same mask whichever process holds it, and nothing is set up
+# per micro-batch but a key (Salmon et al. 2011, "Parallel random numbers: as easy as
+# 1, 2, 3"). On the host this is NumPy's Philox-4x64 with the counter set per row; on the
+# device a Philox-4x32-10 kernel, checked against philox4x32 below.
 
-    A tuple such as (seed, step, micro_batch) gives an independent stream per step, so a
-    resumed run redraws exactly the dropout masks an uninterrupted run would have drawn.
-    """
-    seeds = numpy.random.SeedSequence(list(seed) if isinstance(seed, (tuple, list)) else seed)
-    if xp is numpy:
-        return numpy.random.default_rng(seeds)
-    return xp.random.default_rng(int(seeds.generate_state(1, numpy.uint64)[0]))
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)  # Philox-4x32 round multipliers
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)  # Weyl key increments (golden ratio, sqrt(3) - 1)
+
+
+def philox4x32(counter, key, rounds=10):
+    """Philox-4x32-10 in plain array code: counter (4, n) uint32, key (2,) uint32 -> (4, n)
+    uint32. The reference the device kernel must equal (Random123's known answers pass)."""
+    c = [numpy.asarray(w, dtype=numpy.uint64) for w in counter]  # 4 x (n,) widened for the products
+    k0, k1 = numpy.uint64(key[0]), numpy.uint64(key[1])
+    mask = numpy.uint64(0xFFFFFFFF)
+    for _ in range(rounds):
+        p0 = numpy.uint64(PHILOX_M[0]) * c[0]  # (n,) full 64-bit products
+        p1 = numpy.uint64(PHILOX_M[1]) * c[2]
+        c = [((p1 >> numpy.uint64(32)) ^ c[1] ^ k0) & mask, p1 & mask,
+             ((p0 >> numpy.uint64(32)) ^ c[3] ^ k1) & mask, p0 & mask]
+        k0 = (k0 + numpy.uint64(PHILOX_W[0])) & mask
+        k1 = (k1 + numpy.uint64(PHILOX_W[1])) & mask
+    return numpy.stack(c).astype(numpy.uint32)  # (4, n)
+
+
+_PHILOX_CUDA = r"""
+    unsigned int c0 = (unsigned int)(i % row_size), c1 = (unsigned int)(first_row + i / row_size);
+    unsigned int c2 = draw, c3 = 0, k0 = key0, k1 = key1;
+    for (int r = 0; r < 10; r++) {
+        unsigned int hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        unsigned int hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    if (DOUBLE) {
+        out = ((double)(c0 >> 5) * 67108864.0 + (double)(c1 >> 6)) * (1.0 / 9007199254740992.0);
+    } else {
+        out = (float)(c0 >> 8) * (1.0f / 16777216.0f);
+    }
+"""
+_philox_kernels = {}
+
+
+def philox_uniform_plain(shape, dtype, key, draw, first_row):
+    """The device kernel's numbers in plain array code: element j of row b is drawn from
+    Philox-4x32-10 with counter (j, first_row + b, draw, 0), first word (24 bits) for
+    float32, first two words (53 bits) for float64; uniform in [0, 1)."""
+    rows = shape[0] if shape else 1
+    row_size = int(numpy.prod(shape[1:])) if shape else 1
+    n = rows * row_size
+    i = numpy.arange(n, dtype=numpy.uint64)  # (n,)
+    ctr = [i % row_size, first_row + i // row_size, numpy.full(n, draw, numpy.uint64), numpy.zeros(n, numpy.uint64)]
+    w = philox4x32(ctr, key)  # (4, n)
+    if numpy.dtype(dtype) == numpy.float64:
+        u = ((w[0] >> 5).astype(numpy.float64) * 67108864.0 + (w[1] >> 6)) / 9007199254740992.0
+    else:
+        u = (w[0] >> 8).astype(numpy.float32) * numpy.float32(1.0 / 16777216.0)
+    return u.reshape(shape).astype(dtype)
+
+
+class SequenceStreams:
+    """Uniform numbers whose row b (the first axis is the batch) depends only on the key,
+    the draw number and the global row index first_row + b: how a batch is split over
+    processes changes none of them. `.random(shape, dtype)` is what dropout calls, once
+    per dropout site, in forward order."""
+
+    def __init__(self, key, first_row=0):
+        words = numpy.random.SeedSequence(list(key) if isinstance(key, (tuple, list)) else key)
+        self.key64 = words.generate_state(2, numpy.uint64)  # Philox-4x64 key (host)
+        self.key32 = words.generate_state(2, numpy.uint32)  # Philox-4x32 key (device)
+        self.first_row = int(first_row)
+        self.draws = 0  # .random calls so far: the draw number is part of every counter
+        self._bitgen = None
+
+    def random(self, shape, dtype=numpy.float64):
+        shape = (shape,) if isinstance(shape, (int, numpy.integer)) else tuple(shape)
+        draw = self.draws
+        self.draws += 1
+        if xp is not numpy:
+            return self._random_device(shape, dtype, draw)
+        if self._bitgen is None:
+            self._bitgen = numpy.random.Philox(key=self.key64)
+            self._gen = numpy.random.Generator(self._bitgen)
+        out = numpy.empty(shape, dtype=dtype)  # (B, ...)
+        rows = out.reshape(1) if not shape else out
+        for b in range(rows.shape[0]):
+            # each row restarts the counter at (0, 0, draw, global row): its own stream
+            self._bitgen.state = {"bit_generator": "Philox", "state": {
+                "counter": numpy.array([0, 0, draw, self.first_row + b], dtype=numpy.uint64), "key": self.key64},
+                "buffer": numpy.zeros(4, numpy.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+            rows[b] = self._gen.random(rows.shape[1:], dtype=dtype)
+        return out
+
+    def _random_device(self, shape, dtype, draw):
+        dt = numpy.dtype(dtype)
+        kern = _philox_kernels.get(dt)
+        if kern is None:
+            ctype = "double" if dt == numpy.float64 else "float"
+            kern = xp.ElementwiseKernel(
+                "uint32 key0, uint32 key1, uint32 draw, int64 first_row, int64 row_size", f"{ctype} out",
+                _PHILOX_CUDA.replace("DOUBLE", "1" if dt == numpy.float64 else "0"), f"minibert_philox_{ctype}")
+            _philox_kernels[dt] = kern
+        out = xp.empty(shape, dtype=dt)  # (B, ...)
+        row_size = int(numpy.prod(shape[1:])) if shape else 1
+        kern(numpy.uint32(self.key32[0]), numpy.uint32(self.key32[1]), numpy.uint32(draw),
+             numpy.int64(self.first_row), numpy.int64(row_size), out)
+        return out
+
+
+def rng(key, first_row=0):
+    """The random stream of one forward's dropout masks, keyed by an int or a tuple of ints
+    such as (seed, step, micro_batch); first_row is the global index of this process's
+    first sequence. See SequenceStreams: a resumed run, or a run split over N processes,
+    redraws exactly the masks of an uninterrupted single-process run."""
+    return SequenceStreams(key, first_row)
 
 
 def to_host(a):

@@ -14,32 +14,39 @@ error pair below: pred, target (R,).
 from minibert import backend
 
 
-def cross_entropy_forward(logits, targets):
-    """Mean cross-entropy over rows. R == 0 rows gives loss 0 (defined, never NaN)."""
+def cross_entropy_forward(logits, targets, count=None):
+    """Cross-entropy summed over rows and divided by count (default R: the mean). R == 0
+    rows gives loss 0 (defined, never NaN).
+
+    count is the data-parallel case: a process holding R of a global batch's rows divides
+    by the global number of rows, so the processes' losses (and gradients) add up to the
+    mean over the whole batch (minibert/distributed.py)."""
     xp = backend.xp
     R = logits.shape[0]
     if R == 0:  # nothing labelled: a defined zero loss whose gradient is empty
         return xp.zeros((), dtype=logits.dtype), (xp.zeros_like(logits), targets, 0)
+    count = R if count is None else count
     # log-softmax with the row max subtracted so exp cannot overflow
     shifted = logits - logits.max(axis=1, keepdims=True)  # (R, K)
     e = xp.exp(shifted)  # (R, K)
     sum_e = e.sum(axis=1, keepdims=True)  # (R, 1)
     logp_target = shifted[xp.arange(R), targets] - xp.log(sum_e[:, 0])  # (R,)
-    loss = -logp_target.mean()  # ()
+    loss = -logp_target.mean() if count == R else -logp_target.sum() / count  # ()
     probs = e / sum_e  # (R, K)
-    # backward needs the probabilities and the targets
-    return loss, (probs, targets, R)
+    # backward needs the probabilities, the targets and the divisor
+    return loss, (probs, targets, count)
 
 
 def cross_entropy_backward(dloss, cache):
     xp = backend.xp
-    probs, targets, R = cache
+    probs, targets, count = cache
+    R = probs.shape[0]
     if R == 0:
         return (probs.copy(),)  # (0, K)
-    # forward: loss = -1/R sum_r log probs[r, y_r], so dlogits = (probs - onehot(y)) / R
+    # forward: loss = -1/count sum_r log probs[r, y_r], so dlogits = (probs - onehot(y)) / count
     dlogits = probs.copy()  # (R, K)
     dlogits[xp.arange(R), targets] -= 1.0
-    dlogits *= dloss / R
+    dlogits *= dloss / count
     return (dlogits,)
 
 

@@ -1,0 +1,189 @@
+"""Data-parallel pretraining (minibert/distributed.py) with real processes under mpiexec:
+1, 2 and 3 processes on the same global batches give the same run (losses and final
+parameters, float32 and float64, with gradient accumulation), resume across process counts,
+kill -9 of one rank, ZeRO-1. Every run is the tiny test model for 20 steps: seconds each.
+
+Skipped when mpi4py (the `mpi` extra) is not installed. The learning rate is constant
+(--min-lr = --lr, no warmup), so a run of 10 steps resumed with --steps 20 continues the
+same schedule as a run of 20."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from minibert import backend, distributed
+from minibert.checkpoint import load_checkpoint
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+
+from test_train import SMALL_ARGS, write_corpus
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+if not os.path.exists(MPIEXEC):
+    pytest.skip("no mpiexec next to the interpreter (pip install -e '.[mpi]')", allow_module_level=True)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")  # N ranks on 2 cores: one BLAS thread each
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dp")
+    corpus = str(write_corpus(d / "corpus.txt"))
+    tok = str(d / "tokenizer.json")
+    BPETokenizer.train_from_files(corpus, 600, special_tokens=SPECIAL_TOKENS, progress=False).save(tok)
+    return corpus, tok
+
+
+def run(n, out, data, *extra, steps=20, check=True):
+    corpus, tok = data
+    args = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), "--corpus", corpus, "--tokenizer", tok,
+            "--out", str(out), "--seq-len", "32", "--batch-size", "8", "--max-predictions", "5", "--warmup", "0",
+            "--lr", "3e-3", "--min-lr", "3e-3", "--log-every", "1", "--eval-every", "1000", "--eval-batches", "2",
+            "--fill-mask-examples", "0", "--backend", backend.name, "--steps", str(steps), *SMALL_ARGS, *extra]
+    if n > 1:
+        args = [MPIEXEC, "-n", str(n), *args]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120, env=ENV)
+    if check:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def losses(out):
+    return [r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in r]
+
+
+def params(out):
+    return load_checkpoint(str(out), "last")[0]
+
+
+def rel_diff(a, b):
+    """max over tensors of ||a - b|| / ||b||: the parameters' relative difference."""
+    return max(np.linalg.norm(a[k].astype(np.float64) - b[k]) / np.linalg.norm(b[k].astype(np.float64)) for k in a)
+
+
+def assert_close_runs(a, b, tol):
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) == 20
+    np.testing.assert_allclose(la, lb, rtol=tol, atol=0)
+    assert rel_diff(params(a), params(b)) < tol
+
+
+@pytest.mark.parametrize("dtype,accum,tol", [("float32", 1, 1e-6), ("float64", 2, 1e-12)])
+def test_one_two_three_processes_give_one_run(tmp_path, data, dtype, accum, tol):
+    flags = ["--dtype", dtype, "--accum", str(accum)]
+    run(1, tmp_path / "n1", data, *flags)
+    for n in (2, 3):
+        r = run(n, tmp_path / f"n{n}", data, *flags)
+        # each rank says who it is, once; rank 0 alone logs
+        assert sorted(l.split(" (")[0] for l in r.stdout.splitlines() if l.startswith("data parallel: rank")) == \
+            [f"data parallel: rank {i} of {n}" for i in range(n)]
+        assert r.stdout.count("done: 20 steps") == 1
+        assert_close_runs(tmp_path / f"n{n}", tmp_path / "n1", tol)
+        recs = [json.loads(l) for l in open(tmp_path / f"n{n}" / "metrics.jsonl")]
+        assert "comm_ms_per_step" in recs[0] and "comm_span_ms_per_step" in recs[0]
+        # evaluation split over ranks and summed: the single-process figures
+        ev = [x for x in recs if "eval_mlm_loss" in x][-1]
+        ev1 = [json.loads(l) for l in open(tmp_path / "n1" / "metrics.jsonl") if "eval_mlm_loss" in l][-1]
+        assert ev["eval_mlm_positions"] == ev1["eval_mlm_positions"] and ev["eval_pairs"] == ev1["eval_pairs"]
+        assert ev["eval_mlm_loss"] == pytest.approx(ev1["eval_mlm_loss"], rel=1e-5)
+
+
+def test_the_checker_fails_on_a_different_run(tmp_path, data):
+    """The comparison can fail: another seed's run differs far beyond the tolerance."""
+    run(1, tmp_path / "a", data, steps=20)
+    run(1, tmp_path / "b", data, "--seed", "1", steps=20)
+    with pytest.raises(AssertionError):
+        assert_close_runs(tmp_path / "a", tmp_path / "b", 1e-6)
+
+
+def test_resume_on_same_and_other_process_counts(tmp_path, data):
+    flags = ["--save-every", "10"]
+    run(1, tmp_path / "ref1", data, *flags)
+    run(2, tmp_path / "ref2", data, *flags)
+    # same N: bitwise
+    run(2, tmp_path / "same", data, *flags, steps=10)
+    run(2, tmp_path / "same", data, *flags, "--resume")
+    a, b = params(tmp_path / "same"), params(tmp_path / "ref2")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # 2 -> 1 and 1 -> 2: the same run to round-off
+    run(2, tmp_path / "two_one", data, *flags, steps=10)
+    run(1, tmp_path / "two_one", data, *flags, "--resume")
+    assert_close_runs(tmp_path / "two_one", tmp_path / "ref1", 1e-6)
+    run(1, tmp_path / "one_two", data, *flags, steps=10)
+    run(2, tmp_path / "one_two", data, *flags, "--resume")
+    assert_close_runs(tmp_path / "one_two", tmp_path / "ref1", 1e-6)
+
+
+def test_zero1_equals_unsharded_and_halves_optimizer_memory(tmp_path, data):
+    run(2, tmp_path / "plain", data)
+    run(2, tmp_path / "zero", data, "--zero", "1")
+    assert_close_runs(tmp_path / "zero", tmp_path / "plain", 1e-6)
+    plain = json.loads(open(tmp_path / "plain" / "metrics.jsonl").readline())["optimizer_state_bytes"]
+    zero = json.loads(open(tmp_path / "zero" / "metrics.jsonl").readline())["optimizer_state_bytes"]
+    assert abs(zero - plain / 2) <= 8  # rank 0 holds half the moments (to one element of padding)
+    # the checkpoint keeps the unsharded format: one process resumes a ZeRO-1 run
+    run(2, tmp_path / "zero_then_one", data, "--zero", "1", "--save-every", "10", steps=10)
+    run(1, tmp_path / "zero_then_one", data, "--save-every", "10", "--resume")
+    assert_close_runs(tmp_path / "zero_then_one", tmp_path / "plain", 1e-6)
+
+
+def test_kill_9_of_one_rank_ends_the_job_then_resume(tmp_path, data):
+    out = tmp_path / "run"
+    corpus, tok = data
+    steps = 200
+    args = [MPIEXEC, "-n", "2", sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), "--corpus", corpus,
+            "--tokenizer", tok, "--out", str(out), "--seq-len", "32", "--batch-size", "8", "--max-predictions", "5",
+            "--warmup", "0", "--lr", "3e-3", "--min-lr", "3e-3", "--log-every", "1", "--eval-every", "1000",
+            "--eval-batches", "2", "--fill-mask-examples", "0", "--backend", backend.name, "--steps", str(steps),
+            "--save-every", "5", *SMALL_ARGS]
+    log = open(tmp_path / "log.txt", "w")
+    p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    try:
+        deadline = time.time() + 60
+        while not (out / "last.json").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert (out / "last.json").exists(), open(tmp_path / "log.txt").read()
+        pids = {int(l.split("pid ")[1].split(",")[0]) for l in open(tmp_path / "log.txt")
+                if l.startswith("data parallel: rank")}
+        victim = [int(l.split("pid ")[1].split(",")[0]) for l in open(tmp_path / "log.txt")
+                  if l.startswith("data parallel: rank 1 ")][0]
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.time()
+        p.wait(timeout=30)
+        assert time.time() - t0 < 10  # the whole job ended within seconds
+        assert p.returncode != 0
+        time.sleep(0.5)
+        for pid in pids:  # nothing left hanging
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    finally:
+        if p.poll() is None:
+            p.kill()
+    saved = json.loads((out / "last.json").read_text())["meta"]["step"]
+    assert saved < steps  # it was stopped mid-run
+    run(2, out, data, "--save-every", "5", "--resume", steps=steps)
+    assert [r["step"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r] == list(range(1, steps + 1))
+    run(2, tmp_path / "ref", data, "--save-every", "5", steps=steps)
+    a, b = params(out), params(tmp_path / "ref")
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # nothing lost, bitwise
+
+
+def test_batch_slices_and_single_process_world():
+    """Rows are cut in consecutive near-equal runs that cover the batch; one process is the identity."""
+    class W(distributed.World):
+        def __init__(self, size, rank):
+            super().__init__()
+            self.size, self.rank = size, rank
+    for B in (3, 8, 13):
+        for n in (1, 2, 3):
+            rows = [W(n, r).rows(B) for r in range(n)]
+            assert [i for s in rows for i in range(B)[s]] == list(range(B))
+            assert max(s.stop - s.start for s in rows) - min(s.stop - s.start for s in rows) <= 1
+    w = distributed.world()
+    assert w.size == 1 and w.rank == 0 and list(w.sum_host([1.5, 2.0])) == [1.5, 2.0]
