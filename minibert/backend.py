@@ -85,11 +85,9 @@ def scatter_add(a, indices, values):
         sorted_idx = indices[order]  # (N,)
         starts = numpy.flatnonzero(numpy.r_[True, sorted_idx[1:] != sorted_idx[:-1]])  # (U,)
         a[sorted_idx[starts]] += numpy.add.reduceat(values[order], starts, axis=0)  # (U, H)
-    elif xp is numpy:
-        numpy.add.at(a, indices, values)
     else:
-        import cupyx
-        cupyx.scatter_add(a, indices, values)
+        # ufunc.at on both: cupyx.scatter_add warns on every call from CuPy 14 on
+        xp.add.at(a, indices, values)
     return a
 
 
@@ -294,5 +292,10 @@ def check_keys(got, expected, what, error=ValueError):
         raise error(f"{what}: missing {missing}, unexpected {unexpected}")
 
 
-_env = os.environ.get("MINIBERT_BACKEND", "numpy").strip().lower() or "numpy"
-use(_env)
+def default_name():
+    """The backend the environment asks for: MINIBERT_BACKEND ("numpy" when unset). Run
+    configs (TrainConfig, FinetuneConfig) default to it, so MINIBERT_BACKEND=cupy reaches them."""
+    return os.environ.get("MINIBERT_BACKEND", "numpy").strip().lower() or "numpy"
+
+
+use(default_name())

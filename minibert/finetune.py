@@ -34,7 +34,7 @@ Run directory OUT (rundir.py; the run holds its lock from start to end):
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -205,7 +205,7 @@ class FinetuneConfig:
     max_length: int = 128
     seed: int = 0
     dropout: float | None = None  # None: the pretrained config's
-    backend: str = "numpy"
+    backend: str = field(default_factory=backend.default_name)  # MINIBERT_BACKEND, else numpy
     dtype: str = "float32"
     out: str = "runs/finetune"
     overwrite: bool = False

@@ -169,7 +169,9 @@ def adamw_update(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=None):
         adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch)
         return
     dt = p.dtype.type
-    fused(g, dt(decay), dt(b1), dt(b2), dt(step_size), dt(eps_hat), p, m, v)
+    # the complements 1 - b are taken in float64 here, as the plain path does: 1 - b2 in
+    # float32 on the device would be 1.3e-5 relative off (b2 = 0.999 is not a float32)
+    fused(g, dt(decay), dt(b1), dt(1.0 - b1), dt(b2), dt(1.0 - b2), dt(step_size), dt(eps_hat), p, m, v)
 
 
 # ----------------------------------------------------------------------------------------
@@ -187,8 +189,9 @@ _KERNEL_SRC = {
     "gelu_backward": ("T x, T dout", "T dx",
                       "dx = dout * (minibert_phi(x) + x * exp((T)-0.5 * x * x) * (T)0.3989422804014327);"),
     # one AdamW step in place, as adamw_update_plain
-    "adamw": ("T g, T decay, T b1, T b2, T step_size, T eps_hat", "T p, T m, T v",
-              "p *= decay; m = b1 * m + ((T)1 - b1) * g; v = b2 * v + ((T)1 - b2) * g * g;"
+    "adamw": ("T g, T decay, T b1, T one_minus_b1, T b2, T one_minus_b2, T step_size, T eps_hat",
+              "T p, T m, T v",
+              "p *= decay; m = b1 * m + one_minus_b1 * g; v = b2 * v + one_minus_b2 * g * g;"
               " p -= step_size * m / (sqrt(v) + eps_hat);"),
 }
 _kernels = {}  # name -> compiled ElementwiseKernel, built on first use

@@ -91,9 +91,11 @@ def embedding_backward(dout, cache):
     # forward: out[b, t] += pos[t], so dpos[t] = sum over the batch of dout[:, t]
     dpos = xp.zeros(cache.pos_shape, dtype=dout.dtype)  # (max_position, H)
     dpos[:T] = dout.sum(axis=0)
-    # forward: out[b, t] += type[type_ids[b, t]], same routing as the word table
-    dtt = xp.zeros(cache.type_shape, dtype=dout.dtype)  # (type_vocab, H)
-    backend.scatter_add(dtt, cache.token_type_ids.reshape(-1), dout2)
+    # forward: out[b, t] += type[type_ids[b, t]], so dtype[j] = sum of dout over the positions
+    # of type j: one sum per type (a one-hot product), not a scatter of B * T rows onto 2
+    types = xp.arange(cache.type_shape[0])  # (type_vocab,)
+    onehot = (cache.token_type_ids.reshape(-1, 1) == types).astype(dout.dtype)  # (N, type_vocab)
+    dtt = onehot.T @ dout2  # (type_vocab, H)
     return dword, dpos, dtt
 
 

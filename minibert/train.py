@@ -10,8 +10,9 @@ One training step (AdamW with linear warmup then linear decay, Devlin et al. 201
 
     for each of accum micro-batches:  out, cache = model.forward(batch, rng=(seed, step, micro))
                                        grads += model.backward(cache) / accum
-    norm = clip_grad_norm(grads, grad_clip); stop if not finite
+    norm = clip_grad_norm(grads, grad_clip)
     optimizer.step(grads, lr=lr_at(step))
+    at log, eval and save steps: stop, saving nothing, if any loss or norm since the last check was not finite
 
 Exact resume. Everything random is a function of counters: dropout masks of micro-batch m of
 step s come from the stream (seed, s, m); the instances and masks of data epoch e come from
@@ -52,7 +53,7 @@ from minibert.wordpiece import load_tokenizer
 class TrainConfig:
     """Everything a run depends on (the model's shape is in BertConfig)."""
     preset: str = "tiny"
-    backend: str = "numpy"
+    backend: str = field(default_factory=backend.default_name)  # MINIBERT_BACKEND, else numpy
     seed: int = 0
     steps: int = 3500
     batch_size: int = 32
@@ -256,6 +257,7 @@ def _pretrain(tc, model_overrides):
     window = MetricsWindow()
     t_loop, step0 = time.time(), step
     last_saved = step if tc.resume else None
+    probe = 0.0  # 0 while every loss and grad norm since the last check was finite, else NaN
     try:
         while step < tc.steps:
             lr = lr_at(step, tc.lr, min(tc.warmup, tc.steps), tc.steps, tc.min_lr)
@@ -271,14 +273,21 @@ def _pretrain(tc, model_overrides):
                            tokens=batch["attention_mask"].sum(), positions=batch["attention_mask"].size)
                 position = next_position
             norm = clip_grad_norm(grads, tc.grad_clip)
-            if not math.isfinite(norm) or not math.isfinite(float(out["loss"])):
-                kept = f"{tc.out}/last.json (step {last_saved})" if last_saved is not None else "none was saved yet"
-                raise FloatingPointError(
-                    f"non-finite loss or gradient at step {step + 1} (grad norm {norm}); stopping without "
-                    f"saving. The last good checkpoint: {kept}. Try a lower --lr or more --warmup")
+            # stays on the device: 0 * inf and 0 * nan are nan, so one host read at the next
+            # log, eval or save step sees any bad step since the last (no wait per step)
+            probe = probe + 0.0 * (out["loss"] + norm)
             opt.step(grads, lr=lr)
             step += 1
             window.step()
+            if (step % tc.log_every == 0 or step % tc.eval_every == 0 or step % tc.save_every == 0
+                    or step == tc.steps or interrupted):
+                if not math.isfinite(float(probe)):  # nothing past the last good checkpoint is saved
+                    kept = f"{tc.out}/last.json (step {last_saved})" if last_saved is not None else "none was saved yet"
+                    raise FloatingPointError(
+                        f"non-finite loss or gradient at step {step} or before (checked at log, eval and save "
+                        f"steps; grad norm {norm}); stopping without saving. The last good checkpoint: {kept}. "
+                        f"Try a lower --lr or more --warmup")
+                probe = 0.0
 
             if step % tc.log_every == 0 or step == tc.steps:
                 rec = {"step": step, "loss": window.mean("loss"), "mlm_loss": window.mean("mlm_loss"),

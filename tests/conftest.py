@@ -25,7 +25,18 @@ if _WANT_CUPY:
         os.environ["MINIBERT_BACKEND"] = "numpy"
 
 # minibert reads MINIBERT_BACKEND (and MINIBERT_CACHE) when imported, so it comes after them
+from minibert import backend  # noqa: E402
 from minibert.model import BertConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def restore_backend():
+    """Whatever a test selects (pretrain() and finetune() call backend.use), the next test
+    starts on the backend MINIBERT_BACKEND chose."""
+    before = backend.name
+    yield
+    if backend.name != before:
+        backend.use(before)
 
 
 def pytest_collection_modifyitems(config, items):

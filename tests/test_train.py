@@ -57,7 +57,7 @@ def run_args(out, corpus, tokenizer, *extra):
     return [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), "--corpus", corpus, "--out", str(out),
             "--tokenizer", tokenizer, "--seq-len", "32", "--batch-size", "8", "--max-predictions", "5",
             "--warmup", "5", "--lr", "3e-3", "--log-every", "5", "--eval-every", "1000", "--eval-batches", "2",
-            "--fill-mask-examples", "0", "--backend", "numpy", *SMALL_ARGS, *extra]
+            "--fill-mask-examples", "0", "--backend", backend.name, *SMALL_ARGS, *extra]
 
 
 def test_short_run_loss_falls(tmp_path, corpus):
