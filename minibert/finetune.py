@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from minibert import backend, rundir
+from minibert import backend, interop, rundir
 from minibert.checkpoint import checkpoint_exists
 from minibert.classifier import BertForSequenceClassification
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
@@ -224,7 +224,7 @@ def load_data(fc):
     if not fc.train:
         if fc.regression:
             raise ValueError("the default task is classification; --regression needs --train")
-        frac = 0.05 if fc.hf else rundir.run_heldout_fraction(fc.init)
+        frac = 0.05 if is_hf(fc) else rundir.run_heldout_fraction(fc.init)
         train, val, names = default_task(fc.num_classes, frac)
         what = (f"default task: stdlib package of a docstring, {len(names)} classes; train on documents "
                 f"pretraining trained on, evaluate on the {len(val)} it held out (heldout_fraction {frac})")
@@ -253,9 +253,14 @@ def load_data(fc):
     return train, val, names, what
 
 
+def is_hf(fc):
+    """Whether the init is a Hugging Face BERT directory: --hf, or recognised from its files."""
+    return fc.hf or interop.is_hf_dir(fc.init)
+
+
 def build_model(fc, num_labels):
     """(model, tokenizer, description of the init) for the config's init."""
-    if fc.hf:
+    if is_hf(fc):
         try:   # a BERT directory carries its tokenizer (vocab.txt or tokenizer.json)
             tok = load_tokenizer(fc.tokenizer or fc.init)
         except (FileNotFoundError, ValueError):
@@ -277,7 +282,7 @@ def build_model(fc, num_labels):
         else:
             model = BertForSequenceClassification.from_encoder(config, params, num_labels, seed=fc.seed)
             what = f"pretrained encoder {fc.init}/{fc.init_checkpoint}.json (step {meta.get('step')})"
-    if fc.hf and fc.dropout is not None:
+    if is_hf(fc) and fc.dropout is not None:
         model.config.dropout = fc.dropout
     if tok.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens, the model's vocabulary {model.config.vocab_size}")

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from minibert import backend, interop
+from minibert import backend, interop, rundir
 from minibert.model import IGNORE_INDEX, encoder_forward, pretraining_model, to_device_batch
 from minibert.rundir import PRETRAINING_KIND, load_run
 from minibert.tokenizer import SPECIAL_TOKENS
@@ -52,6 +52,13 @@ def load_pretrained(path, name="last", dtype=None, kind=None):
         raise FileNotFoundError(f"no such directory: {path}")
     config, params, meta, tok = load_run(path, name, PRETRAINING_KIND, dtype)
     return pretraining_model(meta)[0](config, params=params), tok
+
+
+def load_pretrained_tokenizer(path, name="last"):
+    """The tokenizer of what load_pretrained(path, name) would load, without the weights."""
+    if interop.is_hf_dir(path):
+        return load_tokenizer(path)
+    return rundir.load_tokenizer(path, rundir.read_meta(path, name, PRETRAINING_KIND), name)
 
 
 def _require_mlm(model):

@@ -71,12 +71,12 @@ import os
 import numpy as np  # host side only: checkpoints are host arrays
 import safetensors.numpy
 
-from minibert import backend
+from minibert import backend, rundir
 from minibert.atomic import atomic_write
 from minibert.classifier import BertForSequenceClassification, classifier_param_shapes
 from minibert.model import (
     BertConfig, BertForMaskedLM, BertForPreTraining, BertModel, encoder_param_shapes, masked_lm_param_shapes,
-    pretraining_param_shapes,
+    pretraining_model, pretraining_param_shapes,
 )
 
 CONFIG_NAME = "config.json"
@@ -512,3 +512,26 @@ def save_hf(model, path, label_names=None):
     if kind == "BertForSequenceClassification":
         d["problem_type"] = "regression" if model.is_regression else "single_label_classification"
     atomic_write(os.path.join(path, CONFIG_NAME), json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+def export_run(run_dir, out, name="last"):
+    """Export checkpoint NAME of a minibert run directory to a transformers directory OUT:
+    config.json and model.safetensors of the run's class (BertForPreTraining, or
+    BertForMaskedLM for an MLM-only run, or BertForSequenceClassification with the label
+    names for a fine-tuning run), and the tokenizer in the files transformers reads:
+    vocab.txt + tokenizer_config.json for WordPiece (BertTokenizer), vocab.json + merges.txt
+    for byte-level BPE (GPT2Tokenizer). Returns the kind written."""
+    meta = rundir.read_record_meta(run_dir, name)  # any kind: the kind decides what to build
+    config, params, meta, tok = rundir.load_run(run_dir, name, meta["kind"])
+    label_names = None
+    if meta["kind"] == rundir.CLASSIFICATION_KIND:
+        model = BertForSequenceClassification(config, meta["num_labels"], params=params)
+        label_names = meta.get("label_names")
+    else:
+        model = pretraining_model(meta)[0](config, params=params)
+    save_hf(model, out, label_names=label_names)
+    if hasattr(tok, "save_gpt2_files"):
+        tok.save_gpt2_files(out)
+    else:
+        tok.save(out)
+    return kind_of_model(model)

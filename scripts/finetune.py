@@ -39,7 +39,7 @@ def build_parser():
                                 "(stdlib package of a docstring) from runs/pretrain.")
     d = FinetuneConfig()
     p.add_argument("--from", dest="init", default=d.init, help="pretraining run directory (default %(default)s), "
-                   "or a Hugging Face BERT directory with --hf")
+                   "or a Hugging Face BERT directory (recognised by its config.json and weights; --hf to insist)")
     p.add_argument("--checkpoint", dest="init_checkpoint", default=d.init_checkpoint, choices=["last", "best"])
     p.add_argument("--random-init", action="store_true", help="same shape and tokenizer, random weights")
     p.add_argument("--hf", action="store_true", help="--from is a Hugging Face BERT directory")
@@ -65,7 +65,8 @@ def build_parser():
     g.add_argument("--predict", nargs="+", metavar="TEXT", help="texts to classify with --model")
     g.add_argument("--pair", nargs="+", metavar="TEXT", help="second segments for --predict, one per text")
     g.add_argument("--predict-file", help="CSV/TSV/JSON lines to classify; with a label column, also scored")
-    g.add_argument("--model", default=None, help="fine-tuning run directory for prediction (default: --out)")
+    g.add_argument("--model", default=None, help="with --predict/--predict-file: the fine-tuning run to predict "
+                   "with (default: --out); without them: the model to fine-tune, as --from")
     g.add_argument("--top-k", type=int, default=3)
     return p
 
@@ -87,6 +88,8 @@ def main(argv=None):
             backend.use(args.backend)
             predict_run(args.model or args.out, args.predict, args.pair, args.predict_file, top_k=args.top_k)
         else:
+            if args.model:  # the model to fine-tune: a pretraining run or a Hugging Face BERT directory
+                args.init = args.model
             finetune(config_from_args(args))
     except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
