@@ -13,18 +13,42 @@ faster, and tests/test_kernels.py compares each with its twin.
         dx = dout (Phi(x) + x phi(x)), phi the normal density
     adamw_update(p, g, m, v, ...)   adamw_update_plain                   device: one fused CUDA pass
         one AdamW step of one parameter, in place
+    softmax(x, scale, bias)         softmax_plain                        host float32: numexpr passes
+        softmax(x * scale + bias) over the last axis (attention's scores, scale and padding mask)
+    softmax_backward(y, dout, scale) softmax_backward_plain              host float32: numexpr pass
+        dx = scale * y * (dout - sum(dout * y))
 
 Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False; float32
-elsewhere the erfc approximation; float64 on the host is the plain formula itself, so every
-float64 gradient check sees the textbook expression. Shapes: every op is elementwise, any
-shape `(...)`, and its outputs have the shape of x (or p). docs/benchmarks.md records what
-each variant gained and what was tried.
+on the host, numexpr when it is installed (the `fast` extra; `use_numexpr` False switches it
+off), else the erfc approximation in cache-sized blocks; float64 on the host is the plain
+formula itself, so every float64 gradient check sees the textbook expression.
+
+Why numexpr: NumPy runs each elementwise op on one core and streams the whole array through
+memory once per op; numexpr evaluates a whole expression in cache-sized blocks on every core
+(its own threads, outside the GIL), so on 2 cores the ~30-op GELU chain is one threaded pass.
+
+Shapes: every op is elementwise over any shape `(...)` (softmax: over the last axis K, the
+bias broadcast), and its outputs have the shape of x (or p). docs/benchmarks.md records
+what each variant gained and what was tried.
 """
 import math
 
+import numpy
+
 from minibert import backend
 
+try:  # optional (pip install -e ".[fast]"): without it the host runs the blockwise NumPy code
+    import numexpr
+except ImportError:
+    numexpr = None
+
 use_fused = True  # False: the device runs the array code too (tests compare the two)
+use_numexpr = True  # False: the host runs the NumPy code even when numexpr is installed
+
+
+def _numexpr_for(x):
+    """True when x is a float32 host array and numexpr is in use."""
+    return numexpr is not None and use_numexpr and backend.xp is numpy and x.dtype == numpy.float32
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -79,10 +103,35 @@ def normal_cdf_float32(x):
     return q  # (...)
 
 
+# the same erfc approximation as one numexpr expression: q = Phi(-|x|), then Phi(x). Every
+# constant is a float32 variable (a literal would make numexpr compute in float64)
+_NE_Z = "where(abs(x) * sqh > c12, c12, abs(x) * sqh)"  # |x| / sqrt 2, capped as above (NaN stays NaN)
+_NE_T = f"(one / (one + half * {_NE_Z}))"
+_NE_POLY = f"(c0 + {_NE_T} * (c1 + {_NE_T} * (c2 + {_NE_T} * (c3 + {_NE_T} * (c4 + {_NE_T} * (c5 + {_NE_T} * " \
+           f"(c6 + {_NE_T} * (c7 + {_NE_T} * (c8 + {_NE_T} * c9)))))))))"
+_NE_Q = f"(half * {_NE_T} * exp({_NE_POLY} - {_NE_Z} * {_NE_Z}))"
+_NE_PHI = f"where(x >= 0, one - {_NE_Q}, {_NE_Q})"
+_NE_CONST = {"sqh": _SQRT_HALF, "c12": 12.0, "one": 1.0, "half": 0.5, "ipi": _INV_SQRT_2PI, "mhalf": -0.5,
+             **{f"c{i}": c for i, c in enumerate(_ERFC_C)}}
+_NE_CONST = {k: numpy.float32(v) for k, v in _NE_CONST.items()}
+
+
+def _evaluate(expr, out=None, **arrays):
+    return numexpr.evaluate(expr, local_dict={**_NE_CONST, **arrays}, out=out)
+
+
+def normal_cdf_numexpr(x):
+    """normal_cdf_float32's approximation in one threaded numexpr pass (float32 host x)."""
+    return _evaluate(_NE_PHI, x=x)  # (...)
+
+
 def normal_cdf(x):
-    """Phi(x): float32 through the erfc approximation in cache-sized blocks, else plain."""
+    """Phi(x): float32 through the erfc approximation (numexpr, or NumPy in cache-sized
+    blocks), else plain."""
     if x.dtype != backend.xp.float32:
         return normal_cdf_plain(x)  # (...)
+    if _numexpr_for(x):
+        return normal_cdf_numexpr(x)  # (...)
     return backend.blockwise(normal_cdf_float32, x)  # (...)
 
 
@@ -122,15 +171,81 @@ def _gelu_exact_backward_block(x, dout):
 
 
 def gelu_exact(x):
-    """x Phi(x): one fused pass on the device, else in cache-sized blocks on the host."""
+    """x Phi(x): one fused pass on the device, one numexpr pass (float32 host), else in
+    cache-sized blocks on the host."""
     fused = _fused("gelu_forward")
-    return fused(x) if fused is not None else backend.blockwise(_gelu_exact_block, x)  # (...)
+    if fused is not None:
+        return fused(x)  # (...)
+    if _numexpr_for(x):
+        return _evaluate(f"x * {_NE_PHI}", x=x)  # (...)
+    return backend.blockwise(_gelu_exact_block, x)  # (...)
 
 
 def gelu_exact_backward(x, dout):
-    """dout (Phi(x) + x phi(x)): one fused pass on the device, else in blocks."""
+    """dout (Phi(x) + x phi(x)): one fused pass on the device, one numexpr pass (float32
+    host), else in blocks."""
     fused = _fused("gelu_backward")
-    return fused(x, dout) if fused is not None else backend.blockwise(_gelu_exact_backward_block, x, dout)  # (...)
+    if fused is not None:
+        return fused(x, dout)  # (...)
+    if _numexpr_for(x) and dout.dtype == x.dtype:
+        return _evaluate(f"dout * ({_NE_PHI} + x * exp(mhalf * x * x) * ipi)", x=x, dout=dout)  # (...)
+    return backend.blockwise(_gelu_exact_backward_block, x, dout)  # (...)
+
+
+# ----------------------------------------------------------------------------------------
+# softmax(x * scale + bias) over the last axis: attention's scaled, masked scores
+
+
+def softmax_plain(x, scale=1.0, bias=None):
+    """The array code: scale, add the bias (broadcast), subtract the row max so exp cannot
+    overflow, exp, divide by the row sum. A new array; x is left as it was."""
+    xp = backend.xp
+    y = x * x.dtype.type(scale)  # (..., K)
+    if bias is not None:
+        y += bias
+    y -= y.max(axis=-1, keepdims=True)
+    xp.exp(y, out=y)
+    y /= y.sum(axis=-1, keepdims=True)
+    return y  # (..., K)
+
+
+def softmax(x, scale=1.0, bias=None, overwrite=False):
+    """softmax(x * scale + bias) over the last axis. float32 on the host with numexpr: the
+    scale and bias, then exp(y - max), then the division each run as one threaded pass
+    (overwrite=True: in x's own memory, which the caller no longer needs); else
+    softmax_plain."""
+    if not _numexpr_for(x) or (bias is not None and bias.dtype != x.dtype):
+        return softmax_plain(x, scale, bias)  # (..., K)
+    y = x if overwrite else None
+    s = numpy.float32(scale)
+    y = _evaluate("x * s + bias", out=y, x=x, s=s, bias=bias) if bias is not None \
+        else _evaluate("x * s", out=y, x=x, s=s)  # (..., K)
+    m = y.max(axis=-1, keepdims=True)  # (..., 1)
+    _evaluate("exp(y - m)", out=y, y=y, m=m)
+    r = y.sum(axis=-1, keepdims=True)  # (..., 1)
+    numpy.reciprocal(r, out=r)
+    return _evaluate("y * r", out=y, y=y, r=r)  # (..., K)
+
+
+def softmax_backward_plain(y, dout, scale=1.0):
+    """dx = scale * y * (dout - sum(dout * y)) over the last axis, as array code."""
+    xp = backend.xp
+    dx = dout * y  # (..., K)
+    s = dx.sum(axis=-1, keepdims=True)  # (..., 1)
+    xp.subtract(dout, s, out=dx)
+    dx *= y
+    if scale != 1.0:
+        dx *= y.dtype.type(scale)
+    return dx  # (..., K)
+
+
+def softmax_backward(y, dout, scale=1.0):
+    """softmax's backward: float32 on the host with numexpr, the row dot sum(dout * y) by
+    einsum (no temporary) and the rest as one threaded pass; else softmax_backward_plain."""
+    if not _numexpr_for(y) or dout.dtype != y.dtype:
+        return softmax_backward_plain(y, dout, scale)  # (..., K)
+    s = numpy.einsum("...k,...k->...", dout, y)[..., None]  # (..., 1)
+    return _evaluate("y * (dout - s) * sc", y=y, dout=dout, s=s, sc=numpy.float32(scale))  # (..., K)
 
 
 # ----------------------------------------------------------------------------------------

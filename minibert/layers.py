@@ -197,27 +197,23 @@ def dropout_backward(dout, cache):
 
 
 # ----------------------------------------------------------------------------------------
-# softmax over the last axis
+# softmax over the last axis: y = softmax(x * scale + bias), bias a constant (attention's
+# padding mask, broadcast); scale 1 and no bias is the plain softmax
 
 
-def softmax_forward(x):
-    xp = backend.xp
-    # subtract the row max so exp cannot overflow; the result is unchanged
-    y = x - x.max(axis=-1, keepdims=True)  # (..., K)
-    xp.exp(y, out=y)
-    y /= y.sum(axis=-1, keepdims=True)
-    # backward needs only the output: dy_i/dx_j = y_i (delta_ij - y_j)
-    return y, y
+def softmax_forward(x, scale=1.0, bias=None):
+    # the row max is subtracted inside so exp cannot overflow; the result is unchanged
+    # (kernels.softmax: plain array code, or threaded passes on the host)
+    y = kernels.softmax(x, scale, bias)  # (..., K)
+    # backward needs only the output (dy_i/dz_j = y_i (delta_ij - y_j)) and the scale
+    return y, (y, scale)
 
 
 def softmax_backward(dout, cache):
-    xp = backend.xp
-    y = cache
-    # forward: y = exp(x) / sum exp(x), so dx = y * (dout - sum(dout * y))
-    dx = dout * y  # (..., K)
-    s = dx.sum(axis=-1, keepdims=True)  # (..., 1)
-    xp.subtract(dout, s, out=dx)
-    dx *= y
+    y, scale = cache
+    # forward: y = exp(z) / sum exp(z) with z = x * scale + bias, so
+    # dx = scale * y * (dout - sum(dout * y))
+    dx = kernels.softmax_backward(y, dout, scale)  # (..., K)
     return (dx,)
 
 
@@ -249,10 +245,9 @@ def attention_forward(x, attn_bias, w_qkv, b_qkv, w_o, b_o, num_heads, p_drop=0.
     qkv_h = qkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
     q, k, v = qkv_h[0], qkv_h[1], qkv_h[2]  # (B, A, T, D) each
     scale = x.dtype.type(1.0 / math.sqrt(D))
-    scores = backend.batched_matmul(q, k.transpose(0, 1, 3, 2))  # (B, A, T, T)
-    scores *= scale
-    scores += attn_bias  # padded keys get a large negative score
-    probs, c_soft = softmax_forward(scores)  # (B, A, T, T)
+    scores = backend.batched_matmul(q, k.transpose(0, 1, 3, 2))  # (B, A, T, T) q k^T, unscaled
+    # probs = softmax(scores * scale + attn_bias): padded keys get a large negative score
+    probs, c_soft = softmax_forward(scores, scale, attn_bias)  # (B, A, T, T)
     probs_d, c_drop = dropout_forward(probs, p_drop, rng)  # (B, A, T, T)
     ctx_h = backend.batched_matmul(probs_d, v)  # (B, A, T, D)
     ctx = ctx_h.transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H) heads side by side
@@ -273,16 +268,14 @@ def attention_backward(dout, cache):
     dv = backend.batched_matmul(probs_d.transpose(0, 1, 3, 2), dctx_h)  # (B, A, T, D)
     # forward: probs_d = dropout(probs)
     (dprobs,) = dropout_backward(dprobs_d, c_drop)  # (B, A, T, T)
-    # forward: probs = softmax(scores)
+    # forward: probs = softmax(scores * scale + attn_bias); the scale is in dscores
     (dscores,) = softmax_backward(dprobs, c_soft)  # (B, A, T, T)
-    # forward: scores = q @ k^T * scale + attn_bias (the bias is a constant), so
-    # dq = dscores @ k * scale and dk = dscores^T @ q * scale; both are written straight
-    # into the (B, T, 3, A, D) layout of qkv, which undoes the forward's reshape and transpose
+    # forward: scores = q @ k^T, so dq = dscores @ k and dk = dscores^T @ q; both are written
+    # straight into the (B, T, 3, A, D) layout of qkv, which undoes the forward's reshape and transpose
     dqkv = xp.empty((B, T, 3 * H), dtype=dout.dtype)  # (B, T, 3H)
     dqkv_h = dqkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
     backend.batched_matmul(dscores, k, out=dqkv_h[0])
     backend.batched_matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv_h[1])
-    dqkv_h[:2] *= scale
     dqkv_h[2] = dv
     # forward: qkv = x @ w_qkv + b_qkv
     dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)  # (B, T, H)

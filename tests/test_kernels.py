@@ -22,7 +22,7 @@ from minibert.gradcheck import check_gradients
 gpu = pytest.mark.skipif(not backend.cupy_available(), reason="CuPy with a CUDA GPU is not available")
 
 
-def test_float32_normal_cdf_is_at_float32_rounding_level():
+def test_float32_normal_cdf_is_at_float32_rounding_level(host_variant):
     x = np.linspace(-14, 14, 1_400_001).astype(np.float32)  # more than one block
     ref = ndtr(x.astype(np.float64))  # independent, float64
     got = kernels.normal_cdf(backend.to_device(x))
@@ -45,7 +45,7 @@ def test_float32_normal_cdf_is_at_float32_rounding_level():
         assert ours.max() <= old_err.max() * 1.05 and ours.max() < 1.2e-7
 
 
-def test_float32_normal_cdf_edges():
+def test_float32_normal_cdf_edges(host_variant):
     x = backend.to_device(np.array([-np.inf, -1e30, -40.0, 0.0, 40.0, 1e30, np.inf], dtype=np.float32))
     got = backend.to_host(kernels.normal_cdf(x))
     np.testing.assert_array_equal(got, [0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0])
@@ -56,6 +56,75 @@ def test_float64_normal_cdf_is_the_plain_formula():
     x = np.linspace(-9, 9, 1001)
     np.testing.assert_allclose(backend.to_host(kernels.normal_cdf(backend.to_device(x))), ndtr(x),
                                rtol=1e-13, atol=1e-16)
+
+
+needs_numexpr = pytest.mark.skipif(kernels.numexpr is None or backend.name != "numpy",
+                                   reason="numexpr (the fast extra) is not installed, or not on the host")
+
+
+@pytest.fixture(params=[True, False], ids=["numexpr", "numpy"])
+def host_variant(request):
+    """Run a test with the numexpr variants on (when installed) and off."""
+    before = kernels.use_numexpr
+    kernels.use_numexpr = request.param
+    yield request.param
+    kernels.use_numexpr = before
+
+
+@needs_numexpr
+def test_numexpr_normal_cdf_matches_the_numpy_float32_twin():
+    x = np.linspace(-14, 14, 1_400_001).astype(np.float32)
+    x[:3] = [np.nan, np.inf, -np.inf]
+    ne = kernels.normal_cdf_numexpr(x)
+    twin = backend.blockwise(kernels.normal_cdf_float32, x)
+    assert ne.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(ne), np.isnan(twin))
+    ok = ~np.isnan(twin)
+    # the same formula in float32; only the order of a few roundings differs
+    assert np.abs(ne[ok] - twin[ok]).max() <= 2.5e-7
+    normal = ok & (np.abs(x) <= 10)  # relative too, into the tail (below 1e-23 float32 goes subnormal)
+    np.testing.assert_allclose(ne[normal], twin[normal], rtol=2e-6, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 6), K=st.integers(1, 40), scale=st.sampled_from([1.0, 0.125, 0.5]),
+       masked=st.floats(0, 1), extreme=st.booleans(), seed=st.integers(0, 10**6))
+def test_softmax_variants_match_the_float64_reference(rows, K, scale, masked, extreme, seed):
+    """kernels.softmax / softmax_backward, numexpr (when installed) and NumPy, float32,
+    against softmax written out in float64 here; includes fully masked rows and [-1000, 1]."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, 2, K)) * 3).astype(np.float32)
+    if extreme:
+        x[0, 0, :2] = [-1000.0, 1.0][:min(K, 2)]
+    bias = np.where(rng.random((rows, 1, K)) < masked, -10000.0, 0.0).astype(np.float32)  # some rows fully masked
+    dout = rng.standard_normal(x.shape).astype(np.float32)  # random upstream, never ones
+    # the scaled, masked scores as float32 holds them (a fully masked row keeps x's
+    # differences only to float32's spacing near -10000), then softmax in float64
+    z = (x * np.float32(scale) + bias).astype(np.float64)
+    ref = np.exp(z - z.max(-1, keepdims=True))
+    ref /= ref.sum(-1, keepdims=True)
+    dref = scale * ref * (dout - (dout * ref).sum(-1, keepdims=True))
+    for use in ([True, False] if kernels.numexpr is not None else [False]):
+        kernels.use_numexpr = use
+        try:
+            y = kernels.softmax(backend.to_device(x.copy()), scale, backend.to_device(bias))
+            dx = kernels.softmax_backward(y, backend.to_device(dout), scale)
+        finally:
+            kernels.use_numexpr = True
+        assert y.dtype == dx.dtype == np.float32
+        np.testing.assert_allclose(backend.to_host(y), ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(backend.to_host(dx), dref, rtol=1e-4, atol=1e-5)
+
+
+@needs_numexpr
+def test_softmax_overwrite_reuses_the_scores_and_equals_the_copy():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 9)).astype(np.float32)
+    bias = np.zeros((3, 1, 9), np.float32)
+    keep = kernels.softmax(x, 0.5, bias)
+    y = kernels.softmax(x, 0.5, bias, overwrite=True)
+    assert y is x or np.shares_memory(y, x)
+    np.testing.assert_array_equal(y, keep)
 
 
 @settings(max_examples=20, deadline=None)
@@ -71,6 +140,15 @@ def test_blockwise_equals_whole_array(n, seed):
 @given(n=st.integers(1, 2 * backend.BLOCK + 7), dtype=st.sampled_from([np.float32, np.float64]),
        seed=st.integers(0, 10**6))
 def test_gelu_exact_matches_its_plain_twin(n, dtype, seed):
+    for use in (True, False):  # the numexpr variant when installed, then the blockwise NumPy one
+        kernels.use_numexpr = use
+        try:
+            _gelu_against_plain(n, dtype, seed)
+        finally:
+            kernels.use_numexpr = True
+
+
+def _gelu_against_plain(n, dtype, seed):
     """Whichever variant the current backend picks, against the plain formula in float64."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(n) * 4).astype(dtype)
@@ -180,3 +258,4 @@ def test_fused_adamw_matches_plain(on_cupy, dtype):
     tol = dict(rtol=3e-6, atol=3e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
     for k in host:
         np.testing.assert_allclose(xp.asnumpy(fused[k]), xp.asnumpy(plain[k]), **tol)
+
