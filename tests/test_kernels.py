@@ -259,3 +259,11 @@ def test_fused_adamw_matches_plain(on_cupy, dtype):
     for k in host:
         np.testing.assert_allclose(xp.asnumpy(fused[k]), xp.asnumpy(plain[k]), **tol)
 
+
+def test_float32_normal_cdf_far_tails_without_overflow():
+    """|x| is clamped before z * z, so even float32's largest values give 0 and 1 without an
+    overflow warning (Phi(-1e30) and 1 - Phi(1e30) are far below float32's smallest value)."""
+    x = np.array([-3e38, -1e30, -40.0, 40.0, 1e30, 3e38], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise"):  # exp underflowing to 0 is the right answer
+        out = np.asarray(backend.to_host(kernels.normal_cdf_float32(backend.to_device(x))))
+    np.testing.assert_array_equal(out, np.array([0, 0, 0, 1, 1, 1], dtype=np.float32))

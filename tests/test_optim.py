@@ -450,3 +450,21 @@ def test_accumulate_with_scale_two():
     total = accumulate(to_dev(a), to_dev(b), 2.0)
     for k, v in to_host(total).items():
         np.testing.assert_allclose(v, a[k] + 2.0 * b[k], rtol=1e-14, atol=1e-15, err_msg=k)
+
+
+def test_constructor_defaults_and_refusals():
+    dev = to_dev(make_params(37))
+    opt = AdamW(dev)  # BERT's defaults, documented in the signature
+    assert (opt.lr, opt.betas, opt.eps, opt.weight_decay) == (1e-4, (0.9, 0.999), 1e-6, 0.01)
+    AdamW(dev, lr=0.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0)  # every boundary value is allowed
+    for kw in (dict(betas=(1.0, 0.999)), dict(betas=(1.5, 0.999)), dict(betas=(0.9, 1.0)), dict(betas=(0.9, 1.5)),
+               dict(betas=(-0.1, 0.999)), dict(betas=(0.9, -0.1)),
+               dict(lr=-1e-3), dict(eps=-1e-8), dict(weight_decay=-0.1)):
+        with pytest.raises(ValueError):
+            AdamW(dev, **kw)
+
+
+def test_no_decay_predicate_sees_the_name():
+    dev = to_dev(make_params(38))
+    opt = AdamW(dev, no_decay=lambda name, p: name == "emb")
+    assert opt.state_dict()[1]["no_decay"] == ["emb"]
