@@ -140,3 +140,16 @@ def test_config_round_trip_and_parameter_count():
     encoder = V * H + P * H + 2 * H + 2 * H + L * per_layer + H * H + H
     heads = H * H + H + 2 * H + V + H * 2 + 2
     assert BertForPreTraining(c).num_parameters() == encoder + heads
+
+
+def test_initialisation_follows_bert():
+    """Weights ~ N(0, initializer_range), every bias 0, LayerNorm weight 1 and bias 0."""
+    c = tiny_config(vocab_size=500, hidden_size=32, intermediate_size=64, initializer_range=0.05)
+    params = {k: np.asarray(backend.to_host(v)) for k, v in BertForPreTraining(c, seed=6).params.items()}
+    for k, v in params.items():
+        if k.endswith((".ln.w", ".ln1.w", ".ln2.w")):  # the LayerNorm weights
+            np.testing.assert_array_equal(v, 1.0, err_msg=k)
+        elif v.ndim == 1:
+            np.testing.assert_array_equal(v, 0.0, err_msg=k)
+    w = params["emb.word"]  # 16,000 draws: mean within 5 sigma of 0, std within 3 % of 0.05
+    assert abs(w.mean()) < 5 * 0.05 / np.sqrt(w.size) and abs(w.std() / 0.05 - 1) < 0.03
