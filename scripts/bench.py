@@ -4,6 +4,12 @@
     python scripts/bench.py --preset tiny,mini,small --compare-torch --json out.json
     python scripts/bench.py -L 4 -H 256 -A 4 -I 1024 -V 8192 -T 128 -B 16
     python scripts/bench.py --preset mini --profile       # cProfile of minibert's step
+    python scripts/bench.py --backend cupy --preset base -B 64 --compare-torch   # both on the GPU
+
+--backend cupy runs minibert on CuPy and PyTorch on CUDA (both sides on the GPU); the bound
+child then measures cuBLAS. cuBLAS TF32 is off on both sides unless --tf32 (opt-in: it breaks
+the 1e-4 parity tolerance). The header names the machine: CPU model, its SIMD flags
+(avx512f/avx2), the BLAS kernel threadpoolctl reports, numexpr's threads, or the GPU.
 
 Each implementation runs in its own child process launched by this one invocation, so its
 peak resident memory (ru_maxrss of the child, libraries included) is its own and both are
@@ -69,6 +75,8 @@ class BenchConfig:
     weight_decay: float = 0.01
     hidden_act: str = "gelu"
     torch_attn: str = "sdpa"
+    backend: str = "numpy"  # numpy: both on the CPU; cupy: minibert on CuPy, PyTorch on CUDA
+    tf32: bool = False  # cuBLAS TF32 on the GPU (both sides); opt-in
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,6 +145,27 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def machine_info():
+    """CPU model, which of avx512f/avx2 the CPU has, whether numexpr is installed."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        import numexpr  # noqa: F401 (only whether it is there: kernels.py uses it when it is)
+        ne = True
+    except ImportError:
+        ne = False
+    return {"cpu": model, "simd": [f for f in ("avx512f", "avx2") if f in flags] or ["neither avx512f nor avx2"],
+            "numexpr": ne}
+
+
 def setup_minibert(c):
     """Build minibert, AdamW and the batch; return (step function, info function)."""
     from minibert import backend
@@ -169,6 +198,7 @@ def setup_minibert(c):
         if backend.name == "cupy":
             import cupy
             out["peak_device_mb"] = cupy.get_default_memory_pool().total_bytes() / 2**20
+            out["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
         return out
 
     return step, info
@@ -184,23 +214,34 @@ def setup_torch(c):
                                  intermediate_size=c.I, max_position_embeddings=512, hidden_dropout_prob=c.dropout,
                                  attention_probs_dropout_prob=c.dropout, hidden_act=c.hidden_act,
                                  attn_implementation=c.torch_attn)
-    model = transformers.BertForPreTraining(hc).train()
+    cuda = c.backend == "cupy"  # both sides on the GPU
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = c.tf32
+        torch.backends.cudnn.allow_tf32 = c.tf32
+    device = "cuda" if cuda else "cpu"
+    model = transformers.BertForPreTraining(hc).train().to(device)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, eps=c.eps)
-    batch = {k: torch.from_numpy(v) for k, v in make_batch(c).items()}
+    batch = {k: torch.from_numpy(v).to(device) for k, v in make_batch(c).items()}
 
     def step():
         out = model(**batch)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return out.loss.item()
+        loss = out.loss.item()
+        if cuda:
+            torch.cuda.synchronize()  # the update too, as minibert's step waits for it
+        return loss
 
     def info():
-        return dict(impl="torch", torch=torch.__version__, transformers=transformers.__version__,
-                    attn=model.config._attn_implementation, threads=torch.get_num_threads(), blas=blas_info())
+        out = dict(impl="torch", torch=torch.__version__, transformers=transformers.__version__,
+                   attn=model.config._attn_implementation, threads=torch.get_num_threads(), blas=blas_info())
+        if cuda:
+            out["peak_device_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        return out
 
     return step, info
 
@@ -277,8 +318,10 @@ def setup_bound(c):
 
 def _child_env(c):
     env = dict(os.environ)
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         env[k] = str(c.threads)
+    env["MINIBERT_BACKEND"] = c.backend
+    env["CUPY_TF32"] = "1" if c.tf32 else "0"
     return env
 
 
@@ -395,6 +438,9 @@ def main():
     ap.add_argument("--hidden-act", default="gelu", choices=["gelu", "gelu_tanh"])
     ap.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", "numpy"), choices=["numpy", "cupy"],
+                    help="cupy: minibert on CuPy and PyTorch on CUDA")
+    ap.add_argument("--tf32", action="store_true", help="allow cuBLAS TF32 on the GPU (both sides; off by default)")
     ap.add_argument("--profile", action="store_true", help="cProfile minibert's timed steps (no table)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -414,19 +460,28 @@ def main():
         kw = dict(PRESETS[name]) if name in PRESETS else {}
         kw.update({k: getattr(a, k) for k in ("L", "H", "A", "I", "V", "T", "B") if getattr(a, k) is not None})
         c = BenchConfig(name=name, threads=a.threads, steps=a.steps, warmup=a.warmup, dropout=a.dropout,
-                        hidden_act=a.hidden_act, torch_attn=a.torch_attn, **kw)
+                        hidden_act=a.hidden_act, torch_attn=a.torch_attn, backend=a.backend, tf32=a.tf32, **kw)
         if a.profile:
             subprocess.run(_cmd("profile", c), env=_child_env(c))
             continue
         results.append(bench_one(c, a.compare_torch))
     if a.profile:
         return
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} | threads {a.threads} | BLAS {results[0]['peak']['blas']} | "
+    m = machine_info()
+    blas = results[0]["peak"]["blas"]
+    kernel = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}" for b in blas) or "unknown"
+    where = (f"GPU {results[0]['minibert'].get('gpu')} (cuBLAS, TF32 {'on' if a.tf32 else 'off'})"
+             if a.backend == "cupy" else f"BLAS kernel {kernel}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} | {m['cpu']} | SIMD {'+'.join(m['simd'])} | {where} | "
+          f"threads {a.threads} | numexpr {'on' if m['numexpr'] else 'not installed'} | "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} | "
           f"peak {results[0]['peak']['peak_flops'] / 1e9:.0f} GFLOP/s float32")
     print_table(results)
     for r in results:
         mb = r["minibert"]
+        if "peak_device_mb" in mb:
+            print(f"# {r['config']['name']}: device memory minibert {mb['peak_device_mb']:.0f} MB (CuPy pool), "
+                  f"torch {r.get('torch', {}).get('peak_device_mb', float('nan')):.0f} MB (max reserved)")
         print(f"# {r['config']['name']}: minibert forward {mb['fwd_ms']:.1f} ms, backward {mb['bwd_ms']:.1f} ms, "
               f"AdamW {mb['opt_ms']:.1f} ms (medians); best step {1e3 * min(mb['step_times']):.1f} ms"
               + (f", torch best {1e3 * min(r['torch']['step_times']):.1f} ms" if "torch" in r else ""))
