@@ -178,24 +178,24 @@ def lr_at(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
 def clip_grad_norm(grads, max_norm):
     """Scale ``grads`` in place so that their global L2 norm is at most max_norm.
 
-    Returns the global norm before clipping, as a Python float (inf or nan when some
-    gradient is not finite, so the caller can skip the step). The rule is
-    torch.nn.utils.clip_grad_norm_'s: coef = max_norm / (norm + 1e-6), and the grads are
-    multiplied by coef when coef < 1. max_norm None or <= 0: measure only.
-    On the GPU this syncs exactly once (the float of the summed squares).
+    Returns the global norm before clipping (inf or nan when some gradient is not finite,
+    so the caller can skip the step): a Python float on the host, a 0-d device array on
+    CuPy, so that clipping never waits for the device (read it with float() at the log
+    line). The rule is torch.nn.utils.clip_grad_norm_'s: coef = max_norm / (norm + 1e-6),
+    and the grads are multiplied by min(coef, 1), computed on the device; multiplying by
+    exactly 1 leaves them bitwise unchanged. max_norm None or <= 0: measure only.
     """
     xp = backend.xp
     if not grads:
         return 0.0
     # per-tensor sums of squares on the device, without a squared temporary
     sq = [xp.vdot(g.ravel(), g.ravel()) for g in grads.values()]  # each ()
-    norm = math.sqrt(float(xp.stack(sq).astype(xp.float64).sum()))  # the one host transfer
+    norm = xp.sqrt(xp.stack(sq).astype(xp.float64).sum())  # () float64, still on the device
     if max_norm is not None and max_norm > 0:
-        coef = max_norm / (norm + 1e-6)
-        if coef < 1.0:
-            for g in grads.values():
-                g *= coef
-    return norm
+        coef = xp.minimum(max_norm / (norm + 1e-6), 1.0)  # () no host wait
+        for g in grads.values():
+            g *= coef.astype(g.dtype)  # the coefficient rounded to the gradient's dtype, as torch does
+    return float(norm) if xp is numpy else norm
 
 
 def accumulate(total, grads, scale=1.0):
