@@ -13,19 +13,14 @@ faster, and tests/test_kernels.py compares each with its twin.
         dx = dout (Phi(x) + x phi(x)), phi the normal density
     adamw_update(p, g, m, v, ...)   adamw_update_plain                   device: one fused CUDA pass
         one AdamW step of one parameter, in place
-    softmax(x, scale, bias)         softmax_plain                        host float32: numexpr passes
+    softmax(x, scale, bias)         softmax_plain                        device: one CUDA block per row
         softmax(x * scale + bias) over the last axis (attention's scores, scale and padding mask)
-    softmax_backward(y, dout, scale) softmax_backward_plain              host float32: numexpr pass
+    softmax_backward(y, dout, scale) softmax_backward_plain              device: one CUDA block per row
         dx = scale * y * (dout - sum(dout * y))
 
 Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False; float32
-on the host, numexpr when it is installed (the `fast` extra; `use_numexpr` False switches it
-off), else the erfc approximation in cache-sized blocks; float64 on the host is the plain
+elsewhere the erfc approximation in cache-sized blocks; float64 on the host is the plain
 formula itself, so every float64 gradient check sees the textbook expression.
-
-Why numexpr: NumPy runs each elementwise op on one core and streams the whole array through
-memory once per op; numexpr evaluates a whole expression in cache-sized blocks on every core
-(its own threads, outside the GIL), so on 2 cores the ~30-op GELU chain is one threaded pass.
 
 Shapes: every op is elementwise over any shape `(...)` (softmax: over the last axis K, the
 bias broadcast), and its outputs have the shape of x (or p). docs/benchmarks.md records
@@ -33,22 +28,9 @@ what each variant gained and what was tried.
 """
 import math
 
-import numpy
-
 from minibert import backend
 
-try:  # optional (pip install -e ".[fast]"): without it the host runs the blockwise NumPy code
-    import numexpr
-except ImportError:
-    numexpr = None
-
 use_fused = True  # False: the device runs the array code too (tests compare the two)
-use_numexpr = True  # False: the host runs the NumPy code even when numexpr is installed
-
-
-def _numexpr_for(x):
-    """True when x is a float32 host array and numexpr is in use."""
-    return numexpr is not None and use_numexpr and backend.xp is numpy and x.dtype == numpy.float32
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -103,35 +85,10 @@ def normal_cdf_float32(x):
     return q  # (...)
 
 
-# the same erfc approximation as one numexpr expression: q = Phi(-|x|), then Phi(x). Every
-# constant is a float32 variable (a literal would make numexpr compute in float64)
-_NE_Z = "where(abs(x) * sqh > c12, c12, abs(x) * sqh)"  # |x| / sqrt 2, capped as above (NaN stays NaN)
-_NE_T = f"(one / (one + half * {_NE_Z}))"
-_NE_POLY = f"(c0 + {_NE_T} * (c1 + {_NE_T} * (c2 + {_NE_T} * (c3 + {_NE_T} * (c4 + {_NE_T} * (c5 + {_NE_T} * " \
-           f"(c6 + {_NE_T} * (c7 + {_NE_T} * (c8 + {_NE_T} * c9)))))))))"
-_NE_Q = f"(half * {_NE_T} * exp({_NE_POLY} - {_NE_Z} * {_NE_Z}))"
-_NE_PHI = f"where(x >= 0, one - {_NE_Q}, {_NE_Q})"
-_NE_CONST = {"sqh": _SQRT_HALF, "c12": 12.0, "one": 1.0, "half": 0.5, "ipi": _INV_SQRT_2PI, "mhalf": -0.5,
-             **{f"c{i}": c for i, c in enumerate(_ERFC_C)}}
-_NE_CONST = {k: numpy.float32(v) for k, v in _NE_CONST.items()}
-
-
-def _evaluate(expr, out=None, **arrays):
-    return numexpr.evaluate(expr, local_dict={**_NE_CONST, **arrays}, out=out)
-
-
-def normal_cdf_numexpr(x):
-    """normal_cdf_float32's approximation in one threaded numexpr pass (float32 host x)."""
-    return _evaluate(_NE_PHI, x=x)  # (...)
-
-
 def normal_cdf(x):
-    """Phi(x): float32 through the erfc approximation (numexpr, or NumPy in cache-sized
-    blocks), else plain."""
+    """Phi(x): float32 through the erfc approximation in cache-sized blocks, else plain."""
     if x.dtype != backend.xp.float32:
         return normal_cdf_plain(x)  # (...)
-    if _numexpr_for(x):
-        return normal_cdf_numexpr(x)  # (...)
     return backend.blockwise(normal_cdf_float32, x)  # (...)
 
 
@@ -171,36 +128,29 @@ def _gelu_exact_backward_block(x, dout):
 
 
 def gelu_exact(x):
-    """x Phi(x): one fused pass on the device, one numexpr pass (float32 host), else in
-    cache-sized blocks on the host."""
+    """x Phi(x): one fused pass on the device, else in cache-sized blocks on the host."""
     fused = _fused("gelu_forward")
-    if fused is not None:
-        return fused(x)  # (...)
-    if _numexpr_for(x):
-        return _evaluate(f"x * {_NE_PHI}", x=x)  # (...)
-    return backend.blockwise(_gelu_exact_block, x)  # (...)
+    return fused(x) if fused is not None else backend.blockwise(_gelu_exact_block, x)  # (...)
 
 
 def gelu_exact_backward(x, dout):
-    """dout (Phi(x) + x phi(x)): one fused pass on the device, one numexpr pass (float32
-    host), else in blocks."""
+    """dout (Phi(x) + x phi(x)): one fused pass on the device, else in blocks."""
     fused = _fused("gelu_backward")
-    if fused is not None:
-        return fused(x, dout)  # (...)
-    if _numexpr_for(x) and dout.dtype == x.dtype:
-        return _evaluate(f"dout * ({_NE_PHI} + x * exp(mhalf * x * x) * ipi)", x=x, dout=dout)  # (...)
-    return backend.blockwise(_gelu_exact_backward_block, x, dout)  # (...)
+    return fused(x, dout) if fused is not None else backend.blockwise(_gelu_exact_backward_block, x, dout)  # (...)
 
 
 # ----------------------------------------------------------------------------------------
 # softmax(x * scale + bias) over the last axis: attention's scaled, masked scores
 
 
-def softmax_plain(x, scale=1.0, bias=None):
+def softmax_plain(x, scale=1.0, bias=None, overwrite=False):
     """The array code: scale, add the bias (broadcast), subtract the row max so exp cannot
-    overflow, exp, divide by the row sum. A new array; x is left as it was."""
+    overflow, exp, divide by the row sum. overwrite=True works in x's memory (the caller no
+    longer needs x: one (..., K) temporary fewer); else x is left as it was."""
     xp = backend.xp
-    y = x * x.dtype.type(scale)  # (..., K)
+    y = x if overwrite else x.copy()  # (..., K)
+    if scale != 1.0:
+        y *= x.dtype.type(scale)
     if bias is not None:
         y += bias
     y -= y.max(axis=-1, keepdims=True)
@@ -210,21 +160,13 @@ def softmax_plain(x, scale=1.0, bias=None):
 
 
 def softmax(x, scale=1.0, bias=None, overwrite=False):
-    """softmax(x * scale + bias) over the last axis. float32 on the host with numexpr: the
-    scale and bias, then exp(y - max), then the division each run as one threaded pass
-    (overwrite=True: in x's own memory, which the caller no longer needs); else
-    softmax_plain."""
-    if not _numexpr_for(x) or (bias is not None and bias.dtype != x.dtype):
-        return softmax_plain(x, scale, bias)  # (..., K)
-    y = x if overwrite else None
-    s = numpy.float32(scale)
-    y = _evaluate("x * s + bias", out=y, x=x, s=s, bias=bias) if bias is not None \
-        else _evaluate("x * s", out=y, x=x, s=s)  # (..., K)
-    m = y.max(axis=-1, keepdims=True)  # (..., 1)
-    _evaluate("exp(y - m)", out=y, y=y, m=m)
-    r = y.sum(axis=-1, keepdims=True)  # (..., 1)
-    numpy.reciprocal(r, out=r)
-    return _evaluate("y * r", out=y, y=y, r=r)  # (..., K)
+    """softmax(x * scale + bias) over the last axis: one fused CUDA pass per row on the
+    device (bias broadcast over the leading axes after its first, as attention's (B, 1, 1, K)
+    mask), else softmax_plain."""
+    fused = _fused("softmax_forward")
+    if fused is not None and _row_bias(x, bias) is not None:
+        return _softmax_device(fused, x, scale, bias)  # (..., K)
+    return softmax_plain(x, scale, bias, overwrite)  # (..., K)
 
 
 def softmax_backward_plain(y, dout, scale=1.0):
@@ -240,12 +182,44 @@ def softmax_backward_plain(y, dout, scale=1.0):
 
 
 def softmax_backward(y, dout, scale=1.0):
-    """softmax's backward: float32 on the host with numexpr, the row dot sum(dout * y) by
-    einsum (no temporary) and the rest as one threaded pass; else softmax_backward_plain."""
-    if not _numexpr_for(y) or dout.dtype != y.dtype:
+    """softmax's backward: one fused CUDA pass per row on the device, else the array code."""
+    fused = _fused("softmax_backward")
+    if fused is None:
         return softmax_backward_plain(y, dout, scale)  # (..., K)
-    s = numpy.einsum("...k,...k->...", dout, y)[..., None]  # (..., 1)
-    return _evaluate("y * (dout - s) * sc", y=y, dout=dout, s=s, sc=numpy.float32(scale))  # (..., K)
+    xp = backend.xp
+    y, dout = xp.ascontiguousarray(y), xp.ascontiguousarray(dout.astype(y.dtype, copy=False))
+    K = y.shape[-1]
+    dx = xp.empty_like(y)  # (..., K)
+    if y.size:
+        fused((y.size // K,), (_THREADS,), (y, dout, dx, y.dtype.type(scale), xp.int64(K)))
+    return dx  # (..., K)
+
+
+def _row_bias(x, bias):
+    """Rows of x per row of bias, when bias is None (1) or of shape (R0, 1, ..., 1, K) with R0
+    1 or x's first axis (attention's (B, 1, 1, K) mask against (B, A, T, K) scores); None
+    for any other broadcast, which the fused kernel does not index."""
+    K = x.shape[-1]
+    if bias is None:
+        return 1
+    if bias.ndim != x.ndim or bias.shape[-1] != K or any(d != 1 for d in bias.shape[1:-1]) \
+            or bias.shape[0] not in (1, x.shape[0]):
+        return None
+    return max(x.size // K // bias.shape[0], 1)
+
+
+def _softmax_device(fused, x, scale, bias):
+    """Launch the fused softmax forward: one block of _THREADS threads per row of x."""
+    xp = backend.xp
+    x = xp.ascontiguousarray(x)
+    rows_per_bias = _row_bias(x, bias)
+    b = x if bias is None else xp.ascontiguousarray(bias.astype(x.dtype, copy=False))  # x: unused placeholder
+    y = xp.empty_like(x)  # (..., K)
+    K = x.shape[-1]
+    if x.size:
+        fused((x.size // K,), (_THREADS,), (x, b, y, x.dtype.type(scale), xp.int64(K), xp.int64(rows_per_bias),
+                                            xp.int32(bias is not None)))
+    return y  # (..., K)
 
 
 # ----------------------------------------------------------------------------------------
@@ -311,11 +285,83 @@ _KERNEL_SRC = {
 }
 _kernels = {}  # name -> compiled ElementwiseKernel, built on first use
 
+# Row kernels (softmax): one block per row of K elements; each thread strides over the row,
+# then a tree reduction in shared memory gives the row's max or sum. REAL is float or double.
+_THREADS = 256  # threads per block: a power of two, for the tree reduction
+_ROW_SRC = r"""
+__device__ REAL minibert_reduce(REAL v, REAL* red, int take_max) {
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            REAL o = red[threadIdx.x + s];
+            red[threadIdx.x] = take_max ? fmax(red[threadIdx.x], o) : red[threadIdx.x] + o;
+        }
+        __syncthreads();
+    }
+    REAL r = red[0];
+    __syncthreads();  // red is reused by the next reduction
+    return r;
+}
+
+// y = softmax(x * scale + bias) over each row; the bias row is row / rows_per_bias
+extern "C" __global__ void minibert_softmax_forward(const REAL* x, const REAL* bias, REAL* y, REAL scale,
+                                                    long long K, long long rows_per_bias, int has_bias) {
+    __shared__ REAL red[256];
+    const long long row = blockIdx.x;
+    const REAL* xr = x + row * K;
+    const REAL* br = bias + (row / rows_per_bias) * K;
+    REAL* yr = y + row * K;
+    REAL m = xr[0] * scale + (has_bias ? br[0] : (REAL)0);
+    for (long long k = threadIdx.x; k < K; k += blockDim.x) {
+        REAL z = xr[k] * scale + (has_bias ? br[k] : (REAL)0);
+        yr[k] = z;
+        m = fmax(m, z);
+    }
+    m = minibert_reduce(m, red, 1);  // subtract the row max so exp cannot overflow
+    REAL s = 0;
+    for (long long k = threadIdx.x; k < K; k += blockDim.x) {
+        REAL e = exp(yr[k] - m);
+        yr[k] = e;
+        s += e;
+    }
+    s = minibert_reduce(s, red, 0);
+    const REAL inv = (REAL)1 / s;
+    for (long long k = threadIdx.x; k < K; k += blockDim.x) yr[k] *= inv;
+}
+
+// dx = scale * y * (dout - sum(dout * y)) over each row
+extern "C" __global__ void minibert_softmax_backward(const REAL* y, const REAL* dout, REAL* dx, REAL scale,
+                                                     long long K) {
+    __shared__ REAL red[256];
+    const long long row = blockIdx.x;
+    const REAL* yr = y + row * K;
+    const REAL* dr = dout + row * K;
+    REAL* xr = dx + row * K;
+    REAL s = 0;
+    for (long long k = threadIdx.x; k < K; k += blockDim.x) s += dr[k] * yr[k];
+    s = minibert_reduce(s, red, 0);
+    for (long long k = threadIdx.x; k < K; k += blockDim.x) xr[k] = scale * yr[k] * (dr[k] - s);
+}
+"""
+_row_modules = {}  # dtype name -> compiled RawModule
+
+
+def _row_kernel(name, dtype):
+    """RawModule function minibert_NAME for float32 or float64 arrays."""
+    real = {"float32": "float", "float64": "double"}[str(dtype)]
+    if real not in _row_modules:
+        _row_modules[real] = backend.xp.RawModule(code=_ROW_SRC.replace("REAL", real))
+    return _row_modules[real].get_function("minibert_" + name)
+
 
 def _fused(name):
-    """The fused kernel `name` when the device backend is in use (and use_fused), else None."""
+    """The fused kernel `name` when the device backend is in use (and use_fused), else None.
+    Row kernels come back as launch(grid, block, args), compiled for args[0]'s dtype."""
     if backend.name != "cupy" or not use_fused:
         return None
+    if name in ("softmax_forward", "softmax_backward"):
+        return lambda grid, block, args: _row_kernel(name, args[0].dtype)(grid, block, args)
     if name not in _kernels:
         in_params, out_params, body = _KERNEL_SRC[name]
         _kernels[name] = backend.xp.ElementwiseKernel(in_params, out_params, body, "minibert_" + name,
