@@ -4,8 +4,9 @@ On the host: the float32 normal CDF behind the exact GELU (a rational erfc in fl
 arithmetic, run in cache-sized blocks) against scipy's float64 ndtr; `gelu_exact` and
 `gelu_exact_backward` against the plain erf formulas; `adamw_update_plain` against the
 textbook AdamW step with its bias corrections written out; the row scatter-add against
-np.add.at. On a CUDA machine (CuPy with a GPU): the fused CUDA kernels (GELU forward and
-backward, AdamW) and the device's float32 erfc route against the plain array code on the
+np.add.at; the softmax pair (scale, mask) against softmax written out in float64. On a CUDA
+machine (CuPy with a GPU): the fused CUDA kernels (GELU forward and backward, AdamW, the
+softmax row kernels) and the device's float32 erfc route against the plain array code on the
 same device, and the fused GELU under the float64 gradient check. The device tests skip
 cleanly when CuPy or a GPU is absent.
 """
@@ -16,13 +17,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import erf as np_erf, ndtr
 
-from minibert import backend, kernels
+from minibert import backend, kernels, layers
 from minibert.gradcheck import check_gradients
 
 gpu = pytest.mark.skipif(not backend.cupy_available(), reason="CuPy with a CUDA GPU is not available")
 
 
-def test_float32_normal_cdf_is_at_float32_rounding_level(host_variant):
+def test_float32_normal_cdf_is_at_float32_rounding_level():
     x = np.linspace(-14, 14, 1_400_001).astype(np.float32)  # more than one block
     ref = ndtr(x.astype(np.float64))  # independent, float64
     got = kernels.normal_cdf(backend.to_device(x))
@@ -45,7 +46,7 @@ def test_float32_normal_cdf_is_at_float32_rounding_level(host_variant):
         assert ours.max() <= old_err.max() * 1.05 and ours.max() < 1.2e-7
 
 
-def test_float32_normal_cdf_edges(host_variant):
+def test_float32_normal_cdf_edges():
     x = backend.to_device(np.array([-np.inf, -1e30, -40.0, 0.0, 40.0, 1e30, np.inf], dtype=np.float32))
     got = backend.to_host(kernels.normal_cdf(x))
     np.testing.assert_array_equal(got, [0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0])
@@ -58,39 +59,11 @@ def test_float64_normal_cdf_is_the_plain_formula():
                                rtol=1e-13, atol=1e-16)
 
 
-needs_numexpr = pytest.mark.skipif(kernels.numexpr is None or backend.name != "numpy",
-                                   reason="numexpr (the fast extra) is not installed, or not on the host")
-
-
-@pytest.fixture(params=[True, False], ids=["numexpr", "numpy"])
-def host_variant(request):
-    """Run a test with the numexpr variants on (when installed) and off."""
-    before = kernels.use_numexpr
-    kernels.use_numexpr = request.param
-    yield request.param
-    kernels.use_numexpr = before
-
-
-@needs_numexpr
-def test_numexpr_normal_cdf_matches_the_numpy_float32_twin():
-    x = np.linspace(-14, 14, 1_400_001).astype(np.float32)
-    x[:3] = [np.nan, np.inf, -np.inf]
-    ne = kernels.normal_cdf_numexpr(x)
-    twin = backend.blockwise(kernels.normal_cdf_float32, x)
-    assert ne.dtype == np.float32
-    np.testing.assert_array_equal(np.isnan(ne), np.isnan(twin))
-    ok = ~np.isnan(twin)
-    # the same formula in float32; only the order of a few roundings differs
-    assert np.abs(ne[ok] - twin[ok]).max() <= 2.5e-7
-    normal = ok & (np.abs(x) <= 10)  # relative too, into the tail (below 1e-23 float32 goes subnormal)
-    np.testing.assert_allclose(ne[normal], twin[normal], rtol=2e-6, atol=0)
-
-
 @settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 6), K=st.integers(1, 40), scale=st.sampled_from([1.0, 0.125, 0.5]),
        masked=st.floats(0, 1), extreme=st.booleans(), seed=st.integers(0, 10**6))
-def test_softmax_variants_match_the_float64_reference(rows, K, scale, masked, extreme, seed):
-    """kernels.softmax / softmax_backward, numexpr (when installed) and NumPy, float32,
+def test_softmax_matches_the_float64_reference(rows, K, scale, masked, extreme, seed):
+    """kernels.softmax / softmax_backward (whichever variant the backend picks), float32,
     against softmax written out in float64 here; includes fully masked rows and [-1000, 1]."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((rows, 2, K)) * 3).astype(np.float32)
@@ -104,26 +77,22 @@ def test_softmax_variants_match_the_float64_reference(rows, K, scale, masked, ex
     ref = np.exp(z - z.max(-1, keepdims=True))
     ref /= ref.sum(-1, keepdims=True)
     dref = scale * ref * (dout - (dout * ref).sum(-1, keepdims=True))
-    for use in ([True, False] if kernels.numexpr is not None else [False]):
-        kernels.use_numexpr = use
-        try:
-            y = kernels.softmax(backend.to_device(x.copy()), scale, backend.to_device(bias))
-            dx = kernels.softmax_backward(y, backend.to_device(dout), scale)
-        finally:
-            kernels.use_numexpr = True
-        assert y.dtype == dx.dtype == np.float32
-        np.testing.assert_allclose(backend.to_host(y), ref, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(backend.to_host(dx), dref, rtol=1e-4, atol=1e-5)
+    xd = backend.to_device(x)
+    y = kernels.softmax(xd, scale, backend.to_device(bias))
+    np.testing.assert_array_equal(backend.to_host(xd), x)  # x is left as it was
+    dx = kernels.softmax_backward(y, backend.to_device(dout), scale)
+    assert y.dtype == dx.dtype == np.float32
+    np.testing.assert_allclose(backend.to_host(y), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backend.to_host(dx), dref, rtol=1e-4, atol=1e-5)
 
 
-@needs_numexpr
 def test_softmax_overwrite_reuses_the_scores_and_equals_the_copy():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 4, 9)).astype(np.float32)
     bias = np.zeros((3, 1, 9), np.float32)
-    keep = kernels.softmax(x, 0.5, bias)
-    y = kernels.softmax(x, 0.5, bias, overwrite=True)
-    assert y is x or np.shares_memory(y, x)
+    keep = kernels.softmax_plain(x, 0.5, bias)
+    y = kernels.softmax_plain(x, 0.5, bias, overwrite=True)
+    assert np.shares_memory(y, x)
     np.testing.assert_array_equal(y, keep)
 
 
@@ -140,15 +109,6 @@ def test_blockwise_equals_whole_array(n, seed):
 @given(n=st.integers(1, 2 * backend.BLOCK + 7), dtype=st.sampled_from([np.float32, np.float64]),
        seed=st.integers(0, 10**6))
 def test_gelu_exact_matches_its_plain_twin(n, dtype, seed):
-    for use in (True, False):  # the numexpr variant when installed, then the blockwise NumPy one
-        kernels.use_numexpr = use
-        try:
-            _gelu_against_plain(n, dtype, seed)
-        finally:
-            kernels.use_numexpr = True
-
-
-def _gelu_against_plain(n, dtype, seed):
     """Whichever variant the current backend picks, against the plain formula in float64."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(n) * 4).astype(dtype)
@@ -260,10 +220,32 @@ def test_fused_adamw_matches_plain(on_cupy, dtype):
         np.testing.assert_allclose(xp.asnumpy(fused[k]), xp.asnumpy(plain[k]), **tol)
 
 
-def test_float32_normal_cdf_far_tails_without_overflow():
-    """|x| is clamped before z * z, so even float32's largest values give 0 and 1 without an
-    overflow warning (Phi(-1e30) and 1 - Phi(1e30) are far below float32's smallest value)."""
-    x = np.array([-3e38, -1e30, -40.0, 40.0, 1e30, 3e38], dtype=np.float32)
-    with np.errstate(over="raise", invalid="raise"):  # exp underflowing to 0 is the right answer
-        out = np.asarray(backend.to_host(kernels.normal_cdf_float32(backend.to_device(x))))
-    np.testing.assert_array_equal(out, np.array([0, 0, 0, 1, 1, 1], dtype=np.float32))
+@gpu
+@pytest.mark.parametrize("K", [1, 7, 128, 300, 513])  # one element, under and over a block of 256 threads
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_softmax_matches_plain(on_cupy, dtype, K):
+    xp = on_cupy
+    r = np.random.default_rng(5)
+    B, A, T = 3, 2, 4
+    x = xp.asarray(r.standard_normal((B, A, T, K)) * 4, dtype=dtype)
+    bias = xp.asarray(np.where(r.random((B, 1, 1, K)) < 0.3, -10000.0, 0.0), dtype=dtype)
+    bias[1] = -10000.0  # a fully masked row
+    dout = xp.asarray(r.standard_normal((B, A, T, K)), dtype=dtype)  # random upstream, never ones
+    tol = dict(rtol=2e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    for b in (bias, None, bias[:1]):  # per-sequence mask, none, one mask for all
+        y = kernels.softmax(x, 0.125, b)
+        np.testing.assert_allclose(xp.asnumpy(y), xp.asnumpy(kernels.softmax_plain(x, 0.125, b)), **tol)
+        np.testing.assert_allclose(xp.asnumpy(kernels.softmax_backward(y, dout, 0.125)),
+                                   xp.asnumpy(kernels.softmax_backward_plain(y, dout, 0.125)), **tol)
+
+
+@gpu
+def test_fused_softmax_gradient_check(on_cupy):
+    xp = on_cupy
+    x = xp.asarray(np.random.default_rng(6).standard_normal((2, 3, 5)))
+    bias = xp.asarray(np.array([[[0.0, 0, -10000, 0, 0]], [[0, 0, 0, 0, 0]]]))
+    dout = xp.asarray(np.random.default_rng(7).standard_normal((2, 3, 5)))  # random, never ones
+    y, cache = layers.softmax_forward(x, 0.5, bias)
+    (dx,) = layers.softmax_backward(dout, cache)
+    check_gradients(lambda: float((layers.softmax_forward(x, 0.5, bias)[0] * dout).sum()), {"x": x}, {"x": dx})
+
