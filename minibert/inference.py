@@ -188,3 +188,31 @@ def attention_summary(tokens, probs, layers=None, heads=None):
             top = ", ".join(f"{tokens[i].strip()}->{tokens[int(j)].strip()}" for i, j in enumerate(p.argmax(1)))
             lines.append(f"layer {l} head {a}: {name} ({what}) | {top}")
     return "\n".join(lines)
+
+
+def plot_attention(tokens, probs, path, layers=None, heads=None, title=None):
+    """A PNG at path: one heatmap per (layer, head), queries down, keys across, tokens on
+    both axes, darker = more attention. Needs matplotlib (the `plot` extra)."""
+    # imported here, not at the top: matplotlib is optional (pip install -e ".[plot]")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(range(probs.shape[0])) if layers is None else list(layers)
+    heads = list(range(probs.shape[1])) if heads is None else list(heads)
+    T = len(tokens)
+    size = 1.2 + 0.16 * T  # inches per map: room for the token labels
+    fig, axes = plt.subplots(len(layers), len(heads), figsize=(size * len(heads), size * len(layers)), squeeze=False)
+    labels = [t.strip() or repr(t) for t in tokens]
+    for r, l in enumerate(layers):
+        for c, a in enumerate(heads):
+            ax = axes[r][c]
+            ax.imshow(probs[l, a], cmap="Blues", vmin=0.0, vmax=1.0)
+            ax.set_title(f"layer {l} head {a}", fontsize=8)
+            ax.set_xticks(range(T), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(T), labels, fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
