@@ -12,6 +12,7 @@ module exposes one name so that ops have one code path:
     scatter_add(a, idx, v)   a[idx[i]] += v[i] for every i, repeated indices accumulate
     batched_matmul(a, b)     a @ b over a stack of small matrices (attention's per-head products)
     blockwise(f, *arrays)    f(*arrays) for an elementwise f, in cache-sized blocks on the host
+    host_threads()           threads that share blockwise's blocks and batched_matmul's stack
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
     rng(key, first_row)      counter-based random numbers keyed per sequence (dropout)
     to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
@@ -23,6 +24,7 @@ GPU, and only then switches. The fast variants of single ops (fused CUDA kernels
 float32 GELU) live in minibert/kernels.py, each beside its plain twin.
 """
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
@@ -92,6 +94,42 @@ def scatter_add(a, indices, values):
 
 
 _blas_controller = []  # [threadpoolctl.ThreadpoolController] once made, [None] when unavailable
+_pool = []  # [ThreadPoolExecutor] of host_threads() - 1 workers, once made
+
+
+def _controller():
+    if not _blas_controller:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas_controller.append(ThreadpoolController())
+        except Exception:  # threadpoolctl missing: plain calls, still correct
+            _blas_controller.append(None)
+    return _blas_controller[0]
+
+
+def host_threads():
+    """Threads for the host's elementwise blocks and per-head products: MINIBERT_HOST_THREADS,
+    else as many as BLAS may use (at most 2), so a process held to one BLAS thread (a
+    data-parallel worker, OMP_NUM_THREADS=1) stays on one core. Read at first use."""
+    if not _pool:
+        n = int(os.environ.get("MINIBERT_HOST_THREADS", "0") or 0)
+        if n <= 0:
+            c = _controller()
+            n = min(2, max([m.num_threads for m in c.lib_controllers if m.user_api == "blas"] or [1])) if c else 1
+        _pool.append(ThreadPoolExecutor(n - 1) if n > 1 else None)
+    return 1 if _pool[0] is None else _pool[0]._max_workers + 1
+
+
+def _split_run(run, n):
+    """run(lo, hi) over [0, n), the upper half on the pool's worker when there is one: NumPy
+    releases the GIL inside ufuncs and BLAS calls, so the two halves use both cores."""
+    if host_threads() < 2 or n < 2:
+        run(0, n)
+        return
+    mid = n // 2
+    upper = _pool[0].submit(run, mid, n)
+    run(0, mid)
+    upper.result()
 
 
 def batched_matmul(a, b, out=None):
@@ -99,19 +137,22 @@ def batched_matmul(a, b, out=None):
 
     NumPy hands each (T, D) product to BLAS separately, and a multi-threaded BLAS spends
     more on waking and joining its threads than the tiny product takes (worst when the
-    machine is busy), so on the host these run with one BLAS thread. Results are identical:
-    the thread count splits output blocks, not the sums.
+    machine is busy), so on the host these run with one BLAS thread each, the stack split
+    between host_threads() Python threads (halves of the first axis). Results are identical:
+    every product is computed whole by one thread either way.
     """
     if xp is numpy:
-        if not _blas_controller:
-            try:
-                from threadpoolctl import ThreadpoolController
-                _blas_controller.append(ThreadpoolController())
-            except Exception:  # threadpoolctl missing: plain matmul, still correct
-                _blas_controller.append(None)
-        if _blas_controller[0] is not None:
-            with _blas_controller[0].limit(limits=1, user_api="blas"):
-                return numpy.matmul(a, b, out=out)
+        c = _controller()
+        if c is not None:
+            shape = numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+            res = numpy.empty(shape, numpy.result_type(a, b)) if out is None else out  # (..., M, N)
+            split = a.ndim == b.ndim == res.ndim >= 3 and a.shape[0] == b.shape[0] == res.shape[0]
+            with c.limit(limits=1, user_api="blas"):
+                if split:
+                    _split_run(lambda lo, hi: numpy.matmul(a[lo:hi], b[lo:hi], out=res[lo:hi]), res.shape[0])
+                else:
+                    numpy.matmul(a, b, out=res)
+            return res
     if out is None:
         return xp.matmul(a, b)
     out[...] = xp.matmul(a, b)  # out may be a strided view; a copy on the device is cheap
@@ -126,8 +167,9 @@ def blockwise(f, *arrays):
 
     On the host a long chain of array ops (f's temporaries) streams the whole array through
     memory once per op; in blocks of BLOCK elements the temporaries stay in cache, which
-    roughly halves the time (each element's result is the same either way). On the device
-    f runs on the whole arrays.
+    roughly halves the time (each element's result is the same either way). The blocks are
+    shared between host_threads() Python threads (the first half of them and the second).
+    On the device f runs on the whole arrays.
     """
     x = arrays[0]
     if xp is not numpy or x.size <= BLOCK:
@@ -135,8 +177,12 @@ def blockwise(f, *arrays):
     out = numpy.empty_like(x)  # (...)
     flat = [a.reshape(-1) for a in arrays]  # (n,) each
     of = out.reshape(-1)  # (n,) view
-    for i in range(0, x.size, BLOCK):
-        of[i:i + BLOCK] = f(*(a[i:i + BLOCK] for a in flat))
+
+    def run(lo, hi):  # blocks lo..hi-1
+        for i in range(lo * BLOCK, min(hi * BLOCK, x.size), BLOCK):
+            of[i:i + BLOCK] = f(*(a[i:i + BLOCK] for a in flat))
+
+    _split_run(run, -(-x.size // BLOCK))
     return out
 
 

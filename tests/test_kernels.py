@@ -96,6 +96,26 @@ def test_softmax_overwrite_reuses_the_scores_and_equals_the_copy():
     np.testing.assert_array_equal(y, keep)
 
 
+@settings(max_examples=25, deadline=None)
+@given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=2), M=st.integers(1, 9), K=st.integers(1, 9),
+       N=st.integers(1, 9), strided_out=st.booleans(), seed=st.integers(0, 10**6))
+def test_batched_matmul_split_over_threads_is_bitwise_matmul(lead, M, K, N, strided_out, seed):
+    """The stack split between host threads (one BLAS thread each) gives exactly np.matmul,
+    into a new array or a strided view like attention's dq/dk."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((*lead, M, K)).astype(np.float32)
+    b = rng.standard_normal((*lead, N, K)).astype(np.float32).swapaxes(-1, -2)  # a transposed view, as k^T
+    ref = np.matmul(a, b)
+    if strided_out:
+        buf = np.zeros((*lead, N, M, 2), np.float32)
+        out = buf[..., 0].swapaxes(-1, -2)  # (..., M, N), strided
+        got = backend.batched_matmul(backend.to_device(a), backend.to_device(b), out=out)
+        np.testing.assert_array_equal(backend.to_host(out), ref)
+    else:
+        got = backend.batched_matmul(backend.to_device(a), backend.to_device(b))
+    np.testing.assert_array_equal(backend.to_host(got), ref)
+
+
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 3 * backend.BLOCK), seed=st.integers(0, 10**6))
 def test_blockwise_equals_whole_array(n, seed):
