@@ -214,5 +214,5 @@ def plot_attention(tokens, probs, path, layers=None, heads=None, title=None):
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
