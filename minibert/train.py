@@ -15,11 +15,17 @@ One training step (AdamW with linear warmup then linear decay, Devlin et al. 201
     at log, eval and save steps: stop, saving nothing, if any loss or norm since the last check was not finite
 
 Exact resume. Everything random is a function of counters: dropout masks of micro-batch m of
-step s come from the stream (seed, s, m); the instances and masks of data epoch e come from
+step s come from the stream (seed, s, m), each sequence's from its own counter within it
+(backend.rng); the instances and masks of data epoch e come from
 (seed, e). A checkpoint therefore holds all the state there is: params, AdamW moments and
 step count, the step, the data position (epoch, next batch) and the seed. Resuming from it
 replays exactly the steps an uninterrupted run would take, so the final parameters are
 bitwise identical (NumPy backend; cuBLAS may pick other reduction orders).
+
+Data parallel: `mpiexec -n N python scripts/pretrain.py ...` runs the same steps on N
+processes, each on its slice of every global batch (--batch-size stays global); the
+gradients are summed over processes while the backward runs, and rank 0 alone writes the
+run directory. distributed.py says how the N slices add up to the one-process step.
 
 Run directory OUT (rundir.py; the run holds its lock from start to end, so a second run or
 --resume on the same OUT stops at once, naming the PID of the one writing):
@@ -30,20 +36,21 @@ Run directory OUT (rundir.py; the run holds its lock from start to end, so a sec
     best.json / best.*.safetensors   the checkpoint with the lowest held-out loss
     metrics.jsonl            one JSON line per log interval and per evaluation
 """
+import contextlib
 import math
 import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 
-from minibert import backend, rundir
+from minibert import backend, distributed, rundir
 from minibert.checkpoint import checkpoint_exists
 from minibert.corpus import default_corpus, read_documents, split_documents
-from minibert.inference import load_pretrained
+from minibert.inference import load_pretrained, load_pretrained_tokenizer
 from minibert.instances import PretrainingData
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
-from minibert.model import PRESETS, BertConfig, BertForPreTraining
-from minibert.optim import AdamW, accumulate, clip_grad_norm, lr_at
+from minibert.model import PRESETS, BertConfig, BertForPreTraining, pretraining_model
+from minibert.optim import AdamW, lr_at
 from minibert.token_cache import TokenizedCorpus
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 from minibert.wordpiece import load_tokenizer
@@ -70,6 +77,7 @@ class TrainConfig:
     corpus: list = field(default_factory=list)  # files / dirs / globs; empty = embedded stdlib docstrings
     heldout_fraction: float = 0.05
     tokenizer: str = ""  # a saved tokenizer (tokenizer.json, or a BERT vocab.txt / directory); empty = train one
+    init_from: str = ""  # continue pretraining a checkpoint: a Hugging Face BERT directory or a minibert run
     vocab_size: int = 8192
     out: str = "runs/pretrain"
     resume: bool = False
@@ -78,6 +86,7 @@ class TrainConfig:
     eval_batches: int = 20
     log_every: int = 50
     fill_mask_examples: int = 5
+    zero: int = 0  # 1: shard the AdamW moments over data-parallel processes (ZeRO stage 1; distributed.py)
 
 
 # settings that change what an exact resume computes: a resumed run must match them
@@ -86,7 +95,8 @@ _RESUME_KEYS = ("seed", "batch_size", "accum", "seq_len", "length_window", "max_
 
 
 def log(msg):
-    print(msg, flush=True)
+    if distributed.world().rank == 0:  # one log for the job, however many processes
+        print(msg, flush=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -110,7 +120,11 @@ def get_tokenizer(tc, train_docs):
     """Load --tokenizer (either kind: wordpiece.load_tokenizer), reuse OUT/tokenizer.json, or
     train a byte-level BPE tokenizer on the training documents."""
     path = os.path.join(tc.out, rundir.TOKENIZER_FILE)
-    if tc.tokenizer:
+    if tc.init_from and tc.tokenizer:
+        raise ValueError("--init-from brings the checkpoint's own tokenizer: leave out --tokenizer")
+    if tc.init_from and not os.path.exists(path):
+        tok = load_pretrained_tokenizer(tc.init_from)
+    elif tc.tokenizer:
         tok = load_tokenizer(tc.tokenizer)
     elif os.path.exists(path):
         return load_tokenizer(path)
@@ -147,22 +161,40 @@ def build_data(tc, tok, train_docs, heldout_docs):
 # evaluation
 
 
-def evaluate(model, batches):
-    """Held-out MLM loss (mean over labelled positions), accuracy, perplexity; NSP accuracy."""
+def evaluate(model, batches, w=None):
+    """Held-out MLM loss (mean over labelled positions), accuracy, perplexity; NSP accuracy.
+    w: a distributed.World whose ranks each evaluate their rows of every batch; the sums
+    are added over ranks, so every rank returns the single-process figures."""
+    w = w or distributed.World()
     mlm_loss_sum, mlm_correct, mlm_count, nsp_loss_sum, nsp_correct, nsp_count = 0.0, 0, 0, 0.0, 0, 0
     for batch in batches:
+        batch = {k: v[w.rows(len(batch["input_ids"]))] for k, v in batch.items()}
+        if len(batch["input_ids"]) == 0:  # a last batch shorter than the number of ranks
+            continue
         out = model.predict(batch)
         mlm_loss_sum += float(out["mlm_loss"]) * out["mlm_count"]
         mlm_correct += int(out["mlm_correct"])
         mlm_count += out["mlm_count"]
-        nsp_loss_sum += float(out["nsp_loss"]) * out["nsp_count"]
-        nsp_correct += int(out["nsp_correct"])
-        nsp_count += out["nsp_count"]
+        if "nsp_loss" in out:  # an MLM-only model (BertForMaskedLM) has no NSP figures
+            nsp_loss_sum += float(out["nsp_loss"]) * out["nsp_count"]
+            nsp_correct += int(out["nsp_correct"])
+            nsp_count += out["nsp_count"]
+    sums = w.sum_host([mlm_loss_sum, mlm_correct, mlm_count, nsp_loss_sum, nsp_correct, nsp_count])
+    mlm_loss_sum, nsp_loss_sum = float(sums[0]), float(sums[3])
+    mlm_correct, mlm_count, nsp_correct, nsp_count = (int(x) for x in sums[[1, 2, 4, 5]])
     mlm_loss = mlm_loss_sum / max(mlm_count, 1)
-    return {"mlm_loss": mlm_loss, "mlm_acc": mlm_correct / max(mlm_count, 1),
-            "perplexity": math.exp(min(mlm_loss, 50.0)), "nsp_loss": nsp_loss_sum / max(nsp_count, 1),
-            "nsp_acc": nsp_correct / max(nsp_count, 1), "loss": mlm_loss + nsp_loss_sum / max(nsp_count, 1),
-            "mlm_positions": mlm_count, "pairs": nsp_count}
+    ev = {"mlm_loss": mlm_loss, "mlm_acc": mlm_correct / max(mlm_count, 1),
+          "perplexity": math.exp(min(mlm_loss, 50.0)), "nsp_loss": nsp_loss_sum / max(nsp_count, 1),
+          "nsp_acc": nsp_correct / max(nsp_count, 1), "loss": mlm_loss + nsp_loss_sum / max(nsp_count, 1),
+          "mlm_positions": mlm_count, "pairs": nsp_count}
+    if not nsp_count:  # MLM alone: no NSP figures to report
+        del ev["nsp_loss"], ev["nsp_acc"]
+    return ev
+
+
+def nsp_text(ev):
+    """The NSP part of an evaluation log line ("" for an MLM-only model)."""
+    return f" | nsp acc {ev['nsp_acc']:.3f}" if "nsp_acc" in ev else ""
 
 
 def evaluate_run(run_dir, checkpoint="last", corpus=None, batch_size=32, max_batches=None):
@@ -181,9 +213,13 @@ def evaluate_run(run_dir, checkpoint="last", corpus=None, batch_size=32, max_bat
 
 
 def save_run_checkpoint(tc, name, model, opt, step, position, tok, best_loss):
-    """Checkpoint NAME of kind "minibert-pretraining": everything an exact resume needs."""
+    """Checkpoint NAME of kind "minibert-pretraining": everything an exact resume needs.
+    Every rank calls it (a sharded optimizer gathers its moments); rank 0 alone writes."""
     tensors, opt_meta = opt.state_dict()
-    meta = {"config": model.config.to_dict(), "train": asdict(tc), "step": step, "data_position": list(position),
+    if distributed.world().rank != 0:
+        return
+    meta = {"config": model.config.to_dict(), "model_class": type(model).__name__, "train": asdict(tc), "step": step,
+            "data_position": list(position),
             "optim": opt_meta, "best_eval_loss": best_loss,
             # every random draw is a function of these counters (see the module docstring)
             "rng": {"seed": tc.seed, "dropout_stream": "(seed, step, micro_batch)", "data_stream": "(seed, epoch)"}}
@@ -203,6 +239,42 @@ def restore(tc, model, opt, tok):
 
 
 # ----------------------------------------------------------------------------------------
+# the model
+
+
+def build_model(tc, tok, model_overrides=None):
+    """The model to pretrain. Fresh: a BertForPreTraining of the preset's shape (with
+    model_overrides), seeded. tc.init_from: that checkpoint's shape, weights and heads, as
+    inference.load_pretrained reads them: BertForPreTraining (MLM + NSP) if it has the NSP
+    head, else BertForMaskedLM (MLM alone); model_overrides may set only dropout,
+    attention_dropout and dtype. Resuming a run that started from a checkpoint: the
+    checkpoint's class and config (restore() then loads its weights)."""
+    overrides = dict(model_overrides or {})
+    if tc.resume:
+        meta = rundir.read_meta(tc.out, "last", rundir.PRETRAINING_KIND)
+        if meta["train"].get("init_from"):
+            config = BertConfig.from_dict(dict(meta["config"], dtype=overrides.get("dtype", meta["config"]["dtype"])))
+            return pretraining_model(meta)[0](config, seed=tc.seed)
+    elif tc.init_from:
+        model, _ = load_pretrained(tc.init_from, dtype=overrides.pop("dtype", None))
+        if "mlm.bias" not in model.params:
+            raise ValueError(f"--init-from {tc.init_from} is a {type(model).__name__}, with no MLM head: continued "
+                             "pretraining needs a BertForPreTraining or BertForMaskedLM checkpoint")
+        for k, v in overrides.items():
+            if k in ("dropout", "attention_dropout"):
+                setattr(model.config, k, v)
+            elif getattr(model.config, k) != v:
+                raise ValueError(f"--init-from {tc.init_from} fixes the model's shape: {k} is "
+                                 f"{getattr(model.config, k)} there, not {v}")
+        if tc.seq_len > model.config.max_position:
+            raise ValueError(f"--seq-len {tc.seq_len} exceeds the checkpoint's max_position {model.config.max_position}")
+        return model
+    cfg = dict(PRESETS[tc.preset], vocab_size=tok.vocab_size, max_position=max(512, tc.seq_len))
+    cfg.update(overrides)
+    return BertForPreTraining(BertConfig(**cfg), seed=tc.seed)
+
+
+# ----------------------------------------------------------------------------------------
 # the training loop
 
 
@@ -215,9 +287,13 @@ def pretrain(tc, model_overrides=None):
     rundir.RunDirLocked while another run writes to tc.out, FloatingPointError for a non-finite
     loss, KeyboardInterrupt after saving on Ctrl-C."""
     backend.use(tc.backend)
+    w = distributed.init(tc.backend)  # one process unless launched by mpiexec -n N
     if tc.preset not in PRESETS:
         raise ValueError(f"unknown preset {tc.preset!r}: choose from {sorted(PRESETS)}")
-    with rundir.lock(tc.out):  # one writer for the life of the run: nothing is written before it
+    if tc.zero not in (0, 1):
+        raise ValueError(f"--zero must be 0 (no sharding) or 1 (AdamW moments sharded), got {tc.zero}")
+    # one writer for the life of the run (rank 0): nothing is written before it
+    with w.abort_on_error(), (rundir.lock(tc.out) if w.rank == 0 else contextlib.nullcontext()):
         return _pretrain(tc, model_overrides)
 
 
@@ -229,27 +305,38 @@ def _pretrain(tc, model_overrides):
     if tc.resume and not checkpoint_exists(tc.out, "last"):
         raise ValueError(f"--resume: no checkpoint {tc.out}/last.json to resume from")
 
+    w = distributed.world()
     train_docs, heldout_docs = load_documents(tc)
-    tok = get_tokenizer(tc, train_docs)
-    cfg = dict(PRESETS[tc.preset], vocab_size=tok.vocab_size, max_position=max(512, tc.seq_len))
-    cfg.update(model_overrides or {})
-    config = BertConfig(**cfg)
+    if w.rank == 0:  # rank 0 trains (or copies) the tokenizer; the others then read OUT/tokenizer.json
+        tok = get_tokenizer(tc, train_docs)
+    w.barrier()
+    if w.rank != 0:
+        tok = load_tokenizer(os.path.join(tc.out, rundir.TOKENIZER_FILE))
+    model = build_model(tc, tok, model_overrides)
+    config = model.config
     if config.vocab_size != tok.vocab_size:
         raise ValueError(f"vocab_size {config.vocab_size} differs from the tokenizer's {tok.vocab_size}")
     train_data, held_data = build_data(tc, tok, train_docs, heldout_docs)
     eval_set = held_data.eval_batches(tc.batch_size, tc.eval_batches)
 
-    model = BertForPreTraining(config, seed=tc.seed)
-    opt = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
+    if tc.zero:
+        opt = distributed.ShardedAdamW(w, model.params, lr=tc.lr, weight_decay=tc.weight_decay)
+    else:
+        opt = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
+    dp = distributed.DataParallel(w, opt)
     step, position, best_loss = 0, (0, 0), None
     if tc.resume:
         step, position, best_loss = restore(tc, model, opt, tok)
         log(f"resumed {tc.out} at step {step} (data epoch {position[0]}, batch {position[1]})")
-    metrics = MetricsFile(os.path.join(tc.out, rundir.METRICS_FILE), resume_step=step if tc.resume else None)
-    rundir.write_json(os.path.join(tc.out, rundir.CONFIG_FILE), {"model": config.to_dict(), "train": asdict(tc)})
-    log(f"model: BERT {tc.preset} (L={config.num_layers}, H={config.hidden_size}, A={config.num_heads}), "
+    metrics = None
+    if w.rank == 0:  # rank 0 alone writes the run directory
+        metrics = MetricsFile(os.path.join(tc.out, rundir.METRICS_FILE), resume_step=step if tc.resume else None)
+        rundir.write_json(os.path.join(tc.out, rundir.CONFIG_FILE), {"model": config.to_dict(), "train": asdict(tc)})
+    what = f"{type(model).__name__} from {tc.init_from}" if tc.init_from else f"BERT {tc.preset}"
+    log(f"model: {what} (L={config.num_layers}, H={config.hidden_size}, A={config.num_heads}), "
         f"{model.num_parameters():,} parameters, {config.dtype}, backend {backend.name}; "
-        f"{tc.steps:,} steps of {tc.batch_size * tc.accum} sequences x {tc.seq_len} tokens")
+        f"{tc.steps:,} steps of {tc.batch_size * tc.accum} sequences x {tc.seq_len} tokens"
+        + (f"; data parallel over {w.size} processes{', ZeRO-1' if tc.zero else ''}" if w.size > 1 else ""))
 
     batches = train_data.batches(tc.batch_size, start=position)
     interrupted = []
@@ -264,24 +351,31 @@ def _pretrain(tc, model_overrides):
             grads = None
             for micro in range(tc.accum):
                 next_position, batch = next(batches)
-                out, cache = model.forward(batch, train=True, rng=backend.rng((tc.seed, step, micro)))
-                grads = accumulate(grads, model.backward(cache), 1.0 / tc.accum)  # the mean over micro-batches
+                # this process's rows of the global batch (all of it for one process); see distributed.py
+                batch, counts, first_row = dp.slice(batch)
+                out, cache = model.forward(batch, train=True, rng=backend.rng((tc.seed, step, micro), first_row),
+                                           global_counts=counts)
+                # the mean over micro-batches, summed over processes after the last one
+                grads = dp.backward(model, cache, grads, 1.0 / tc.accum, last=micro == tc.accum - 1)
                 # losses stay device scalars: no host sync until the log line
+                nsp = ({"nsp_loss": out["nsp_loss"] / tc.accum, "nsp_correct": out["nsp_correct"],
+                        "nsp_count": out["nsp_count"]} if model.has_nsp else {})  # MLM alone: no NSP
                 window.add(loss=out["loss"] / tc.accum, mlm_loss=out["mlm_loss"] / tc.accum,
-                           nsp_loss=out["nsp_loss"] / tc.accum, mlm_correct=out["mlm_correct"],
-                           mlm_count=out["mlm_count"], nsp_correct=out["nsp_correct"], nsp_count=out["nsp_count"],
+                           mlm_correct=out["mlm_correct"], mlm_count=out["mlm_count"], **nsp,
                            tokens=batch["attention_mask"].sum(), positions=batch["attention_mask"].size)
                 position = next_position
-            norm = clip_grad_norm(grads, tc.grad_clip)
+            norm = dp.clip_grad_norm(grads, tc.grad_clip)  # the global norm, the same on every rank
             # stays on the device: 0 * inf and 0 * nan are nan, so one host read at the next
             # log, eval or save step sees any bad step since the last (no wait per step)
             probe = probe + 0.0 * (out["loss"] + norm)
             opt.step(grads, lr=lr)
             step += 1
             window.step()
+            if w.size > 1:  # every rank must take the same branches below (Ctrl-C may reach one rank first)
+                interrupted[:] = [True] if dp.any(interrupted) else []
             if (step % tc.log_every == 0 or step % tc.eval_every == 0 or step % tc.save_every == 0
                     or step == tc.steps or interrupted):
-                if not math.isfinite(float(probe)):  # nothing past the last good checkpoint is saved
+                if dp.any(not math.isfinite(float(probe))):  # nothing past the last good checkpoint is saved
                     kept = f"{tc.out}/last.json (step {last_saved})" if last_saved is not None else "none was saved yet"
                     raise FloatingPointError(
                         f"non-finite loss or gradient at step {step} or before (checked at log, eval and save "
@@ -290,23 +384,28 @@ def _pretrain(tc, model_overrides):
                 probe = 0.0
 
             if step % tc.log_every == 0 or step == tc.steps:
+                dp.sum_window(window)
                 rec = {"step": step, "loss": window.mean("loss"), "mlm_loss": window.mean("mlm_loss"),
                        "nsp_loss": window.mean("nsp_loss"), "mlm_acc": window.ratio("mlm_correct", "mlm_count"),
-                       "nsp_acc": window.ratio("nsp_correct", "nsp_count"), "lr": lr, "grad_norm": norm,
+                       "nsp_acc": window.ratio("nsp_correct", "nsp_count"), "lr": lr, "grad_norm": float(norm),
                        **window.speed(), "real_token_fraction": window.tokens / max(window.sums["positions"], 1),
-                       "epoch": position[0], "elapsed_s": time.time() - t_start}
+                       **dp.timing(), "epoch": position[0], "elapsed_s": time.time() - t_start}
+                if not model.has_nsp:
+                    del rec["nsp_loss"], rec["nsp_acc"]
                 left = (time.time() - t_loop) / (step - step0) * (tc.steps - step)
                 log(log_line(step, tc.steps, **{k: rec[k] for k in ("loss", "mlm_loss", "mlm_acc", "nsp_loss",
                                                                      "nsp_acc", "lr", "grad_norm", "ms_per_step",
-                                                                     "tokens_per_s")}, left=left))
-                metrics.write(rec)
+                                                                     "tokens_per_s") if k in rec}, left=left))
+                if metrics:
+                    metrics.write(rec)
                 window.reset()
 
             if step % tc.eval_every == 0 or step == tc.steps:
-                ev = evaluate(model, eval_set)
-                metrics.write({"step": step, **{f"eval_{k}": v for k, v in ev.items()}})
+                ev = evaluate(model, eval_set, w)
+                if metrics:
+                    metrics.write({"step": step, **{f"eval_{k}": v for k, v in ev.items()}})
                 log(f"eval  step {step} | held-out mlm loss {ev['mlm_loss']:.3f} acc {ev['mlm_acc']:.3f} "
-                    f"ppl {ev['perplexity']:.1f} | nsp acc {ev['nsp_acc']:.3f}")
+                    f"ppl {ev['perplexity']:.1f}{nsp_text(ev)}")
                 if best_loss is None or ev["loss"] < best_loss:
                     best_loss = ev["loss"]
                     save_run_checkpoint(tc, "best", model, opt, step, position, tok, best_loss)
@@ -318,7 +417,7 @@ def _pretrain(tc, model_overrides):
                 raise KeyboardInterrupt
     finally:
         signal.signal(signal.SIGINT, old_handler)
-    ev = evaluate(model, eval_set)
+    ev = evaluate(model, eval_set, distributed.world())
     log(f"done: {step} steps in {fmt_time(time.time() - t_start)} | held-out mlm loss {ev['mlm_loss']:.3f} "
-        f"acc {ev['mlm_acc']:.3f} ppl {ev['perplexity']:.1f} | nsp acc {ev['nsp_acc']:.3f} | saved in {tc.out}")
+        f"acc {ev['mlm_acc']:.3f} ppl {ev['perplexity']:.1f}{nsp_text(ev)} | saved in {tc.out}")
     return model, tok, ev, heldout_docs

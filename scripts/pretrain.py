@@ -3,6 +3,7 @@
 
     python scripts/pretrain.py [--preset tiny|mini|small|base] [--backend numpy|cupy] ...
     python scripts/pretrain.py --out runs/pretrain --resume      # continue after an interruption
+    mpiexec -n 2 python scripts/pretrain.py --out runs/dp        # data parallel: the same run on 2 processes
 
 The flags are the fields of minibert.train.TrainConfig, plus BertConfig fields that override
 the preset's; the work is minibert.train.pretrain.
@@ -14,6 +15,7 @@ from dataclasses import fields
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from minibert import distributed  # noqa: E402
 from minibert.inference import fill_mask, mask_examples  # noqa: E402
 from minibert.model import PRESETS  # noqa: E402
 from minibert.train import TrainConfig, log, pretrain  # noqa: E402
@@ -39,8 +41,13 @@ def build_parser():
                    "(default: the docstrings of this Python's standard library)")
     p.add_argument("--tokenizer", default="", help="a saved tokenizer.json, or a BERT vocab.txt or directory "
                    "(WordPiece) (default: train a byte-level BPE one)")
+    p.add_argument("--init-from", default=d.init_from, help="continue pretraining a checkpoint: a Hugging Face "
+                   "BERT directory (config.json, model.safetensors, vocab.txt) or a minibert pretraining run; its "
+                   "shape, weights, heads (MLM + NSP, or MLM alone) and tokenizer")
     p.add_argument("--out", default=d.out, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--zero", type=int, default=d.zero, choices=[0, 1], help="1: shard the AdamW moments over the "
+                   "processes of mpiexec -n N (ZeRO stage 1); the checkpoints do not change")
     # model shape overrides (default: the preset's)
     for name in MODEL_INT_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
@@ -68,7 +75,7 @@ def main(argv=None):
     except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: RunDirLocked
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if tc.fill_mask_examples:
+    if tc.fill_mask_examples and distributed.world().rank == 0:  # under mpiexec: rank 0 alone
         log("\nfill-mask on held-out sentences (top 5):")
         for text, answer in mask_examples(heldout_docs, tok, tc.fill_mask_examples, seed=tc.seed):
             (preds,) = fill_mask(model, tok, text, top_k=5)
