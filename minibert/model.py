@@ -333,9 +333,9 @@ class BertBase:
         return sum(int(np.prod(p.shape)) for p in self.params.values())
 
     def dropout_rng(self, train, rng=None):
-        """The Generator for a forward's dropout masks: None when there is no dropout
-        (evaluation or zero rates), rng when given, else the model's own stream: a fresh
-        Generator from (seed, number of such forwards so far)."""
+        """The random stream of a forward's dropout masks: None when there is no dropout
+        (evaluation or zero rates), rng when given, else the model's own: backend.rng keyed
+        by (seed, number of such forwards so far), one counter-based stream per sequence."""
         c = self.config
         if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
             return None
