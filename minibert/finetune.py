@@ -393,7 +393,7 @@ def _finetune(fc):
                        tokens=batch["attention_mask"].sum())
             window.step()
             if step % fc.log_every == 0 or step == total:
-                rec = {"step": step, "epoch": epoch, "loss": window.mean("loss"), "lr": lr, "grad_norm": norm,
+                rec = {"step": step, "epoch": epoch, "loss": window.mean("loss"), "lr": lr, "grad_norm": float(norm),
                        **window.speed(), "elapsed_s": time.time() - t_start}
                 shown = {"loss": rec["loss"]}
                 if not fc.regression:
