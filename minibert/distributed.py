@@ -525,15 +525,19 @@ class DataParallel:
         window.tokens = int(total[-1])
 
     def timing(self):
-        """{comm_ms_per_step: blocked waiting for gradients, comm_span_ms_per_step: first bucket
-        sent to last one summed, optimizer_state_bytes: AdamW moments on this rank} since the
-        last call; empty for one process."""
+        """Figures for metrics.jsonl since the last call (empty for one process):
+        comm_ms_per_step           the step blocked waiting for summed gradients (exposed)
+        comm_span_ms_per_step      from the first bucket sent to the last one seen summed
+        comm_overlapped_ms_per_step  span minus exposed: buckets in flight while the backward ran
+        optimizer_state_bytes      AdamW moments held by this rank (1/N of them with ZeRO-1)
+        The compute time is ms_per_step minus comm_ms_per_step."""
         if self.w.size == 1:
             return {}
         out = {"optimizer_state_bytes": optimizer_state_bytes(self.opt)}  # rank 0's: 1/N of all with ZeRO-1
         if not self.sharded:
             n = max(self.comm["steps"], 1)
-            out.update(comm_ms_per_step=1000 * self.comm["comm_exposed_s"] / n,
-                       comm_span_ms_per_step=1000 * self.comm["comm_span_s"] / n)
+            exposed, span = self.comm["comm_exposed_s"] / n, self.comm["comm_span_s"] / n
+            out.update(comm_ms_per_step=1000 * exposed, comm_span_ms_per_step=1000 * span,
+                       comm_overlapped_ms_per_step=1000 * max(span - exposed, 0.0))
         self.comm = {"comm_span_s": 0.0, "comm_exposed_s": 0.0, "steps": 0}
         return out
