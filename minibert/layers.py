@@ -35,11 +35,10 @@ MASK_VALUE = -10000.0
 
 
 def linear_forward(x, w, b):
-    xp = backend.xp
     n_in, n_out = w.shape
     # one 2-D matmul over all rows: NumPy's stacked (B, T, IN) @ (IN, OUT) loops over the
     # batch and can run several times slower than the same work as a single GEMM
-    out = xp.matmul(x.reshape(-1, n_in), w)  # (N, OUT)
+    out = backend.matmul(x.reshape(-1, n_in), w)  # (N, OUT)
     if b is not None:
         out += b
     # backward needs x for dw and w for dx
@@ -50,11 +49,11 @@ def linear_backward(dout, cache):
     x, w = cache
     n_in, n_out = w.shape
     dout2 = dout.reshape(-1, n_out)  # (N, OUT)
-    # forward: out = x @ w + b, so dx = dout @ w.T
-    dx = (dout2 @ w.T).reshape(x.shape)  # (..., IN)
-    # ... and dw = x^T @ dout summed over every row, db = sum of dout over rows
-    dw = x.reshape(-1, n_in).T @ dout2  # (IN, OUT)
-    db = dout2.sum(axis=0)  # (OUT,)
+    # forward: out = x @ w + b, so dx = dout @ w.T, and dw = x^T @ dout summed over every
+    # row (the two products are independent: backend.matmul_pair may run them at once)
+    dx2, dw = backend.matmul_pair(dout2, w.T, x.reshape(-1, n_in).T, dout2)  # (N, IN), (IN, OUT)
+    dx = dx2.reshape(x.shape)  # (..., IN)
+    db = dout2.sum(axis=0)  # (OUT,) db = sum of dout over rows
     return dx, dw, db
 
 

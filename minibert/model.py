@@ -379,7 +379,8 @@ def mlm_head_forward(p, c, seq, pos):
     mlm_act, c_mlm_act = gelu_forward(mlm_fc, gelu_approximation(c.hidden_act))  # (P, H)
     mlm_hidden, c_mlm_ln = layernorm_forward(mlm_act, p["mlm.ln.w"], p["mlm.ln.b"], c.layer_norm_eps)  # (P, H)
     # decoder tied to the input word embeddings
-    mlm_logits = mlm_hidden @ p["emb.word"].T + p["mlm.bias"]  # (P, V)
+    mlm_logits = backend.matmul(mlm_hidden, p["emb.word"].T)  # (P, V)
+    mlm_logits += p["mlm.bias"]
     return mlm_logits, MLMHeadCache((B, T, H), pos, mlm_hidden, c_mlm_fc, c_mlm_act, c_mlm_ln)
 
 
@@ -391,8 +392,7 @@ def mlm_head_backward(dmlm_logits, cache, w_word):
     g = {}
     # forward: mlm_logits = mlm_hidden @ word^T + bias, so dmlm_hidden = dlogits @ word,
     # dword (decoder part) = dlogits^T @ mlm_hidden, dbias = sum over positions
-    dmlm_hidden = dmlm_logits @ w_word  # (P, H)
-    dword_decoder = dmlm_logits.T @ mlm_hidden  # (V, H)
+    dmlm_hidden, dword_decoder = backend.matmul_pair(dmlm_logits, w_word, dmlm_logits.T, mlm_hidden)  # (P, H), (V, H)
     g["mlm.bias"] = dmlm_logits.sum(axis=0)  # (V,)
     # forward: mlm_hidden = LN(mlm_act)
     dmlm_act, g["mlm.ln.w"], g["mlm.ln.b"] = layernorm_backward(dmlm_hidden, cache.c_mlm_ln)  # (P, H)

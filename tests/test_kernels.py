@@ -116,6 +116,24 @@ def test_batched_matmul_split_over_threads_is_bitwise_matmul(lead, M, K, N, stri
     np.testing.assert_array_equal(backend.to_host(got), ref)
 
 
+@settings(max_examples=25, deadline=None)
+@given(M=st.integers(1, 300), K=st.integers(1, 40), N=st.integers(1, 40), seed=st.integers(0, 10**6))
+def test_matmul_and_pair_split_over_threads_equal_matmul(M, K, N, seed):
+    """The linear layers' GEMMs, rows split between host threads (one BLAS thread each) and
+    dx/dw run at once: the same products as np.matmul (to float32 rounding: the split may
+    change which BLAS kernel sums a row), and the same on every call."""
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32)
+    dy = rng.standard_normal((M, N)).astype(np.float32)
+    got = backend.to_host(backend.matmul(backend.to_device(x), backend.to_device(w)))
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w, rtol=1e-4, atol=1e-4 * math.sqrt(K))
+    np.testing.assert_array_equal(got, backend.to_host(backend.matmul(backend.to_device(x), backend.to_device(w))))
+    dx, dw = backend.matmul_pair(backend.to_device(dy), backend.to_device(w).T, backend.to_device(x).T,
+                                 backend.to_device(dy))
+    np.testing.assert_allclose(backend.to_host(dx), dy.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-4 * math.sqrt(N))
+    np.testing.assert_allclose(backend.to_host(dw), x.T.astype(np.float64) @ dy, rtol=1e-4, atol=1e-4 * math.sqrt(M))
+
+
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 3 * backend.BLOCK), seed=st.integers(0, 10**6))
 def test_blockwise_equals_whole_array(n, seed):
