@@ -25,6 +25,7 @@ import io
 import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -97,8 +98,13 @@ def run_blocks(path, text, workdir):
 
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.name)
-def test_python_blocks_run(path, tmp_path, capsys):
-    run_blocks(path, path.read_text(encoding="utf-8"), tmp_path)
+def test_python_blocks_run(path, tmp_path):
+    """Each file's blocks run in a fresh interpreter, as a reader runs them: nothing that other
+    tests imported (transformers patches logging.Logger, say) can change what a block sees."""
+    env = dict(os.environ, MINIBERT_BACKEND="numpy")
+    r = subprocess.run([sys.executable, __file__, str(path), str(tmp_path)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, f"{path.name}: its python blocks failed\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}"
 
 
 def test_a_broken_block_fails(tmp_path):
@@ -231,3 +237,7 @@ def test_named_functions_exist():
             if not ok:
                 problems.append(f"{path.name}: {file}::{name} does not exist")
     assert not problems, "\n".join(problems)
+
+
+if __name__ == "__main__":  # python tests/test_docs.py DOC.md WORKDIR: run one file's blocks
+    run_blocks(Path(sys.argv[1]), Path(sys.argv[1]).read_text(encoding="utf-8"), sys.argv[2])
