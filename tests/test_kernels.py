@@ -287,3 +287,48 @@ def test_fused_softmax_gradient_check(on_cupy):
     (dx,) = layers.softmax_backward(dout, cache)
     check_gradients(lambda: float((layers.softmax_forward(x, 0.5, bias)[0] * dout).sum()), {"x": x}, {"x": dx})
 
+
+def test_float32_normal_cdf_far_tails_without_overflow():
+    """|x| is clamped before z * z, so even float32's largest values give 0 and 1 without an
+    overflow warning (Phi(-1e30) and 1 - Phi(1e30) are far below float32's smallest value)."""
+    x = np.array([-3e38, -1e30, -40.0, 40.0, 1e30, 3e38], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise"):  # exp underflowing to 0 is the right answer
+        out = np.asarray(backend.to_host(kernels.normal_cdf_float32(backend.to_device(x))))
+    np.testing.assert_array_equal(out, np.array([0, 0, 0, 1, 1, 1], dtype=np.float32))
+
+
+def _softmax_reference(x, scale=1.0, bias=None):
+    """softmax(x * scale + bias) over the last axis in float64, written out here."""
+    z = np.asarray(x, dtype=np.float64) * scale + (0.0 if bias is None else np.asarray(bias, dtype=np.float64))
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("f", [kernels.softmax, kernels.softmax_plain])
+def test_softmax_defaults_scale_and_overwrite(f):
+    """The defaults are scale 1 and x left as it was; any scale (2 included) is applied;
+    overwrite=True gives the result in x's own memory. Found by mutation testing."""
+    x = np.random.default_rng(8).standard_normal((3, 4, 5))
+    saved = x.copy()
+    np.testing.assert_allclose(backend.to_host(f(backend.to_device(x))), _softmax_reference(x), rtol=1e-13)
+    for scale in (2.0, 0.125):
+        xd = backend.to_device(x)
+        np.testing.assert_allclose(backend.to_host(f(xd, scale)), _softmax_reference(x, scale), rtol=1e-13)
+        np.testing.assert_array_equal(backend.to_host(xd), saved)  # not overwritten by default
+    xd = backend.to_device(x.copy())
+    y = f(xd, 0.5, None, overwrite=True)
+    np.testing.assert_allclose(backend.to_host(xd), _softmax_reference(saved, 0.5), rtol=1e-13)  # in place
+    np.testing.assert_allclose(backend.to_host(y), _softmax_reference(saved, 0.5), rtol=1e-13)
+
+
+@pytest.mark.parametrize("f", [kernels.softmax_backward, kernels.softmax_backward_plain])
+def test_softmax_backward_default_scale_and_scale_two(f):
+    """dx = scale * y * (dout - sum(dout * y)) against the formula written here, with the
+    default scale (1) and scale 2. Found by mutation testing."""
+    r = np.random.default_rng(9)
+    y = _softmax_reference(r.standard_normal((2, 3, 6)))
+    dout = r.standard_normal((2, 3, 6))  # random upstream, never ones
+    ref = y * (dout - (dout * y).sum(axis=-1, keepdims=True))
+    yd, dd = backend.to_device(y), backend.to_device(dout)
+    np.testing.assert_allclose(backend.to_host(f(yd, dd)), ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(backend.to_host(f(yd, dd, 2.0)), 2.0 * ref, rtol=1e-12, atol=1e-15)

@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 from conftest import make_batch, tiny_config
 from minibert import backend
 from minibert.gradcheck import check_directional, check_gradients
-from minibert.model import BertConfig, BertForPreTraining
+from minibert.model import (BertConfig, BertForMaskedLM, BertForPreTraining, BertModel, masked_lm_param_shapes,
+                            pretraining_model, pretraining_param_shapes)
 
 
 @settings(max_examples=6, deadline=None)
@@ -153,3 +154,165 @@ def test_initialisation_follows_bert():
             np.testing.assert_array_equal(v, 0.0, err_msg=k)
     w = params["emb.word"]  # 16,000 draws: mean within 5 sigma of 0, std within 3 % of 0.05
     assert abs(w.mean()) < 5 * 0.05 / np.sqrt(w.size) and abs(w.std() / 0.05 - 1) < 0.03
+
+
+# ----------------------------------------------------------------------------------------
+# found by mutation testing (docs/testing.md): the other model classes, the on_ready hook,
+# the metrics in `out`, global_counts, the seed
+
+
+def _perturbed(model, rng):
+    """Non-trivial LayerNorm weights and biases, so their gradients are tested too."""
+    for k in model.params:
+        if model.params[k].ndim == 1:
+            model.params[k] += backend.to_device(rng.standard_normal(model.params[k].shape) * 0.1)
+    return model
+
+
+def test_masked_lm_gradients_every_param():
+    rng = np.random.default_rng(11)
+    c = tiny_config(dropout=0.1, attention_dropout=0.1, hidden_act="gelu_tanh")
+    model = _perturbed(BertForMaskedLM(c, seed=11), rng)
+    batch = make_batch(rng, 3, 5, c.vocab_size, n_masked=2)
+    f = lambda: model.loss_and_grads(batch, rng=backend.rng(11))[0]
+    loss, grads = model.loss_and_grads(batch, rng=backend.rng(11))
+    assert grads.keys() == model.params.keys() and "pool.w" not in grads
+    out = model.forward(batch, rng=backend.rng(11))[0]
+    assert loss == float(out["mlm_loss"])  # the loss is the MLM loss alone
+    check_gradients(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, max_coords=6, seed=11)
+    check_directional(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, seed=11)
+
+
+@pytest.mark.parametrize("upstream", ["both", "seq", "pooled"])
+def test_bare_encoder_gradients_every_param(upstream):
+    """BertModel has no loss: the loss here is <dseq, seq> + <dpooled, pooled> with random
+    upstream gradients, and the pooler's gradient is exactly 0 when pooled takes no part."""
+    rng = np.random.default_rng(12)
+    c = tiny_config()
+    model = _perturbed(BertModel(c, seed=12), rng)
+    batch = make_batch(rng, 2, 5, c.vocab_size)
+    B, T, H = 2, 5, c.hidden_size
+    dseq = rng.standard_normal((B, T, H)) if upstream != "pooled" else None
+    dpooled = rng.standard_normal((B, H)) if upstream != "seq" else None
+
+    def f():
+        out = model.forward(batch, train=False)[0]
+        seq, pooled = backend.to_host(out["sequence_output"]), backend.to_host(out["pooled_output"])
+        return float((0.0 if dseq is None else (dseq * seq).sum()) + (0.0 if dpooled is None else (dpooled * pooled).sum()))
+
+    cache = model.forward(batch, train=False)[1]
+    grads = model.backward(cache, None if dseq is None else backend.to_device(dseq),
+                           None if dpooled is None else backend.to_device(dpooled))
+    assert grads.keys() == model.params.keys()
+    if dpooled is None:
+        assert float(abs(grads["pool.w"]).sum()) == 0.0 and float(abs(grads["pool.b"]).sum()) == 0.0
+    check_gradients(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, max_coords=6, seed=12)
+    check_directional(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, seed=12)
+
+
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM])
+def test_on_ready_hands_over_every_final_gradient_once(cls):
+    """backward(cache, on_ready) hands each parameter's gradient over exactly once, already
+    final: what it was handed equals what backward returns (distributed.py sums it then)."""
+    rng = np.random.default_rng(13)
+    c = tiny_config(num_layers=2)
+    model = cls(c, seed=13)
+    batch = make_batch(rng, 2, 5, c.vocab_size, n_masked=2)
+    out, cache = model.forward(batch, train=False)
+    handed = []
+    grads = model.backward(cache, on_ready=lambda group: handed.extend((k, backend.to_host(v).copy())
+                                                                       for k, v in group.items()))
+    names = [k for k, _ in handed]
+    assert sorted(names) == sorted(model.params) and len(set(names)) == len(names)
+    for k, v in handed:
+        np.testing.assert_array_equal(v, backend.to_host(grads[k]), err_msg=k)
+    # and without a listener, the same gradients
+    plain = model.backward(model.forward(batch, train=False)[1])
+    for k in grads:
+        np.testing.assert_array_equal(backend.to_host(plain[k]), backend.to_host(grads[k]), err_msg=k)
+
+
+def test_forward_reports_predictions_and_counts():
+    """out's predictions and counts, against argmax and counts taken from the logits and the
+    batch here."""
+    rng = np.random.default_rng(14)
+    c = tiny_config()
+    model = BertForPreTraining(c, seed=14)
+    batch = make_batch(rng, 4, 6, c.vocab_size, n_masked=3)
+    batch["next_sentence_label"] = np.array([0, 1, 1, 0])
+    out = model.forward(batch, train=False)[0]
+    labels = batch["labels"].reshape(-1)
+    pos = np.flatnonzero(labels != -100)
+    mlm_logits, nsp_logits = backend.to_host(out["mlm_logits"]), backend.to_host(out["nsp_logits"])
+    assert mlm_logits.shape == (len(pos), c.vocab_size) and nsp_logits.shape == (4, 2)
+    # make some predictions right, so that "correct" is neither 0 nor everything
+    mlm_pred, nsp_pred = mlm_logits.argmax(axis=1), nsp_logits.argmax(axis=1)
+    np.testing.assert_array_equal(backend.to_host(out["mlm_preds"]), mlm_pred)
+    np.testing.assert_array_equal(backend.to_host(out["nsp_preds"]), nsp_pred)
+    np.testing.assert_array_equal(backend.to_host(out["mlm_labels"]), labels[pos])
+    np.testing.assert_array_equal(backend.to_host(out["mlm_positions"]), pos)
+    assert int(out["mlm_correct"]) == int((mlm_pred == labels[pos]).sum()) and out["mlm_count"] == len(pos)
+    assert int(out["nsp_correct"]) == int((nsp_pred == batch["next_sentence_label"]).sum()) and out["nsp_count"] == 4
+    batch["next_sentence_label"] = nsp_pred  # every NSP prediction right, then every one wrong
+    assert int(model.forward(batch, train=False)[0]["nsp_correct"]) == 4
+    batch["next_sentence_label"] = 1 - nsp_pred
+    assert int(model.forward(batch, train=False)[0]["nsp_correct"]) == 0
+    for k in ("loss", "mlm_loss", "nsp_loss"):
+        assert np.isfinite(float(out[k]))
+    assert float(out["loss"]) == float(out["mlm_loss"]) + float(out["nsp_loss"])
+
+
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM])
+def test_global_counts_divide_the_summed_losses(cls):
+    """global_counts (labelled positions, pairs) of a global batch twice this one's size:
+    each loss is this batch's sum over twice the count, so losses and gradients halve."""
+    rng = np.random.default_rng(15)
+    c = tiny_config()
+    model = cls(c, seed=15)
+    batch = make_batch(rng, 3, 6, c.vocab_size, n_masked=2)
+    P = int((batch["labels"] != -100).sum())
+    out, cache = model.forward(batch, train=False)
+    out2, cache2 = model.forward(batch, train=False, global_counts=(2 * P, 2 * 3))
+    for k in ("mlm_loss", "nsp_loss") if cls is BertForPreTraining else ("mlm_loss",):
+        np.testing.assert_allclose(float(out2[k]), float(out[k]) / 2, rtol=1e-12, err_msg=k)
+    g, g2 = model.backward(cache), model.backward(cache2)
+    for k in g:
+        np.testing.assert_allclose(backend.to_host(g2[k]), backend.to_host(g[k]) / 2, rtol=1e-10, atol=1e-15,
+                                   err_msg=k)
+
+
+def test_the_seed_fixes_weights_and_the_dropout_stream():
+    """The seed draws the weights (0 by default) and keys the model's own dropout stream;
+    forward trains (dropout on) unless told otherwise."""
+    c = tiny_config(dropout=0.3, attention_dropout=0.3)
+    batch = make_batch(np.random.default_rng(16), 2, 6, c.vocab_size, n_masked=2)
+    host = lambda m: {k: backend.to_host(v) for k, v in m.params.items()}
+    a, b, other = host(BertForPreTraining(c)), host(BertForPreTraining(c, seed=0)), host(BertForPreTraining(c, seed=1))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["emb.word"], other["emb.word"])
+    same = lambda seed: BertForPreTraining(c, seed=seed, params={k: backend.to_device(v.copy()) for k, v in a.items()})
+    loss = lambda m, **kw: float(m.forward(batch, **kw)[0]["loss"])
+    assert loss(same(3)) == loss(same(3), train=True)  # forward's default is training
+    assert loss(same(3)) != loss(same(4))  # same weights, another seed: other dropout masks
+    assert loss(same(3)) != loss(same(3), train=False)
+
+
+def test_embedding_dropout_is_applied_in_training():
+    """The embedding output is dropped too (BERT's hidden_dropout_prob after the embedding
+    LayerNorm), in training only."""
+    c = tiny_config(hidden_size=32, intermediate_size=16, num_heads=2, dropout=0.5, attention_dropout=0.0)
+    model = BertForPreTraining(c, seed=17)
+    batch = make_batch(np.random.default_rng(17), 4, 8, c.vocab_size, n_masked=2)
+    train_cache = model.forward(batch, train=True)[1].c_enc
+    eval_cache = model.forward(batch, train=False)[1].c_enc
+    keep, scale = train_cache.c_edrop
+    assert eval_cache.c_edrop is None and scale == 2.0
+    assert 0.3 < float(backend.to_host(keep).mean()) < 0.7  # 1,024 draws at p = 0.5
+
+
+def test_pretraining_model_by_checkpoint_meta():
+    assert pretraining_model({})[0] is BertForPreTraining  # runs older than BertForMaskedLM
+    assert pretraining_model({"model_class": "BertForPreTraining"}) == (BertForPreTraining, pretraining_param_shapes)
+    assert pretraining_model({"model_class": "BertForMaskedLM"}) == (BertForMaskedLM, masked_lm_param_shapes)
+    with pytest.raises(ValueError, match="BertModel"):
+        pretraining_model({"model_class": "BertModel"})

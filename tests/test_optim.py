@@ -468,3 +468,18 @@ def test_no_decay_predicate_sees_the_name():
     dev = to_dev(make_params(38))
     opt = AdamW(dev, no_decay=lambda name, p: name == "emb")
     assert opt.state_dict()[1]["no_decay"] == ["emb"]
+
+
+def test_clip_float32_uses_the_coefficient_rounded_to_float32():
+    """float32 grads are multiplied by the coefficient rounded to float32, as torch does
+    (not by the float64 coefficient, which rounds differently in the last bit); on the host
+    the norm comes back as a Python float. Found by mutation testing."""
+    grads = {k: v.astype(np.float32) for k, v in make_grads(36, 1)[0].items()}
+    norm64 = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
+    dev = to_dev(grads)
+    norm = clip_grad_norm(dev, 0.3 * norm64)
+    if backend.name == "numpy":
+        assert type(norm) is float
+    coef = np.float32(min(0.3 * norm64 / (float(norm) + 1e-6), 1.0))
+    for k, v in to_host(dev).items():
+        np.testing.assert_array_equal(v, grads[k] * coef, err_msg=k)
