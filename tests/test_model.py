@@ -316,3 +316,30 @@ def test_pretraining_model_by_checkpoint_meta():
     assert pretraining_model({"model_class": "BertForMaskedLM"}) == (BertForMaskedLM, masked_lm_param_shapes)
     with pytest.raises(ValueError, match="BertModel"):
         pretraining_model({"model_class": "BertModel"})
+
+
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM, BertModel])
+def test_every_model_class_takes_its_seed_and_given_params(cls):
+    """Each class draws its weights from seed (0 by default), keeps params it is given, and
+    keys its own dropout stream by the seed."""
+    c = tiny_config(dropout=0.3, attention_dropout=0.3)
+    batch = make_batch(np.random.default_rng(18), 2, 6, c.vocab_size, n_masked=2)
+    host = lambda m: {k: backend.to_host(v).copy() for k, v in m.params.items()}
+    a, b, other = host(cls(c)), host(cls(c, seed=0)), host(cls(c, seed=1))
+    assert all(np.array_equal(a[k], b[k]) for k in a) and not np.array_equal(a["emb.word"], other["emb.word"])
+    given = {k: backend.to_device(v + 0.5) for k, v in a.items()}
+    assert cls(c, params=given).params is given
+    key = "sequence_output" if cls is BertModel else "loss"
+    first = lambda seed: backend.to_host(cls(c, seed=seed, params={k: v.copy() for k, v in given.items()})
+                                         .forward(batch)[0][key])
+    np.testing.assert_array_equal(first(3), first(3))
+    assert not np.array_equal(first(3), first(4))  # same weights, another seed: other dropout masks
+
+
+def test_bare_encoder_needs_no_labels():
+    c = tiny_config()
+    batch = make_batch(np.random.default_rng(19), 2, 5, c.vocab_size)
+    unlabelled = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    out = BertModel(c).forward(unlabelled, train=False)[0]
+    np.testing.assert_array_equal(backend.to_host(out["sequence_output"]),
+                                  backend.to_host(BertModel(c).forward(batch, train=False)[0]["sequence_output"]))
