@@ -343,3 +343,16 @@ def test_bare_encoder_needs_no_labels():
     out = BertModel(c).forward(unlabelled, train=False)[0]
     np.testing.assert_array_equal(backend.to_host(out["sequence_output"]),
                                   backend.to_host(BertModel(c).forward(batch, train=False)[0]["sequence_output"]))
+
+
+@pytest.mark.parametrize("cls", [BertForMaskedLM, BertModel])
+def test_a_given_rng_draws_the_dropout_masks(cls):
+    """forward(batch, rng=...) draws its masks from that stream: the same stream gives the
+    same output on one model, call after call; another stream another output."""
+    c = tiny_config(dropout=0.3, attention_dropout=0.3)
+    model = cls(c, seed=20)
+    batch = make_batch(np.random.default_rng(20), 2, 6, c.vocab_size, n_masked=2)
+    key = "sequence_output" if cls is BertModel else "loss"
+    run = lambda s: backend.to_host(model.forward(batch, rng=backend.rng(s))[0][key])
+    np.testing.assert_array_equal(run(5), run(5))
+    assert not np.array_equal(run(5), run(6))
