@@ -356,3 +356,26 @@ def test_a_given_rng_draws_the_dropout_masks(cls):
     run = lambda s: backend.to_host(model.forward(batch, rng=backend.rng(s))[0][key])
     np.testing.assert_array_equal(run(5), run(5))
     assert not np.array_equal(run(5), run(6))
+
+
+def test_masked_lm_reports_predictions_and_needs_no_nsp_label():
+    """BertForMaskedLM's out against argmax and counts taken here; its batches need no
+    next_sentence_label."""
+    rng = np.random.default_rng(21)
+    c = tiny_config()
+    model = BertForMaskedLM(c, seed=21)
+    batch = make_batch(rng, 3, 6, c.vocab_size, n_masked=3)
+    del batch["next_sentence_label"]
+    out = model.forward(batch, train=False)[0]
+    labels = batch["labels"].reshape(-1)
+    pos = np.flatnonzero(labels != -100)
+    logits = backend.to_host(out["mlm_logits"])
+    assert logits.shape == (len(pos), c.vocab_size)
+    pred = logits.argmax(axis=1)
+    np.testing.assert_array_equal(backend.to_host(out["mlm_preds"]), pred)
+    np.testing.assert_array_equal(backend.to_host(out["mlm_labels"]), labels[pos])
+    np.testing.assert_array_equal(backend.to_host(out["mlm_positions"]), pos)
+    assert int(out["mlm_correct"]) == int((pred == labels[pos]).sum()) and out["mlm_count"] == len(pos)
+    batch["labels"].reshape(-1)[pos] = pred  # every prediction right
+    assert int(model.forward(batch, train=False)[0]["mlm_correct"]) == len(pos)
+    assert float(out["loss"]) == float(out["mlm_loss"])
