@@ -379,3 +379,23 @@ def test_masked_lm_reports_predictions_and_needs_no_nsp_label():
     batch["labels"].reshape(-1)[pos] = pred  # every prediction right
     assert int(model.forward(batch, train=False)[0]["mlm_correct"]) == len(pos)
     assert float(out["loss"]) == float(out["mlm_loss"])
+
+
+@pytest.mark.parametrize("cls", [BertForMaskedLM, BertModel])
+def test_float32_stays_float32_in_the_other_classes(cls):
+    """As test_float32_default_stays_float32, for the classes whose backward starts from
+    the sequence output alone (a float64 zero-filled dseq would turn every gradient below
+    it into float64)."""
+    c = tiny_config(dtype="float32")
+    model = cls(c)
+    batch = make_batch(np.random.default_rng(22), 2, 5, c.vocab_size, n_masked=2)
+    out, cache = model.forward(batch)
+    if cls is BertModel:
+        assert out["sequence_output"].dtype == np.float32 and out["pooled_output"].dtype == np.float32
+        seq = out["sequence_output"]
+        grads = model.backward(cache, backend.to_device(np.random.default_rng(23).standard_normal(seq.shape)
+                                                        .astype(np.float32)))
+    else:
+        assert out["mlm_logits"].dtype == np.float32 and out["loss"].dtype == np.float32
+        grads = model.backward(cache)
+    assert all(g.dtype == np.float32 for g in grads.values()), {k: g.dtype for k, g in grads.items()}
