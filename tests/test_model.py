@@ -399,3 +399,22 @@ def test_float32_stays_float32_in_the_other_classes(cls):
         assert out["mlm_logits"].dtype == np.float32 and out["loss"].dtype == np.float32
         grads = model.backward(cache)
     assert all(g.dtype == np.float32 for g in grads.values()), {k: g.dtype for k, g in grads.items()}
+
+
+@pytest.mark.parametrize("p_drop, p_attn", [(0.5, 0.0), (0.0, 0.5), (0.25, 0.5)])
+def test_every_layer_drops_at_its_own_rates_in_training(p_drop, p_attn):
+    """In training each layer drops after attention and after the feed-forward block at
+    config.dropout, and the attention probabilities at config.attention_dropout; the
+    masks' kept fractions match the rates (a few thousand draws each)."""
+    c = tiny_config(hidden_size=32, intermediate_size=16, num_heads=2, dropout=p_drop, attention_dropout=p_attn)
+    model = BertForPreTraining(c, seed=24)
+    batch = make_batch(np.random.default_rng(24), 8, 12, c.vocab_size, n_masked=2)
+    layers_cache = model.forward(batch, train=True)[1].c_enc.c_layers
+    assert len(layers_cache) == c.num_layers
+    for cl in layers_cache:
+        for cache, p in ((cl.c_drop1, p_drop), (cl.c_drop2, p_drop), (cl.c_attn.c_drop, p_attn)):
+            if p == 0.0:
+                assert cache is None
+            else:
+                keep, scale = cache
+                assert abs(float(backend.to_host(keep).mean()) - (1 - p)) < 0.06 and scale == 1 / (1 - p)
