@@ -158,9 +158,48 @@ def test_parity_drawn_shapes(data):
     T = data.draw(st.integers(1, 10), "T")
     act = data.draw(st.sampled_from(["gelu", "gelu_new", "gelu_pytorch_tanh"]), "hidden_act")
     seed = data.draw(st.integers(0, 2**16), "seed")
-    hf = hf_model(seed, dtype, act, V=23, H=A * D, L=L, A=A, I=12, max_pos=10, types=3)
+    shape = dict(V=23, H=A * D, L=L, A=A, I=12, max_pos=10, types=3)
+    hf = hf_model(seed, dtype, act, **shape)
     batch = make_batch(np.random.default_rng(seed), B, T, V=23, types=3, hf=True)
-    assert_close(compare(hf, batch, dtype), dtype)
+    errs = compare(hf, batch, dtype)
+    if dtype == "float32":
+        # Some drawn shapes are ill-conditioned (layer norm over 3 features of one token, say):
+        # there float32 itself cannot reach 1e-4. Measure that with PyTorch's own float32
+        # error against float64 on the same weights, and hold minibert to 4x it: both sides
+        # err by about that much, and their difference is what compare() sees.
+        own = torch_float32_errors(hf, hf_model(seed, "float64", act, **shape), batch)
+        errs = {k: e if e <= TOL[dtype] else e * TOL[dtype] / max(4 * own[k], TOL[dtype]) for k, e in errs.items()}
+    assert_close(errs, dtype)
+
+
+def torch_float32_errors(hf32, hf64, batch):
+    """PyTorch float32 against float64 on the same weights, keyed as compare() keys its errors."""
+    outs = {}
+    for name, hf in (("32", hf32), ("64", hf64)):
+        hf.zero_grad()
+        ref = hf(**{k: torch.from_numpy(v) for k, v in batch.items()})
+        ref.loss.backward()
+        outs[name] = {"loss": ref.loss.item(), "mlm_logits": ref.prediction_logits.detach().numpy(),
+                      "nsp_logits": ref.seq_relationship_logits.detach().numpy(),
+                      **{"grad " + k: p.grad.numpy() for k, p in hf.named_parameters()}}
+    return {k: rel_err(outs["32"][k], outs["64"][k]) for k in outs["64"]}
+
+
+def test_ill_conditioned_float32_is_judged_against_torch_float32():
+    """The drawn case Hypothesis found (H = 3, one row of 6 tokens): PyTorch float32 is itself
+    about 1e-4 off float64 there, and minibert stays within 4x of it; a real error (a
+    bias off by 1%) is still far outside."""
+    shape = dict(V=23, H=3, L=1, A=1, I=12, max_pos=10, types=3)
+    hf32, hf64 = hf_model(1196, "float32", "gelu", **shape), hf_model(1196, "float64", "gelu", **shape)
+    batch = make_batch(np.random.default_rng(1196), 1, 6, V=23, types=3, hf=True)
+    own = torch_float32_errors(hf32, hf64, batch)
+    errs = compare(hf32, batch, "float32")
+    assert max(own.values()) > TOL["float32"] / 10  # the case is ill-conditioned for torch too
+    assert all(errs[k] <= max(TOL["float32"], 4 * own[k]) for k in errs), errs
+    model = minibert_from_hf(hf32, "float32")
+    model.params["mlm.b"] = model.params["mlm.b"] * 1.01
+    wrong = compare(hf32, batch, "float32", model=model)
+    assert any(wrong[k] > max(TOL["float32"], 4 * own[k]) for k in wrong)
 
 
 # ----------------------------------------------------------------------------------------
