@@ -5,9 +5,9 @@
     loss, grads = model.loss_and_grads(batch)
 
 Modules, in the order data flows through them (README.md has the tour):
-    corpus -> bpe / bpe_train / tokenizer -> token_cache -> instances      the training signal
+    corpus -> bpe / bpe_train / tokenizer, wordpiece -> token_cache -> instances   the training signal
     backend, kernels -> layers, losses -> model, classifier, gradcheck     the network
-    optim -> checkpoint, rundir, atomic -> metrics, train, finetune        training
+    optim -> checkpoint, rundir, atomic -> metrics, distributed, train, finetune   training
     task_data, compare, inference, interop                                 using models
 """
 from minibert import backend
