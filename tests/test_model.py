@@ -418,3 +418,15 @@ def test_every_layer_drops_at_its_own_rates_in_training(p_drop, p_attn):
             else:
                 keep, scale = cache
                 assert abs(float(backend.to_host(keep).mean()) - (1 - p)) < 0.06 and scale == 1 / (1 - p)
+
+
+def test_the_own_dropout_stream_is_keyed_by_seed_and_forward_count():
+    """Without an rng, the n-th training forward draws its masks from backend.rng((seed, n)),
+    as BertBase.dropout_rng says: each step new masks, the same on every run."""
+    c = tiny_config(dropout=0.3, attention_dropout=0.3)
+    model = BertForPreTraining(c, seed=25)
+    batch = make_batch(np.random.default_rng(25), 2, 6, c.vocab_size, n_masked=2)
+    own = [float(model.forward(batch)[0]["loss"]) for _ in range(3)]
+    keyed = [float(model.forward(batch, rng=backend.rng((25, n)))[0]["loss"]) for n in (1, 2, 3)]
+    assert own == keyed and len(set(own)) == 3
+    assert float(model.forward(batch, train=False)[0]["loss"]) == float(model.predict(batch)["loss"])
