@@ -430,3 +430,41 @@ def test_the_own_dropout_stream_is_keyed_by_seed_and_forward_count():
     keyed = [float(model.forward(batch, rng=backend.rng((25, n)))[0]["loss"]) for n in (1, 2, 3)]
     assert own == keyed and len(set(own)) == 3
     assert float(model.forward(batch, train=False)[0]["loss"]) == float(model.predict(batch)["loss"])
+
+
+def test_batch_checks_at_their_boundaries():
+    """validate_batch at the edges: the first id, type and label past the vocabulary are
+    refused (naming the bad id), empty batches are refused, and token_type_ids and
+    attention_mask default to zeros and ones. Found by mutation testing."""
+    c = tiny_config()
+    model = BertForPreTraining(c)
+    base = make_batch(np.random.default_rng(26), 2, 5, c.vocab_size, n_masked=2)
+    base["input_ids"][:] = 3  # every id valid, none 0
+    base["input_ids"][0, 0] = 0
+
+    def refused(match, **change):
+        b = {k: v.copy() for k, v in base.items()}
+        for k, f in change.items():
+            b[k] = f(b[k])
+        with pytest.raises(ValueError, match=match):
+            model.forward(b, train=False)
+
+    def set_at(value, where=(1, 2)):
+        def f(a):
+            a[where] = value
+            return a
+        return f
+
+    refused(rf"token id {c.vocab_size} in input_ids", input_ids=set_at(c.vocab_size))
+    refused(r"token id -1 in input_ids", input_ids=set_at(-1))
+    refused(r"token_type_ids must be in", token_type_ids=set_at(c.type_vocab_size))
+    refused(rf"labels must be .* got {c.vocab_size}", labels=set_at(c.vocab_size))
+    refused(r"shape \(B, T\)", input_ids=lambda a: a[:0], token_type_ids=lambda a: a[:0],
+            attention_mask=lambda a: a[:0], labels=lambda a: a[:0], next_sentence_label=lambda a: a[:0])
+    refused(r"shape \(B, T\)", input_ids=lambda a: a[:, :0], token_type_ids=lambda a: a[:, :0],
+            attention_mask=lambda a: a[:, :0], labels=lambda a: a[:, :0])
+    refused(r"must hold integers", input_ids=lambda a: a.astype(np.float64))
+    # the defaults: no token_type_ids means all type 0, no attention_mask means no padding
+    full = {k: v for k, v in base.items() if k not in ("token_type_ids", "attention_mask")}
+    explicit = {**full, "token_type_ids": np.zeros_like(base["input_ids"]), "attention_mask": np.ones_like(base["input_ids"])}
+    assert float(model.forward(full, train=False)[0]["loss"]) == float(model.forward(explicit, train=False)[0]["loss"])
