@@ -252,3 +252,20 @@ def test_cross_entropy(R, K, extreme, seed):
     assert abs(float(loss) - (-logp[np.arange(R), th].mean())) < 1e-12
     check_gradients(lambda: 0.7 * float(losses.cross_entropy_forward(logits, targets)[0]),
                     {"logits": logits}, {"logits": dlogits}, eps=1e-5)
+
+
+def test_encoder_layer_defaults_are_exact_gelu_and_no_dropout():
+    """encoder_layer_forward's defaults: exact GELU, no dropout. Found by mutation testing."""
+    r = np.random.default_rng(40)
+    H, I = 8, 12
+    shapes = {"attn.w_qkv": (H, 3 * H), "attn.b_qkv": (3 * H,), "attn.w_o": (H, H), "attn.b_o": (H,),
+              "ln1.w": (H,), "ln1.b": (H,), "ffn.w_fc": (H, I), "ffn.b_fc": (I,), "ffn.w_proj": (I, H),
+              "ffn.b_proj": (H,), "ln2.w": (H,), "ln2.b": (H,)}
+    p = {k: backend.to_device(r.standard_normal(s) * 0.5) for k, s in shapes.items()}
+    x = backend.to_device(r.standard_normal((2, 5, H)))
+    bias = backend.to_device(np.zeros((2, 1, 1, 5)))
+    out = backend.to_host(layers.encoder_layer_forward(x, bias, p, 2, 1e-5)[0])
+    exact = backend.to_host(layers.encoder_layer_forward(x, bias, p, 2, 1e-5, "gelu", 0.0, 0.0, None)[0])
+    tanh = backend.to_host(layers.encoder_layer_forward(x, bias, p, 2, 1e-5, "gelu_tanh")[0])
+    np.testing.assert_array_equal(out, exact)
+    assert not np.array_equal(out, tanh)
