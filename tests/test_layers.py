@@ -269,3 +269,6 @@ def test_encoder_layer_defaults_are_exact_gelu_and_no_dropout():
     tanh = backend.to_host(layers.encoder_layer_forward(x, bias, p, 2, 1e-5, "gelu_tanh")[0])
     np.testing.assert_array_equal(out, exact)
     assert not np.array_equal(out, tanh)
+    # a stream alone turns no dropout on: the rates default to 0
+    streamed = backend.to_host(layers.encoder_layer_forward(x, bias, p, 2, 1e-5, rng=backend.rng(3))[0])
+    np.testing.assert_array_equal(out, streamed)
