@@ -272,3 +272,12 @@ def test_encoder_layer_defaults_are_exact_gelu_and_no_dropout():
     # a stream alone turns no dropout on: the rates default to 0
     streamed = backend.to_host(layers.encoder_layer_forward(x, bias, p, 2, 1e-5, rng=backend.rng(3))[0])
     np.testing.assert_array_equal(out, streamed)
+
+
+@pytest.mark.parametrize("name, approximate", [("gelu", "none"), ("gelu_new", "tanh"),
+                                               ("gelu_pytorch_tanh", "tanh"), ("gelu_tanh", "tanh")])
+def test_gelu_approximation_reads_every_hugging_face_name(name, approximate):
+    """Hugging Face configs name the tanh GELU three ways. Found by mutation testing."""
+    assert layers.gelu_approximation(name) == approximate
+    with pytest.raises(ValueError, match="unsupported hidden_act"):
+        layers.gelu_approximation(name.upper())
