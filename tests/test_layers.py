@@ -281,3 +281,16 @@ def test_gelu_approximation_reads_every_hugging_face_name(name, approximate):
     assert layers.gelu_approximation(name) == approximate
     with pytest.raises(ValueError, match="unsupported hidden_act"):
         layers.gelu_approximation(name.upper())
+
+
+def test_attention_dropout_rate_defaults_to_zero():
+    """attention_forward with a stream but no rate drops nothing. Found by mutation testing."""
+    r = np.random.default_rng(41)
+    H = 8
+    x = backend.to_device(r.standard_normal((2, 4, H)))
+    bias = backend.to_device(np.zeros((2, 1, 1, 4)))
+    w_qkv, b_qkv = backend.to_device(r.standard_normal((H, 3 * H))), backend.to_device(r.standard_normal(3 * H))
+    w_o, b_o = backend.to_device(r.standard_normal((H, H))), backend.to_device(r.standard_normal(H))
+    plain = layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, 2)[0]
+    streamed = layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, 2, rng=backend.rng(4))[0]
+    np.testing.assert_array_equal(backend.to_host(plain), backend.to_host(streamed))
