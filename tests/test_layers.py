@@ -294,3 +294,11 @@ def test_attention_dropout_rate_defaults_to_zero():
     plain = layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, 2)[0]
     streamed = layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, 2, rng=backend.rng(4))[0]
     np.testing.assert_array_equal(backend.to_host(plain), backend.to_host(streamed))
+
+
+def test_dropout_refuses_a_rate_of_one():
+    """p = 1 would drop everything and divide by zero: refused with a clear message, as the
+    config refuses it. Found by mutation testing."""
+    x = backend.to_device(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
+        layers.dropout_forward(x, 1.0, backend.rng(0))
