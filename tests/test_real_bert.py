@@ -199,6 +199,7 @@ def test_attention_maps_of_a_hugging_face_directory(dirs):
 
 
 def test_attention_script_on_a_directory_and_a_run(dirs, tmp_path):
+    pytest.importorskip("matplotlib")  # the plot extra draws the picture
     png = tmp_path / "att.png"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "attention.py"), "--model",
                         dirs["BertForPreTraining"], "--layer", "1", "--head", "0,2", "--out", str(png),
