@@ -222,7 +222,8 @@ def softmax_backward(dout, cache):
 
 class AttentionCache(NamedTuple):
     """What attention_backward needs: q, k, v and the dropped probabilities for the two
-    batched products, each sub-op's own cache, and the score scale and head count."""
+    batched products, each sub-op's own cache (the softmax's holds the score scale), and the
+    head count."""
     c_qkv: tuple  # linear cache of the fused Q/K/V projection
     q: object  # (B, A, T, D)
     k: object  # (B, A, T, D)
@@ -231,7 +232,6 @@ class AttentionCache(NamedTuple):
     c_soft: object  # softmax cache (its output)
     c_drop: object  # dropout cache (mask and scale, or None)
     c_o: tuple  # linear cache of the output projection
-    scale: float  # 1 / sqrt(D)
     num_heads: int  # A
 
 
@@ -251,12 +251,12 @@ def attention_forward(x, attn_bias, w_qkv, b_qkv, w_o, b_o, num_heads, p_drop=0.
     ctx_h = backend.batched_matmul(probs_d, v)  # (B, A, T, D)
     ctx = ctx_h.transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H) heads side by side
     out, c_o = linear_forward(ctx, w_o, b_o)  # (B, T, H)
-    return out, AttentionCache(c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, scale, A)
+    return out, AttentionCache(c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, A)
 
 
 def attention_backward(dout, cache):
     xp = backend.xp
-    c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, scale, A = cache  # see AttentionCache
+    c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, A = cache  # see AttentionCache
     B, T, H = dout.shape
     D = H // A
     # forward: out = ctx @ w_o + b_o
