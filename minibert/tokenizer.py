@@ -67,7 +67,40 @@ class _PieceCache(dict):
         return ids
 
 
-class BPETokenizer:
+class Vocabulary:
+    """What every minibert tokenizer shares: ids <-> printable token strings (self._id_str,
+    self._str_id) and a memo of encoded pieces (self._cache). BPETokenizer and
+    wordpiece.WordPieceTokenizer build those their own way and inherit the look-ups."""
+    _unknown_hint = "not in the vocabulary"  # what a KeyError adds about the token strings
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_str)
+
+    def clear_cache(self) -> None:
+        """Forget the memo of encoded pieces, so the next encode starts cold (benchmarks)."""
+        self._cache.clear()
+
+    def token_to_id(self, token: str) -> int:
+        """Id of a token given as its printable string; KeyError if unknown."""
+        try:
+            return self._str_id[token]
+        except KeyError:
+            raise KeyError(f"unknown token {token!r} ({self._unknown_hint})") from None
+
+    def id_to_token(self, i: int) -> str:
+        """Printable string of a token id (inverse of token_to_id)."""
+        self._check_ids([i])
+        return self._id_str[i]
+
+    def _check_ids(self, ids: list[int]) -> None:
+        n = len(self._id_str)
+        if ids and (min(ids) < 0 or max(ids) >= n):
+            bad = next(i for i in ids if not 0 <= i < n)
+            raise ValueError(f"unknown token id {bad} (vocab size is {n})")
+
+
+class BPETokenizer(Vocabulary):
     """A byte-level BPE tokenizer: merges (in rank order), special tokens, a pre-token regex.
 
     Build one with `train_from_files`, `train_from_iterator`, `load`, or `from_gpt2_files`. The constructor takes the parts
@@ -76,6 +109,7 @@ class BPETokenizer:
     non-special id to its bytes, for files whose ids are laid out differently from the default
     (specials first, then the 256 bytes, then merge results in order).
     """
+    _unknown_hint = "tokens are GPT-2 byte-level strings like 'Ġthe', or special tokens"
 
     def __init__(self, merges: Iterable[tuple[bytes, bytes]], special_tokens: Iterable[str] | dict[str, int] = (),
                  pattern: str = GPT2_PATTERN, vocab: dict[int, bytes] | None = None):
@@ -186,26 +220,6 @@ class BPETokenizer:
     def pattern(self) -> str:
         return self._pattern
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_bytes)
-
-    def clear_cache(self) -> None:
-        """Forget the pre-token -> ids memo, so the next encode starts cold (benchmarks)."""
-        self._cache.clear()
-
-    def token_to_id(self, token: str) -> int:
-        """Id of a token given as its printable string ("Ġthe", "[MASK]"); KeyError if unknown."""
-        try:
-            return self._str_id[token]
-        except KeyError:
-            raise KeyError(f"unknown token {token!r} (tokens are GPT-2 byte-level strings like 'Ġthe', or special tokens)") from None
-
-    def id_to_token(self, i: int) -> str:
-        """Printable string of a token id (inverse of token_to_id)."""
-        self._check_ids([i])
-        return self._id_str[i]
-
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, special_tokens={self._special!r})"
 
@@ -264,12 +278,6 @@ class BPETokenizer:
         """Text of the ids; byte sequences that are not valid UTF-8 (a token sequence cut in the
         middle of a character) become U+FFFD instead of raising."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-    def _check_ids(self, ids: list[int]) -> None:
-        n = len(self._id_bytes)
-        if ids and (min(ids) < 0 or max(ids) >= n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise ValueError(f"unknown token id {bad} (vocab size is {n})")
 
     def _allowed_regex(self, allowed_special):
         if isinstance(allowed_special, str):

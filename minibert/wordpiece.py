@@ -55,7 +55,7 @@ from typing import Iterable
 
 from minibert.atomic import atomic_write
 from minibert.bpe import special_regex
-from minibert.tokenizer import FORMAT_NAME as BPE_FORMAT_NAME, SPECIAL_TOKENS, BPETokenizer
+from minibert.tokenizer import FORMAT_NAME as BPE_FORMAT_NAME, SPECIAL_TOKENS, BPETokenizer, Vocabulary
 
 FORMAT_NAME = "minibert-wordpiece"
 FORMAT_VERSION = 1
@@ -142,7 +142,7 @@ class _TokenCache(dict):
 
 # ---------------------------------------------------------------------- the tokenizer
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(Vocabulary):
     """BERT's WordPiece tokenizer: a vocabulary (one token per id) and the basic tokenizer's options.
 
     Build one with `load` (a directory with vocab.txt, a vocab.txt, or a saved JSON file) or
@@ -151,6 +151,7 @@ class WordPieceTokenizer:
     specials ([UNK], [PAD], [CLS], [SEP], [MASK]) that the vocabulary has. unk_token must be in
     the vocabulary. The options mean what they mean in Hugging Face's BertTokenizer.
     """
+    _unknown_hint = "not a line of the vocabulary"
 
     def __init__(self, vocab: Iterable[str], do_lower_case: bool = True, strip_accents: bool | None = None,
                  tokenize_chinese_chars: bool = True, never_split: Iterable[str] = (), unk_token: str = UNK_TOKEN,
@@ -206,10 +207,6 @@ class WordPieceTokenizer:
         """The token strings in id order (a copy): the lines of vocab.txt."""
         return list(self._id_str)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_str)
-
     def options(self) -> dict:
         """The tokenizer's settings, as tokenizer_config.json names them."""
         return {"do_lower_case": self.do_lower_case, "strip_accents": self.strip_accents,
@@ -217,22 +214,6 @@ class WordPieceTokenizer:
                 "unk_token": self.unk_token, "max_input_chars_per_word": self.max_input_chars_per_word,
                 "do_basic_tokenize": self.do_basic_tokenize,
                 "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces}
-
-    def clear_cache(self) -> None:
-        """Forget the token -> ids memo, so the next encode starts cold (benchmarks)."""
-        self._cache.clear()
-
-    def token_to_id(self, token: str) -> int:
-        """Id of a vocabulary entry ("the", "##s", "[MASK]"); KeyError if unknown."""
-        try:
-            return self._str_id[token]
-        except KeyError:
-            raise KeyError(f"unknown token {token!r} (not a line of the vocabulary)") from None
-
-    def id_to_token(self, i: int) -> str:
-        """The vocabulary entry of an id (inverse of token_to_id)."""
-        self._check_ids([i])
-        return self._id_str[i]
 
     def __repr__(self) -> str:
         return (f"WordPieceTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
@@ -385,12 +366,6 @@ class WordPieceTokenizer:
                                   (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
                 text = text.replace(before, after)
         return text
-
-    def _check_ids(self, ids: list[int]) -> None:
-        n = len(self._id_str)
-        if ids and (min(ids) < 0 or max(ids) >= n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise ValueError(f"unknown token id {bad} (vocab size is {n})")
 
     # ------------------------------------------------------------------ files
 
