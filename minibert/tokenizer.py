@@ -69,7 +69,8 @@ class _PieceCache(dict):
 
 class Vocabulary:
     """What every minibert tokenizer shares: ids <-> printable token strings (self._id_str,
-    self._str_id) and a memo of encoded pieces (self._cache). BPETokenizer and
+    self._str_id), special tokens (self._special, their regexes memoised in self._special_res)
+    and a memo of encoded pieces (self._cache). BPETokenizer and
     wordpiece.WordPieceTokenizer build those their own way and inherit the look-ups."""
     _unknown_hint = "not in the vocabulary"  # what a KeyError adds about the token strings
 
@@ -98,6 +99,24 @@ class Vocabulary:
         if ids and (min(ids) < 0 or max(ids) >= n):
             bad = next(i for i in ids if not 0 <= i < n)
             raise ValueError(f"unknown token id {bad} (vocab size is {n})")
+
+    def _allowed_regex(self, allowed_special):
+        """The regex that cuts out the special tokens (self._special) that encode may match."""
+        if isinstance(allowed_special, str):
+            if allowed_special == "all":
+                allowed = frozenset(self._special)
+            elif allowed_special == "none":
+                allowed = frozenset()
+            else:
+                raise ValueError(f'allowed_special must be "all", "none" or a set of special tokens, got {allowed_special!r}')
+        else:
+            allowed = frozenset(allowed_special)
+            unknown = allowed - set(self._special)
+            if unknown:
+                raise ValueError(f"allowed_special has tokens that are not special tokens: {sorted(unknown)!r}")
+        if allowed not in self._special_res:
+            self._special_res[allowed] = special_regex(allowed)
+        return self._special_res[allowed]
 
 
 class BPETokenizer(Vocabulary):
@@ -278,23 +297,6 @@ class BPETokenizer(Vocabulary):
         """Text of the ids; byte sequences that are not valid UTF-8 (a token sequence cut in the
         middle of a character) become U+FFFD instead of raising."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-    def _allowed_regex(self, allowed_special):
-        if isinstance(allowed_special, str):
-            if allowed_special == "all":
-                allowed = frozenset(self._special)
-            elif allowed_special == "none":
-                allowed = frozenset()
-            else:
-                raise ValueError(f'allowed_special must be "all", "none" or a set of special tokens, got {allowed_special!r}')
-        else:
-            allowed = frozenset(allowed_special)
-            unknown = allowed - set(self._special)
-            if unknown:
-                raise ValueError(f"allowed_special has tokens that are not special tokens: {sorted(unknown)!r}")
-        if allowed not in self._special_res:
-            self._special_res[allowed] = special_regex(allowed)
-        return self._special_res[allowed]
 
     def _encode_ordinary(self, text: str, out: list[int]) -> None:
         # map + chain keep the per-pre-token loop in C; only cache misses run Python code.

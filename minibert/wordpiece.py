@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Iterable
 
 from minibert.atomic import atomic_write
-from minibert.bpe import special_regex
 from minibert.tokenizer import FORMAT_NAME as BPE_FORMAT_NAME, SPECIAL_TOKENS, BPETokenizer, Vocabulary
 
 FORMAT_NAME = "minibert-wordpiece"
@@ -324,23 +323,6 @@ class WordPieceTokenizer(Vocabulary):
             start = end
             pieces, longest = self._next, self._next_max
         return ids
-
-    def _allowed_regex(self, allowed_special):
-        if isinstance(allowed_special, str):
-            if allowed_special == "all":
-                allowed = frozenset(self._special)
-            elif allowed_special == "none":
-                allowed = frozenset()
-            else:
-                raise ValueError(f'allowed_special must be "all", "none" or a set of special tokens, got {allowed_special!r}')
-        else:
-            allowed = frozenset(allowed_special)
-            unknown = allowed - set(self._special)
-            if unknown:
-                raise ValueError(f"allowed_special has tokens that are not special tokens: {sorted(unknown)!r}")
-        if allowed not in self._special_res:
-            self._special_res[allowed] = special_regex(allowed)
-        return self._special_res[allowed]
 
     # ------------------------------------------------------------------ decoding
 
