@@ -14,6 +14,7 @@ module exposes one name so that ops have one code path:
     matmul(a, b), matmul_pair(a1, b1, a2, b2)   2-D GEMMs (linear layers), split over host threads
     blockwise(f, *arrays)    f(*arrays) for an elementwise f, in cache-sized blocks on the host
     host_threads()           threads that share blockwise's blocks and batched_matmul's stack
+    split_run(run, n)        run(lo, hi) over [0, n) in halves on those threads
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
     rng(key, first_row)      counter-based random numbers keyed per sequence (dropout)
     to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
@@ -96,6 +97,7 @@ def scatter_add(a, indices, values):
 
 _blas_controller = []  # [threadpoolctl.ThreadpoolController] once made, [None] when unavailable
 _pool = []  # [ThreadPoolExecutor] of host_threads() - 1 workers, once made
+_blas_limit = []  # [threadpoolctl limit] holding BLAS to one thread once host_threads() is 2
 
 
 def _controller():
@@ -109,22 +111,36 @@ def _controller():
 
 
 def host_threads():
-    """Threads for the host's elementwise blocks and per-head products: MINIBERT_HOST_THREADS,
-    else as many as BLAS may use (at most 2), so a process held to one BLAS thread (a
-    data-parallel worker, OMP_NUM_THREADS=1) stays on one core. Read at first use."""
+    """Threads for the host's GEMMs, elementwise blocks and per-head products:
+    MINIBERT_HOST_THREADS, else as many as BLAS may use (at most 2), so a process held to one
+    BLAS thread (a data-parallel worker, OMP_NUM_THREADS=1) stays on one core. Read at
+    first use.
+
+    With two, minibert shares every GEMM between its own two threads, and BLAS is held to
+    one thread for the rest of the process: an OpenBLAS worker thread spins on its core for
+    a while after each multi-threaded call, and on 2 cores that spinning took the core from
+    the next op's second half (measured: the tiny preset's step 238 -> 205 ms with BLAS held
+    to one thread). NumPy GEMMs of your own in the same process then use one thread too."""
     if not _pool:
         n = int(os.environ.get("MINIBERT_HOST_THREADS", "0") or 0)
+        c = _controller()
         if n <= 0:
-            c = _controller()
             n = min(2, max([m.num_threads for m in c.lib_controllers if m.user_api == "blas"] or [1])) if c else 1
+        if n > 1 and c is not None and xp is numpy:
+            _blas_limit.append(c.limit(limits=1, user_api="blas"))  # kept: the limit holds while it lives
         _pool.append(ThreadPoolExecutor(n - 1) if n > 1 else None)
     return 1 if _pool[0] is None else _pool[0]._max_workers + 1
 
 
-def _split_run(run, n):
+SPLIT_MIN = 1 << 15  # elements: below this, handing half to the other thread costs more than it saves
+
+
+def split_run(run, n, size=None):
     """run(lo, hi) over [0, n), the upper half on the pool's worker when there is one: NumPy
-    releases the GIL inside ufuncs and BLAS calls, so the two halves use both cores."""
-    if host_threads() < 2 or n < 2:
+    releases the GIL inside ufuncs and BLAS calls (and the compiled loops of cpu_kernels.py
+    inside theirs), so the two halves use both cores. size: the elements the work touches
+    (default n); under SPLIT_MIN it runs whole on the calling thread."""
+    if host_threads() < 2 or n < 2 or (n if size is None else size) < SPLIT_MIN:
         run(0, n)
         return
     mid = n // 2
@@ -143,25 +159,21 @@ def matmul(a, b):
     BLAS threads at load 5, 14 ms as two one-thread halves). The result may differ from one
     two-thread GEMM in the last bit, but it is the same on every run.
     """
-    c = _controller() if xp is numpy else None
-    if c is None or host_threads() < 2 or a.ndim != 2 or a.shape[0] < 64:
+    if xp is not numpy or host_threads() < 2 or a.ndim != 2 or a.shape[0] < 64:
         return xp.matmul(a, b)
     out = numpy.empty((a.shape[0], b.shape[1]), numpy.result_type(a, b))  # (M, N)
-    with c.limit(limits=1, user_api="blas"):
-        _split_run(lambda lo, hi: numpy.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0])
+    split_run(lambda lo, hi: numpy.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0], a.size + out.size)
     return out
 
 
 def matmul_pair(a1, b1, a2, b2):
     """(a1 @ b1, a2 @ b2), two independent 2-D GEMMs (a linear layer's dx and dw): on the
     host with host_threads() >= 2 each runs on one BLAS thread, the two at once."""
-    c = _controller() if xp is numpy else None
-    if c is None or host_threads() < 2:
+    if xp is not numpy or host_threads() < 2:
         return xp.matmul(a1, b1), xp.matmul(a2, b2)
-    with c.limit(limits=1, user_api="blas"):
-        second = _pool[0].submit(numpy.matmul, a2, b2)
-        first = numpy.matmul(a1, b1)
-        return first, second.result()
+    second = _pool[0].submit(numpy.matmul, a2, b2)
+    first = numpy.matmul(a1, b1)
+    return first, second.result()
 
 
 def batched_matmul(a, b, out=None):
@@ -179,9 +191,9 @@ def batched_matmul(a, b, out=None):
             shape = numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
             res = numpy.empty(shape, numpy.result_type(a, b)) if out is None else out  # (..., M, N)
             split = a.ndim == b.ndim == res.ndim >= 3 and a.shape[0] == b.shape[0] == res.shape[0]
-            with c.limit(limits=1, user_api="blas"):
+            with c.limit(limits=1, user_api="blas"):  # a no-op once host_threads() holds BLAS to one
                 if split:
-                    _split_run(lambda lo, hi: numpy.matmul(a[lo:hi], b[lo:hi], out=res[lo:hi]), res.shape[0])
+                    split_run(lambda lo, hi: numpy.matmul(a[lo:hi], b[lo:hi], out=res[lo:hi]), res.shape[0])
                 else:
                     numpy.matmul(a, b, out=res)
             return res
@@ -214,7 +226,7 @@ def blockwise(f, *arrays):
         for i in range(lo * BLOCK, min(hi * BLOCK, x.size), BLOCK):
             of[i:i + BLOCK] = f(*(a[i:i + BLOCK] for a in flat))
 
-    _split_run(run, -(-x.size // BLOCK))
+    split_run(run, -(-x.size // BLOCK))
     return out
 
 
@@ -226,8 +238,9 @@ def blockwise(f, *arrays):
 # comes from its own counter-based stream, keyed by (key, draw number, global row index):
 # the same sequence gets the same mask whichever process holds it, and nothing is set up
 # per micro-batch but a key (Salmon et al. 2011, "Parallel random numbers: as easy as
-# 1, 2, 3"). On the host this is NumPy's Philox-4x64 with the counter set per row; on the
-# device a Philox-4x32-10 kernel, checked against philox4x32 below.
+# 1, 2, 3"). The generator is Philox-4x32-10, the same numbers on the host (a compiled
+# loop, minibert/cpu_kernels.py, or philox_uniform_plain below) and on the device (a CUDA
+# kernel): a run's dropout masks do not depend on where it runs.
 
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)  # Philox-4x32 round multipliers
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)  # Weyl key increments (golden ratio, sqrt(3) - 1)
@@ -235,7 +248,8 @@ PHILOX_W = (0x9E3779B9, 0xBB67AE85)  # Weyl key increments (golden ratio, sqrt(3
 
 def philox4x32(counter, key, rounds=10):
     """Philox-4x32-10 in plain array code: counter (4, n) uint32, key (2,) uint32 -> (4, n)
-    uint32. The reference the device kernel must equal (Random123's known answers pass)."""
+    uint32. The reference the compiled and device kernels must equal (Random123's known
+    answers pass)."""
     c = [numpy.asarray(w, dtype=numpy.uint64) for w in counter]  # 4 x (n,) widened for the products
     k0, k1 = numpy.uint64(key[0]), numpy.uint64(key[1])
     mask = numpy.uint64(0xFFFFFFFF)
@@ -249,8 +263,11 @@ def philox4x32(counter, key, rounds=10):
     return numpy.stack(c).astype(numpy.uint32)  # (4, n)
 
 
+# One Philox call gives four 32-bit words: float32 uses each word (24 bits), float64 two
+# words per number (53 bits). WORDS is how many numbers one counter value serves.
 _PHILOX_CUDA = r"""
-    unsigned int c0 = (unsigned int)(i % row_size), c1 = (unsigned int)(first_row + i / row_size);
+    const long long j = i % row_size;
+    unsigned int c0 = (unsigned int)(j / WORDS), c1 = (unsigned int)(first_row + i / row_size);
     unsigned int c2 = draw, c3 = 0, k0 = key0, k1 = key1;
     for (int r = 0; r < 10; r++) {
         unsigned int hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
@@ -258,30 +275,35 @@ _PHILOX_CUDA = r"""
         c0 = hi1 ^ c1 ^ k0; c1 = lo1; c2 = hi0 ^ c3 ^ k1; c3 = lo0;
         k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
     }
-    if (DOUBLE) {
-        out = ((double)(c0 >> 5) * 67108864.0 + (double)(c1 >> 6)) * (1.0 / 9007199254740992.0);
+    const unsigned int w[4] = {c0, c1, c2, c3};
+    if (WORDS == 2) {
+        const int s = 2 * (int)(j % 2);
+        out = ((double)(w[s] >> 5) * 67108864.0 + (double)(w[s + 1] >> 6)) * (1.0 / 9007199254740992.0);
     } else {
-        out = (float)(c0 >> 8) * (1.0f / 16777216.0f);
+        out = (float)(w[j % 4] >> 8) * (1.0f / 16777216.0f);
     }
 """
 _philox_kernels = {}
 
 
 def philox_uniform_plain(shape, dtype, key, draw, first_row):
-    """The device kernel's numbers in plain array code: element j of row b is drawn from
-    Philox-4x32-10 with counter (j, first_row + b, draw, 0), first word (24 bits) for
-    float32, first two words (53 bits) for float64; uniform in [0, 1)."""
+    """The generator's numbers in plain array code: element j of row b (the first axis) is
+    word j % 4 (24 bits, float32) of Philox-4x32-10 at counter (j // 4, first_row + b,
+    draw, 0), or words 2 (j % 2), 2 (j % 2) + 1 (53 bits, float64) of counter
+    (j // 2, first_row + b, draw, 0); uniform in [0, 1)."""
     rows = shape[0] if shape else 1
     row_size = int(numpy.prod(shape[1:])) if shape else 1
-    n = rows * row_size
-    i = numpy.arange(n, dtype=numpy.uint64)  # (n,)
-    ctr = [i % row_size, first_row + i // row_size, numpy.full(n, draw, numpy.uint64), numpy.zeros(n, numpy.uint64)]
-    w = philox4x32(ctr, key)  # (4, n)
-    if numpy.dtype(dtype) == numpy.float64:
-        u = ((w[0] >> 5).astype(numpy.float64) * 67108864.0 + (w[1] >> 6)) / 9007199254740992.0
+    per = 2 if numpy.dtype(dtype) == numpy.float64 else 4  # numbers per counter value
+    calls = -(-row_size // per)
+    i = numpy.arange(rows * calls, dtype=numpy.uint64)  # (rows * calls,) one per Philox call
+    ctr = [i % calls, first_row + i // calls, numpy.full(i.size, draw, numpy.uint64), numpy.zeros(i.size, numpy.uint64)]
+    w = philox4x32(ctr, key).T.reshape(rows, calls * 4)  # (rows, 4 calls) the words in order
+    if per == 2:
+        w = w.reshape(rows, calls * 2, 2)  # (rows, 2 calls, 2) word pairs
+        u = ((w[..., 0] >> 5).astype(numpy.float64) * 67108864.0 + (w[..., 1] >> 6)) / 9007199254740992.0
     else:
-        u = (w[0] >> 8).astype(numpy.float32) * numpy.float32(1.0 / 16777216.0)
-    return u.reshape(shape).astype(dtype)
+        u = (w >> 8).astype(numpy.float32) * numpy.float32(1.0 / 16777216.0)
+    return u[:, :row_size].reshape(shape).astype(dtype)  # (...)
 
 
 class SequenceStreams:
@@ -292,11 +314,9 @@ class SequenceStreams:
 
     def __init__(self, key, first_row=0):
         words = numpy.random.SeedSequence(list(key) if isinstance(key, (tuple, list)) else key)
-        self.key64 = words.generate_state(2, numpy.uint64)  # Philox-4x64 key (host)
-        self.key32 = words.generate_state(2, numpy.uint32)  # Philox-4x32 key (device)
+        self.key32 = words.generate_state(2, numpy.uint32)  # the Philox-4x32 key
         self.first_row = int(first_row)
         self.draws = 0  # .random calls so far: the draw number is part of every counter
-        self._bitgen = None
 
     def random(self, shape, dtype=numpy.float64):
         shape = (shape,) if isinstance(shape, (int, numpy.integer)) else tuple(shape)
@@ -304,18 +324,8 @@ class SequenceStreams:
         self.draws += 1
         if xp is not numpy:
             return self._random_device(shape, dtype, draw)
-        if self._bitgen is None:
-            self._bitgen = numpy.random.Philox(key=self.key64)
-            self._gen = numpy.random.Generator(self._bitgen)
-        out = numpy.empty(shape, dtype=dtype)  # (B, ...)
-        rows = out.reshape(1) if not shape else out
-        for b in range(rows.shape[0]):
-            # each row restarts the counter at (0, 0, draw, global row): its own stream
-            self._bitgen.state = {"bit_generator": "Philox", "state": {
-                "counter": numpy.array([0, 0, draw, self.first_row + b], dtype=numpy.uint64), "key": self.key64},
-                "buffer": numpy.zeros(4, numpy.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
-            rows[b] = self._gen.random(rows.shape[1:], dtype=dtype)
-        return out
+        from minibert import kernels  # kernels imports this module
+        return kernels.philox_uniform(shape, dtype, self.key32, draw, self.first_row)  # (B, ...)
 
     def _random_device(self, shape, dtype, draw):
         dt = numpy.dtype(dtype)
@@ -324,7 +334,7 @@ class SequenceStreams:
             ctype = "double" if dt == numpy.float64 else "float"
             kern = xp.ElementwiseKernel(
                 "uint32 key0, uint32 key1, uint32 draw, int64 first_row, int64 row_size", f"{ctype} out",
-                _PHILOX_CUDA.replace("DOUBLE", "1" if dt == numpy.float64 else "0"), f"minibert_philox_{ctype}")
+                _PHILOX_CUDA.replace("WORDS", "2" if dt == numpy.float64 else "4"), f"minibert_philox_{ctype}")
             _philox_kernels[dt] = kern
         out = xp.empty(shape, dtype=dt)  # (B, ...)
         row_size = int(numpy.prod(shape[1:])) if shape else 1

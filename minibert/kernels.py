@@ -16,21 +16,52 @@ faster, and tests/test_kernels.py compares each with its twin.
     softmax(x, scale, bias)         softmax_plain                        device: one CUDA block per row
         softmax(x * scale + bias) over the last axis (attention's scores, scale and padding mask)
     softmax_backward(y, dout, scale) softmax_backward_plain              device: one CUDA block per row
-        dx = scale * y * (dout - sum(dout * y))
+        dx = scale * y * (dout - sum(dout * y))                          host float32: one compiled pass
+    softmax_lse(x)                  softmax_lse_plain                    host float32: one compiled pass
+        (softmax(x), log sum exp(x)) per row: the cross-entropy's forward
 
-Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False; float32
-elsewhere the erfc approximation in cache-sized blocks; float64 on the host is the plain
-formula itself, so every float64 gradient check sees the textbook expression.
+    layernorm(x, w, b, eps)         layernorm_plain                      host float32: one compiled pass
+        (x - mean) * rstd * w + b over the last axis, with mean and rstd per row
+    layernorm_backward(...)         layernorm_backward_plain             host float32: one compiled pass
+    philox_uniform(shape, ...)      backend.philox_uniform_plain         host: a compiled loop (bit for bit)
+        dropout's uniform numbers, keyed per row (backend.SequenceStreams)
+
+Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False. On the
+host in float32, the compiled loops of minibert/cpu_kernels.py (Numba: one pass, both
+cores) when Numba is installed and `use_numba` is True, else the array code (the GELU in
+cache-sized blocks). float64 on the host is the plain formula itself, so every float64
+gradient check sees the textbook expression.
 
 Shapes: every op is elementwise over any shape `(...)` (softmax: over the last axis K, the
 bias broadcast), and its outputs have the shape of x (or p). docs/benchmarks.md records
 what each variant gained and what was tried.
 """
 import math
+import os
+
+import numpy
 
 from minibert import backend
 
 use_fused = True  # False: the device runs the array code too (tests compare the two)
+# False: the host runs the array code in float32 too (tests compare the two). MINIBERT_NUMBA=0
+# in the environment starts with it off: no Numba import, ~150 MB less resident memory
+use_numba = os.environ.get("MINIBERT_NUMBA", "1").strip() != "0"
+_cpu_module = []  # [minibert.cpu_kernels] or [None] when Numba is missing: imported at first use
+
+
+def _cpu(x=None):
+    """minibert.cpu_kernels when the host should run a compiled loop for x (float32, or any
+    dtype when x is None), else None: not on the host, use_numba off, or Numba missing."""
+    if backend.xp is not numpy or not use_numba or (x is not None and x.dtype != numpy.float32):
+        return None
+    if not _cpu_module:
+        try:
+            from minibert import cpu_kernels
+        except ImportError:  # Numba is not installed: the array code, slower, same results
+            cpu_kernels = None
+        _cpu_module.append(cpu_kernels)
+    return _cpu_module[0]
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -128,15 +159,122 @@ def _gelu_exact_backward_block(x, dout):
 
 
 def gelu_exact(x):
-    """x Phi(x): one fused pass on the device, else in cache-sized blocks on the host."""
-    fused = _fused("gelu_forward")
-    return fused(x) if fused is not None else backend.blockwise(_gelu_exact_block, x)  # (...)
+    """x Phi(x): one fused pass on the device or a compiled loop on the host (float32),
+    else in cache-sized blocks."""
+    fused, cpu = _fused("gelu_forward"), _cpu(x)
+    if fused is not None:
+        return fused(x)  # (...)
+    if cpu is not None:
+        x = numpy.ascontiguousarray(x)
+        out = numpy.empty_like(x)  # (...)
+        xf, of = x.reshape(-1), out.reshape(-1)  # (n,) views
+        backend.split_run(lambda lo, hi: cpu.gelu_forward(xf, of, lo, hi), x.size)
+        return out
+    return backend.blockwise(_gelu_exact_block, x)  # (...)
 
 
 def gelu_exact_backward(x, dout):
-    """dout (Phi(x) + x phi(x)): one fused pass on the device, else in blocks."""
-    fused = _fused("gelu_backward")
-    return fused(x, dout) if fused is not None else backend.blockwise(_gelu_exact_backward_block, x, dout)  # (...)
+    """dout (Phi(x) + x phi(x)): as gelu_exact."""
+    fused, cpu = _fused("gelu_backward"), _cpu(x)
+    if fused is not None:
+        return fused(x, dout)  # (...)
+    if cpu is not None and dout.dtype == x.dtype:
+        x, dout = numpy.ascontiguousarray(x), numpy.ascontiguousarray(dout)
+        dx = numpy.empty_like(x)  # (...)
+        xf, df, dxf = x.reshape(-1), dout.reshape(-1), dx.reshape(-1)  # (n,) views
+        backend.split_run(lambda lo, hi: cpu.gelu_backward(xf, df, dxf, lo, hi), x.size)
+        return dx
+    return backend.blockwise(_gelu_exact_backward_block, x, dout)  # (...)
+
+
+# ----------------------------------------------------------------------------------------
+# layer norm over the last axis: out = (x - mean) * rstd * w + b
+
+
+def layernorm_plain(x, w, b, eps):
+    """The array code: returns out and the per-row mean and rstd = 1 / sqrt(var + eps),
+    each (..., 1)."""
+    xp = backend.xp
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = x - mean  # (..., H)
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1) biased variance, as BERT
+    rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
+    out = xc * rstd  # (..., H) the normalised x_hat
+    out *= w
+    out += b
+    return out, mean, rstd
+
+
+def layernorm_backward_plain(dout, x, w, mean, rstd):
+    """dx, dw, db of layernorm_plain as array code."""
+    H = x.shape[-1]
+    xhat = (x - mean) * rstd  # (..., H)
+    # forward: out = xhat * w + b, so dw = sum over rows of dout * xhat and db = sum of dout
+    dw = (dout * xhat).reshape(-1, H).sum(axis=0)  # (H,)
+    db = dout.reshape(-1, H).sum(axis=0)  # (H,)
+    # forward: xhat = (x - mean) * rstd with mean and rstd functions of x too, so
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    dxhat = dout * w  # (..., H)
+    dx = dxhat - dxhat.mean(axis=-1, keepdims=True)  # (..., H)
+    dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    dx *= rstd
+    return dx, dw, db
+
+
+def layernorm(x, w, b, eps):
+    """(out, mean, rstd) of layer norm over the last axis: a compiled pass per row on the
+    host in float32, else layernorm_plain."""
+    cpu = _cpu(x)
+    if cpu is None or w.dtype != x.dtype:
+        return layernorm_plain(x, w, b, eps)
+    H = x.shape[-1]
+    x2 = numpy.ascontiguousarray(x).reshape(-1, H)  # (N, H)
+    out = numpy.empty_like(x2)  # (N, H)
+    mean = numpy.empty((x2.shape[0], 1), x.dtype)  # (N, 1)
+    rstd = numpy.empty((x2.shape[0], 1), x.dtype)  # (N, 1)
+    m1, r1 = mean[:, 0], rstd[:, 0]  # (N,) views
+    backend.split_run(lambda lo, hi: cpu.layernorm_forward(x2, w, b, float(eps), out, m1, r1, lo, hi), x2.shape[0],
+                      x2.size)
+    lead = x.shape[:-1] + (1,)
+    return out.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
+
+
+def layernorm_backward(dout, x, w, mean, rstd):
+    """(dx, dw, db) of layernorm: a compiled pass on the host in float32, else the plain twin."""
+    cpu = _cpu(x)
+    if cpu is None or dout.dtype != x.dtype:
+        return layernorm_backward_plain(dout, x, w, mean, rstd)
+    H = x.shape[-1]
+    x2 = numpy.ascontiguousarray(x).reshape(-1, H)  # (N, H)
+    d2 = numpy.ascontiguousarray(dout).reshape(-1, H)  # (N, H)
+    dx = numpy.empty_like(x2)  # (N, H)
+    m1, r1 = numpy.ascontiguousarray(mean).reshape(-1), numpy.ascontiguousarray(rstd).reshape(-1)  # (N,)
+    dw_part = numpy.zeros((2, H))  # (2, H) float64 partial sums: one row per half of the rows
+    db_part = numpy.zeros((2, H))  # (2, H)
+    backend.split_run(lambda lo, hi: cpu.layernorm_backward(d2, x2, w, m1, r1, dx, dw_part[int(lo > 0)], db_part[int(lo > 0)],
+                                                            lo, hi), x2.shape[0], x2.size)
+    return dx.reshape(x.shape), dw_part.sum(axis=0).astype(x.dtype), db_part.sum(axis=0).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# dropout's random numbers
+
+
+def philox_uniform(shape, dtype, key, draw, first_row):
+    """backend.philox_uniform_plain's numbers: a compiled loop on the host, bit for bit."""
+    cpu = _cpu()
+    if cpu is None:
+        return backend.philox_uniform_plain(shape, dtype, key, draw, first_row)  # (...)
+    dt = numpy.dtype(dtype)
+    if dt not in (numpy.float32, numpy.float64):
+        return backend.philox_uniform_plain(shape, dtype, key, draw, first_row).astype(dt)
+    out = numpy.empty(shape, dt)  # (rows, ...)
+    rows = shape[0] if shape else 1
+    fill = cpu.philox_uniform32 if dt == numpy.float32 else cpu.philox_uniform64
+    o2 = out.reshape(rows, -1)  # (rows, n) view
+    backend.split_run(lambda lo, hi: fill(o2, int(key[0]), int(key[1]), int(draw), int(first_row), lo, hi), rows,
+                      out.size)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -163,10 +301,48 @@ def softmax(x, scale=1.0, bias=None, overwrite=False):
     """softmax(x * scale + bias) over the last axis: one fused CUDA pass per row on the
     device (bias broadcast over the leading axes after its first, as attention's (B, 1, 1, K)
     mask), else softmax_plain."""
-    fused = _fused("softmax_forward")
-    if fused is not None and _row_bias(x, bias) is not None:
+    fused, cpu = _fused("softmax_forward"), _cpu(x)
+    rows_per_bias = _row_bias(x, bias)
+    if fused is not None and rows_per_bias is not None:
         return _softmax_device(fused, x, scale, bias)  # (..., K)
+    if cpu is not None and rows_per_bias is not None and x.size and (bias is None or bias.dtype == x.dtype):
+        K = x.shape[-1]
+        x2 = numpy.ascontiguousarray(x).reshape(-1, K)  # (R, K)
+        b2 = numpy.zeros((1, K), x.dtype) if bias is None else numpy.ascontiguousarray(bias).reshape(-1, K)  # (Rb, K)
+        # in place when the caller allows it, or when x2 is already a copy of x
+        y = x2 if overwrite or not numpy.shares_memory(x2, x) else numpy.empty_like(x2)  # (R, K)
+        rpb, sc = x2.shape[0] if bias is None else rows_per_bias, x.dtype.type(scale)
+        lse = numpy.empty(x2.shape[0], numpy.float32)  # (R,) filled, not needed here
+        backend.split_run(lambda lo, hi: cpu.softmax_forward(x2, b2, rpb, sc, y, lse, lo, hi), x2.shape[0], x2.size)
+        return y.reshape(x.shape)
     return softmax_plain(x, scale, bias, overwrite)  # (..., K)
+
+
+def softmax_lse_plain(x):
+    """(softmax(x), logsumexp(x)) over the last axis of x (R, K) as array code: the
+    probabilities and log sum_k exp(x_k) = max + log sum_k exp(x_k - max), each row's."""
+    xp = backend.xp
+    m = x.max(axis=-1, keepdims=True)  # (R, 1)
+    e = x - m  # (R, K)
+    xp.exp(e, out=e)
+    s = e.sum(axis=-1, keepdims=True)  # (R, 1)
+    e /= s
+    return e, (m + xp.log(s))[:, 0]  # (R, K), (R,)
+
+
+def softmax_lse(x):
+    """softmax_lse_plain's two results: a compiled pass per row on the host in float32,
+    else the array code. The cross-entropy's forward (losses.py)."""
+    cpu = _cpu(x)
+    if cpu is None or x.ndim != 2 or not x.size:
+        return softmax_lse_plain(x)  # (R, K), (R,)
+    x2 = numpy.ascontiguousarray(x)  # (R, K)
+    y = numpy.empty_like(x2)  # (R, K)
+    lse = numpy.empty(x2.shape[0], numpy.float32)  # (R,)
+    nobias = numpy.zeros((1, x2.shape[1]), numpy.float32)  # (1, K)
+    backend.split_run(lambda lo, hi: cpu.softmax_forward(x2, nobias, x2.shape[0], numpy.float32(1.0), y, lse, lo, hi),
+                      x2.shape[0], x2.size)
+    return y, lse
 
 
 def softmax_backward_plain(y, dout, scale=1.0):
@@ -183,7 +359,14 @@ def softmax_backward_plain(y, dout, scale=1.0):
 
 def softmax_backward(y, dout, scale=1.0):
     """softmax's backward: one fused CUDA pass per row on the device, else the array code."""
-    fused = _fused("softmax_backward")
+    fused, cpu = _fused("softmax_backward"), _cpu(y)
+    if fused is None and cpu is not None and dout.dtype == y.dtype and y.size:
+        K = y.shape[-1]
+        y2 = numpy.ascontiguousarray(y).reshape(-1, K)  # (R, K)
+        dx = numpy.empty_like(y2)  # (R, K)
+        d2, sc = numpy.ascontiguousarray(dout).reshape(-1, K), y.dtype.type(scale)  # (R, K)
+        backend.split_run(lambda lo, hi: cpu.softmax_backward(y2, d2, sc, dx, lo, hi), y2.shape[0], y2.size)
+        return dx.reshape(y.shape)
     if fused is None:
         return softmax_backward_plain(y, dout, scale)  # (..., K)
     xp = backend.xp
@@ -253,7 +436,13 @@ def adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=No
 
 def adamw_update(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=None):
     """One AdamW step in place: one fused pass on the device, else adamw_update_plain."""
-    fused = _fused("adamw")
+    fused, cpu = _fused("adamw"), _cpu(p)
+    if cpu is not None and p.flags.c_contiguous and all(a.flags.c_contiguous and a.dtype == p.dtype for a in (g, m, v)):
+        dt = p.dtype.type
+        flat = [a.reshape(-1) for a in (p, g, m, v)]  # (n,) views
+        consts = [dt(c) for c in (decay, b1, 1.0 - b1, b2, 1.0 - b2, step_size, eps_hat)]
+        backend.split_run(lambda lo, hi: cpu.adamw(*flat, *consts, lo, hi), p.size)
+        return
     if fused is None:
         adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch)
         return

@@ -11,7 +11,7 @@ Shapes: logits (R, K), targets (R,) integer class ids; R rows, K classes.
 Regression heads (BertForSequenceClassification with one output) use the mean squared
 error pair below: pred, target (R,).
 """
-from minibert import backend
+from minibert import backend, kernels
 
 
 def cross_entropy_forward(logits, targets, count=None):
@@ -26,13 +26,11 @@ def cross_entropy_forward(logits, targets, count=None):
     if R == 0:  # nothing labelled: a defined zero loss whose gradient is empty
         return xp.zeros((), dtype=logits.dtype), (xp.zeros_like(logits), targets, 0)
     count = R if count is None else count
-    # log-softmax with the row max subtracted so exp cannot overflow
-    shifted = logits - logits.max(axis=1, keepdims=True)  # (R, K)
-    e = xp.exp(shifted)  # (R, K)
-    sum_e = e.sum(axis=1, keepdims=True)  # (R, 1)
-    logp_target = shifted[xp.arange(R), targets] - xp.log(sum_e[:, 0])  # (R,)
+    # log softmax(logits)[y] = logits[y] - log sum_k exp(logits_k); the log-sum-exp is taken
+    # with the row max subtracted so exp cannot overflow (kernels.softmax_lse_plain)
+    probs, lse = kernels.softmax_lse(logits)  # (R, K), (R,)
+    logp_target = logits[xp.arange(R), targets] - lse  # (R,)
     loss = -logp_target.mean() if count == R else -logp_target.sum() / count  # ()
-    probs = e / sum_e  # (R, K)
     # backward needs the probabilities, the targets and the divisor
     return loss, (probs, targets, count)
 
