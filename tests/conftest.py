@@ -4,14 +4,18 @@ Shared helpers for the model tests (import them as `from conftest import tiny_co
 tiny_config, a float64 BERT small enough for finite differences, and make_batch, a random
 batch with Hugging Face's keys for pretraining or classification.
 """
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
 import pytest
 
-# token caches written by the tests go to a throwaway directory, not ~/.cache/minibert
+# token caches written by the tests go to a throwaway directory, not ~/.cache/minibert,
+# removed when the session ends (subprocesses the tests start inherit the variable)
 os.environ["MINIBERT_CACHE"] = tempfile.mkdtemp(prefix="minibert-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MINIBERT_CACHE"], ignore_errors=True)
 
 _WANT_CUPY = os.environ.get("MINIBERT_BACKEND", "").strip().lower() == "cupy"
 _CUPY_MISSING = False

@@ -214,6 +214,8 @@ def test_one_writer_per_run_directory(tmp_path, corpus, trained_tokenizer):
             assert stderr.startswith(f"error: {out} is in use: another minibert run (PID {first.pid})"), stderr
             assert stdout == ""  # it stopped before doing anything: no corpus read, no tokenizer written
         assert first.poll() is None  # the first run goes on
+        while time.time() < deadline + 120 and not (out / "metrics.jsonl").exists():
+            time.sleep(0.05)  # let it log a step before stopping it
     finally:
         first.send_signal(signal.SIGINT)
         stdout, _ = first.communicate(timeout=60)
