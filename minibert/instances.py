@@ -351,13 +351,15 @@ class PretrainingData:
         return length_grouped_batches(self.epoch(epoch).lengths, batch_size, self.length_window, order_rng)
 
     def eval_batches(self, batch_size, num_batches=None, pad_to=None):
-        """The same list of batches on every call: instances from a fixed eval stream of this
-        seed (independent of training epochs), in order; the last batch may be partial.
-        num_batches=None takes all of them."""
+        """The same list of batches on every call: the first num_batches * batch_size
+        instances of a fixed eval stream of this seed (independent of training epochs), the
+        last batch possibly partial; num_batches=None takes all of them. Within that set the
+        instances are batched shortest first, so each batch pads to little more than its own
+        length (the figures are sums over the set's positions: the batching does not change them)."""
         ep = self.epoch(0, stream=EVAL_STREAM)
-        n = -(-len(ep) // batch_size)
-        n = n if num_batches is None else min(n, num_batches)
-        return [ep.batch(slice(i * batch_size, (i + 1) * batch_size), pad_to) for i in range(n)]
+        n = len(ep) if num_batches is None else min(len(ep), num_batches * batch_size)
+        rows = np.argsort(np.asarray(ep.lengths[:n]), kind="stable")  # (n,) shortest first
+        return [ep.batch(rows[i:i + batch_size], pad_to) for i in range(0, n, batch_size)]
 
 
 # ----------------------------------------------------------------------------------------
