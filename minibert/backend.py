@@ -11,7 +11,7 @@ module exposes one name so that ops have one code path:
 
     scatter_add(a, idx, v)   a[idx[i]] += v[i] for every i, repeated indices accumulate
     batched_matmul(a, b)     a @ b over a stack of small matrices (attention's per-head products)
-    matmul(a, b), matmul_pair(a1, b1, a2, b2)   2-D GEMMs (linear layers), split over host threads
+    matmul(a, b, bias), matmul_pair(a1, b1, a2, b2)   2-D GEMMs (linear layers), split over host threads
     blockwise(f, *arrays)    f(*arrays) for an elementwise f, in cache-sized blocks on the host
     host_threads()           threads that share blockwise's blocks and batched_matmul's stack
     split_run(run, n)        run(lo, hi) over [0, n) in halves on those threads
@@ -149,8 +149,8 @@ def split_run(run, n, size=None):
     upper.result()
 
 
-def matmul(a, b):
-    """a @ b for 2-D a (M, K) and b (K, N): the linear layers' GEMMs.
+def matmul(a, b, bias=None):
+    """a @ b (+ bias, (N,), when given) for 2-D a (M, K) and b (K, N): the linear layers' GEMMs.
 
     On the host with host_threads() >= 2 the rows are split in two halves, each a GEMM on
     one BLAS thread in its own Python thread. Two BLAS threads inside one GEMM must meet
@@ -160,9 +160,17 @@ def matmul(a, b):
     two-thread GEMM in the last bit, but it is the same on every run.
     """
     if xp is not numpy or host_threads() < 2 or a.ndim != 2 or a.shape[0] < 64:
-        return xp.matmul(a, b)
+        out = xp.matmul(a, b)  # (M, N)
+        if bias is not None:
+            out += bias
+        return out
     out = numpy.empty((a.shape[0], b.shape[1]), numpy.result_type(a, b))  # (M, N)
-    split_run(lambda lo, hi: numpy.matmul(a[lo:hi], b, out=out[lo:hi]), a.shape[0], a.size + out.size)
+
+    def half(lo, hi):  # the bias is added while the half is still in cache
+        numpy.matmul(a[lo:hi], b, out=out[lo:hi])
+        if bias is not None:
+            out[lo:hi] += bias
+    split_run(half, a.shape[0], a.size + out.size)
     return out
 
 

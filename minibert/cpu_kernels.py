@@ -12,6 +12,7 @@ registers, and the rows (or elements) are shared between the host's two threads.
     softmax_forward / _backward     softmax_plain (softmax_lse_plain) / softmax_backward_plain
     adamw                           adamw_update_plain
     philox_uniform                  backend.philox_uniform_plain (bit for bit)
+    dropout32                       kernels.dropout_plain (bit for bit)
 
 exp32 is the one piece of hand-written math: a float32 exp that LLVM can vectorize (a call
 to libm's expf in the loop cannot be), so the exp-heavy loops (GELU, softmax) run on SIMD
@@ -241,6 +242,24 @@ def philox_uniform32(out, key0, key1, draw, first_row, lo, hi):
                 out[b, j + 2] = _F(w2 >> np.uint64(8)) * _F(1.0 / 16777216.0)
             if j + 3 < n:
                 out[b, j + 3] = _F(w3 >> np.uint64(8)) * _F(1.0 / 16777216.0)
+
+
+@njit(**_JIT)
+def dropout32(x, p, scale, key0, key1, draw, first_row, out, keep, lo, hi):
+    """Inverted dropout of x (rows, n) float32 in one pass: keep = u >= p with u exactly
+    philox_uniform32's numbers, out = x * keep * scale; rows lo..hi-1."""
+    n = x.shape[1]
+    k0, k1 = np.uint64(key0), np.uint64(key1)
+    for b in range(lo, hi):
+        row = np.uint64(first_row + b)
+        for c in range((n + 3) // 4):
+            w = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
+            for t in range(4):
+                j = 4 * c + t
+                if j < n:
+                    kj = _F(w[t] >> np.uint64(8)) * _F(1.0 / 16777216.0) >= p
+                    keep[b, j] = kj
+                    out[b, j] = x[b, j] * _F(kj) * scale  # x * 0 keeps x's sign, as the array code
 
 
 @njit(**_JIT)

@@ -20,11 +20,13 @@ faster, and tests/test_kernels.py compares each with its twin.
     softmax_lse(x)                  softmax_lse_plain                    host float32: one compiled pass
         (softmax(x), log sum exp(x)) per row: the cross-entropy's forward
 
-    layernorm(x, w, b, eps)         layernorm_plain                      host float32: one compiled pass
-        (x - mean) * rstd * w + b over the last axis, with mean and rstd per row
-    layernorm_backward(...)         layernorm_backward_plain             host float32: one compiled pass
+    layernorm(x, w, b, eps)         layernorm_plain                      device: one CUDA block per row;
+        (x - mean) * rstd * w + b over the last axis, with mean and rstd per row   host float32: a compiled pass
+    layernorm_backward(...)         layernorm_backward_plain             as layernorm
     philox_uniform(shape, ...)      backend.philox_uniform_plain         host: a compiled loop (bit for bit)
         dropout's uniform numbers, keyed per row (backend.SequenceStreams)
+    dropout(x, p, rng)              dropout_plain                        host float32: one compiled pass
+        (x * keep / (1 - p), keep) with keep = u >= p                     (bit for bit)
 
 Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False. On the
 host in float32, the compiled loops of minibert/cpu_kernels.py (Numba: one pass, both
@@ -222,8 +224,20 @@ def layernorm_backward_plain(dout, x, w, mean, rstd):
 
 
 def layernorm(x, w, b, eps):
-    """(out, mean, rstd) of layer norm over the last axis: a compiled pass per row on the
-    host in float32, else layernorm_plain."""
+    """(out, mean, rstd) of layer norm over the last axis: one CUDA block per row on the
+    device, a compiled pass per row on the host in float32, else layernorm_plain."""
+    fused = _fused("layernorm_forward")
+    if fused is not None and x.size and w.dtype == x.dtype == b.dtype:
+        xp = backend.xp
+        H = x.shape[-1]
+        x2 = xp.ascontiguousarray(x).reshape(-1, H)  # (N, H)
+        out = xp.empty_like(x2)  # (N, H)
+        mean = xp.empty((x2.shape[0], 1), x.dtype)  # (N, 1)
+        rstd = xp.empty((x2.shape[0], 1), x.dtype)  # (N, 1)
+        fused((x2.shape[0],), (_THREADS,), (x2, xp.ascontiguousarray(w), xp.ascontiguousarray(b), out, mean, rstd,
+                                            x.dtype.type(eps), xp.int64(H)))
+        lead = x.shape[:-1] + (1,)
+        return out.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
     cpu = _cpu(x)
     if cpu is None or w.dtype != x.dtype:
         return layernorm_plain(x, w, b, eps)
@@ -240,7 +254,18 @@ def layernorm(x, w, b, eps):
 
 
 def layernorm_backward(dout, x, w, mean, rstd):
-    """(dx, dw, db) of layernorm: a compiled pass on the host in float32, else the plain twin."""
+    """(dx, dw, db) of layernorm: dx by one CUDA block per row on the device (dw, db by two
+    column sums), a compiled pass on the host in float32, else the plain twin."""
+    fused = _fused("layernorm_backward")
+    if fused is not None and x.size and w.dtype == x.dtype == dout.dtype:
+        xp = backend.xp
+        H = x.shape[-1]
+        x2, d2 = xp.ascontiguousarray(x).reshape(-1, H), xp.ascontiguousarray(dout).reshape(-1, H)  # (N, H)
+        m1, r1 = xp.ascontiguousarray(mean).reshape(-1), xp.ascontiguousarray(rstd).reshape(-1)  # (N,)
+        dx = xp.empty_like(x2)  # (N, H)
+        fused((x2.shape[0],), (_THREADS,), (d2, x2, xp.ascontiguousarray(w), m1, r1, dx, xp.int64(H)))
+        xhat = (x2 - m1[:, None]) * r1[:, None]  # (N, H)
+        return dx.reshape(x.shape), (d2 * xhat).sum(axis=0), d2.sum(axis=0)
     cpu = _cpu(x)
     if cpu is None or dout.dtype != x.dtype:
         return layernorm_backward_plain(dout, x, w, mean, rstd)
@@ -254,6 +279,38 @@ def layernorm_backward(dout, x, w, mean, rstd):
     backend.split_run(lambda lo, hi: cpu.layernorm_backward(d2, x2, w, m1, r1, dx, dw_part[int(lo > 0)], db_part[int(lo > 0)],
                                                             lo, hi), x2.shape[0], x2.size)
     return dx.reshape(x.shape), dw_part.sum(axis=0).astype(x.dtype), db_part.sum(axis=0).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# dropout (inverted): out = x * keep / (1 - p), keep = u >= p, u uniform from the rng
+
+
+def dropout_plain(x, p, rng):
+    """(out, keep): one draw of rng (backend.SequenceStreams) for x's shape, a bool mask
+    and the scaled product, as array code."""
+    keep = rng.random(x.shape, dtype=x.dtype) >= p  # (...) bool
+    out = x * keep  # (...)
+    out *= x.dtype.type(1.0 / (1.0 - p))
+    return out, keep
+
+
+def dropout(x, p, rng):
+    """dropout_plain's (out, keep), bit for bit: on the host in float32 one compiled pass
+    that draws the numbers and applies the mask, else the array code."""
+    cpu = _cpu(x)
+    if cpu is None or not isinstance(rng, backend.SequenceStreams) or x.ndim < 1 or not x.size:
+        return dropout_plain(x, p, rng)  # (...), (...)
+    draw = rng.draws
+    rng.draws += 1  # the same draw numbering as rng.random
+    rows = x.shape[0]
+    x2 = numpy.ascontiguousarray(x).reshape(rows, -1)  # (B, n)
+    out = numpy.empty_like(x2)  # (B, n)
+    keep = numpy.empty(x2.shape, bool)  # (B, n)
+    k0, k1, fr = int(rng.key32[0]), int(rng.key32[1]), rng.first_row
+    p32, scale = numpy.float32(p), numpy.float32(1.0 / (1.0 - p))
+    backend.split_run(lambda lo, hi: cpu.dropout32(x2, p32, scale, k0, k1, draw, fr, out, keep, lo, hi), rows,
+                      x2.size)
+    return out.reshape(x.shape), keep.reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------------------
@@ -532,6 +589,44 @@ extern "C" __global__ void minibert_softmax_backward(const REAL* y, const REAL* 
     s = minibert_reduce(s, red, 0);
     for (long long k = threadIdx.x; k < K; k += blockDim.x) xr[k] = scale * yr[k] * (dr[k] - s);
 }
+
+// layer norm of each row of H: out = (x - mean) * rstd * w + b; mean and rstd per row
+extern "C" __global__ void minibert_layernorm_forward(const REAL* x, const REAL* w, const REAL* b, REAL* out,
+                                                      REAL* mean, REAL* rstd, REAL eps, long long H) {
+    __shared__ REAL red[256];
+    const long long row = blockIdx.x;
+    const REAL* xr = x + row * H;
+    REAL* orow = out + row * H;
+    REAL s = 0;
+    for (long long k = threadIdx.x; k < H; k += blockDim.x) s += xr[k];
+    const REAL mu = minibert_reduce(s, red, 0) / (REAL)H;
+    REAL s2 = 0;
+    for (long long k = threadIdx.x; k < H; k += blockDim.x) { REAL d = xr[k] - mu; s2 += d * d; }
+    const REAL r = (REAL)1 / sqrt(minibert_reduce(s2, red, 0) / (REAL)H + eps);  // biased variance
+    for (long long k = threadIdx.x; k < H; k += blockDim.x) orow[k] = (xr[k] - mu) * r * w[k] + b[k];
+    if (threadIdx.x == 0) { mean[row] = mu; rstd[row] = r; }
+}
+
+// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w, per row
+extern "C" __global__ void minibert_layernorm_backward(const REAL* dout, const REAL* x, const REAL* w,
+                                                       const REAL* mean, const REAL* rstd, REAL* dx, long long H) {
+    __shared__ REAL red[256];
+    const long long row = blockIdx.x;
+    const REAL* xr = x + row * H;
+    const REAL* dr = dout + row * H;
+    REAL* dxr = dx + row * H;
+    const REAL mu = mean[row], r = rstd[row];
+    REAL a = 0, c = 0;
+    for (long long k = threadIdx.x; k < H; k += blockDim.x) {
+        REAL g = dr[k] * w[k];
+        a += g;
+        c += g * (xr[k] - mu) * r;
+    }
+    a = minibert_reduce(a, red, 0) / (REAL)H;
+    c = minibert_reduce(c, red, 0) / (REAL)H;
+    for (long long k = threadIdx.x; k < H; k += blockDim.x)
+        dxr[k] = r * (dr[k] * w[k] - a - (xr[k] - mu) * r * c);
+}
 """
 _row_modules = {}  # dtype name -> compiled RawModule
 
@@ -549,7 +644,7 @@ def _fused(name):
     Row kernels come back as launch(grid, block, args), compiled for args[0]'s dtype."""
     if backend.name != "cupy" or not use_fused:
         return None
-    if name in ("softmax_forward", "softmax_backward"):
+    if name in ("softmax_forward", "softmax_backward", "layernorm_forward", "layernorm_backward"):
         return lambda grid, block, args: _row_kernel(name, args[0].dtype)(grid, block, args)
     if name not in _kernels:
         in_params, out_params, body = _KERNEL_SRC[name]

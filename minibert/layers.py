@@ -38,9 +38,7 @@ def linear_forward(x, w, b):
     n_in, n_out = w.shape
     # one 2-D matmul over all rows: NumPy's stacked (B, T, IN) @ (IN, OUT) loops over the
     # batch and can run several times slower than the same work as a single GEMM
-    out = backend.matmul(x.reshape(-1, n_in), w)  # (N, OUT)
-    if b is not None:
-        out += b
+    out = backend.matmul(x.reshape(-1, n_in), w, b)  # (N, OUT) x @ w + b
     # backward needs x for dw and w for dx
     return out.reshape(x.shape[:-1] + (n_out,)), (x, w)  # (..., OUT)
 
@@ -165,10 +163,10 @@ def dropout_forward(x, p, rng):
         return x, None
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    keep = rng.random(x.shape, dtype=x.dtype) >= p  # (...) bool
+    # keep = u >= p for u uniform from rng, out = x * keep * scale (kernels.dropout_plain;
+    # on the host in float32 one compiled pass draws and applies the mask)
+    out, keep = kernels.dropout(x, p, rng)  # (...), (...) bool
     scale = x.dtype.type(1.0 / (1.0 - p))
-    out = x * keep  # (...)
-    out *= scale
     # backward needs the mask (kept as bool: a quarter of a float32 mask) and the scale
     return out, (keep, scale)
 

@@ -278,6 +278,26 @@ def test_fused_softmax_matches_plain(on_cupy, dtype, K):
 
 
 @gpu
+@pytest.mark.parametrize("H", [1, 7, 128, 300, 768])  # under and over a block of 256 threads
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_layernorm_matches_plain(on_cupy, dtype, H):
+    xp = on_cupy
+    r = np.random.default_rng(7)
+    x = xp.asarray(r.standard_normal((3, 5, H)) * 3 + 10, dtype=dtype)  # a large mean
+    w, b = xp.asarray(r.standard_normal(H), dtype=dtype), xp.asarray(r.standard_normal(H), dtype=dtype)
+    dout = xp.asarray(r.standard_normal((3, 5, H)), dtype=dtype)  # random upstream, never ones
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    got, want = kernels.layernorm(x, w, b, 1e-12), kernels.layernorm_plain(x, w, b, 1e-12)
+    for g, e in zip(got, want):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(xp.asnumpy(g), xp.asnumpy(e), **tol)
+    gb = kernels.layernorm_backward(dout, x, w, want[1], want[2])
+    eb = kernels.layernorm_backward_plain(dout, x, w, want[1], want[2])
+    for g, e in zip(gb, eb):
+        np.testing.assert_allclose(xp.asnumpy(g), xp.asnumpy(e), **tol)
+
+
+@gpu
 def test_fused_softmax_gradient_check(on_cupy):
     xp = on_cupy
     x = xp.asarray(np.random.default_rng(6).standard_normal((2, 3, 5)))
