@@ -379,8 +379,7 @@ def mlm_head_forward(p, c, seq, pos):
     mlm_act, c_mlm_act = gelu_forward(mlm_fc, gelu_approximation(c.hidden_act))  # (P, H)
     mlm_hidden, c_mlm_ln = layernorm_forward(mlm_act, p["mlm.ln.w"], p["mlm.ln.b"], c.layer_norm_eps)  # (P, H)
     # decoder tied to the input word embeddings
-    mlm_logits = backend.matmul(mlm_hidden, p["emb.word"].T)  # (P, V)
-    mlm_logits += p["mlm.bias"]
+    mlm_logits = backend.matmul(mlm_hidden, p["emb.word"].T, p["mlm.bias"])  # (P, V) + bias
     return mlm_logits, MLMHeadCache((B, T, H), pos, mlm_hidden, c_mlm_fc, c_mlm_act, c_mlm_ln)
 
 
