@@ -52,33 +52,6 @@ use_numba = os.environ.get("MINIBERT_NUMBA", "1").strip() != "0"
 _cpu_module = []  # [minibert.cpu_kernels] or [None] when Numba is missing: imported at first use
 
 
-_PAGE = 4096  # bytes: addresses equal modulo this alias in the CPU's store-to-load forwarding
-
-
-def _empty_apart(like, *streams):
-    """An uninitialised C-order array shaped like `like`, placed so that its address is far,
-    modulo 4 KiB, from the address of every array in `streams` (the arrays the compiled loop
-    reads while it writes this one).
-
-    A loop that reads x[i] and writes out[i] while the two addresses are equal modulo 4 KiB
-    stalls on every store: the CPU takes the load for one that depends on the store ("4K
-    aliasing"). Large NumPy arrays often sit at the same offset within a page, and the
-    float32 GELU ran 5x slower for it (measured: 19-26 ms against 3.6-4.9 ms, alternately,
-    on one (16, 128, 1024) input, depending only on where its output landed)."""
-    item = like.dtype.itemsize
-    spare = _PAGE // item  # elements of slack: one page
-    buf = numpy.empty(like.size + spare, like.dtype)  # (n + spare,)
-    base = buf.ctypes.data
-    addrs = [a.ctypes.data for a in streams]
-    best, best_gap = 0, -1
-    for start in range(0, spare, 64 // item):  # 64-byte steps keep SIMD alignment
-        gap = min((min((base + start * item - a) % _PAGE, (a - base - start * item) % _PAGE) for a in addrs),
-                  default=_PAGE)
-        if gap > best_gap:
-            best, best_gap = start, gap
-    return buf[best:best + like.size].reshape(like.shape)  # (...) a view into buf
-
-
 def _cpu(x=None):
     """minibert.cpu_kernels when the host should run a compiled loop for x (float32, or any
     dtype when x is None), else None: not on the host, use_numba off, or Numba missing."""
@@ -195,7 +168,7 @@ def gelu_exact(x):
         return fused(x)  # (...)
     if cpu is not None:
         x = numpy.ascontiguousarray(x)
-        out = _empty_apart(x, x)  # (...)
+        out = backend.empty_apart(x, x)  # (...)
         xf, of = x.reshape(-1), out.reshape(-1)  # (n,) views
         backend.split_run(lambda lo, hi: cpu.gelu_forward(xf, of, lo, hi), x.size)
         return out
@@ -209,7 +182,7 @@ def gelu_exact_backward(x, dout):
         return fused(x, dout)  # (...)
     if cpu is not None and dout.dtype == x.dtype:
         x, dout = numpy.ascontiguousarray(x), numpy.ascontiguousarray(dout)
-        dx = _empty_apart(x, x, dout)  # (...)
+        dx = backend.empty_apart(x, x, dout)  # (...)
         xf, df, dxf = x.reshape(-1), dout.reshape(-1), dx.reshape(-1)  # (n,) views
         backend.split_run(lambda lo, hi: cpu.gelu_backward(xf, df, dxf, lo, hi), x.size)
         return dx
@@ -270,7 +243,7 @@ def layernorm(x, w, b, eps):
         return layernorm_plain(x, w, b, eps)
     H = x.shape[-1]
     x2 = numpy.ascontiguousarray(x).reshape(-1, H)  # (N, H)
-    out = _empty_apart(x2, x2)  # (N, H)
+    out = backend.empty_apart(x2, x2)  # (N, H)
     mean = numpy.empty((x2.shape[0], 1), x.dtype)  # (N, 1)
     rstd = numpy.empty((x2.shape[0], 1), x.dtype)  # (N, 1)
     m1, r1 = mean[:, 0], rstd[:, 0]  # (N,) views
@@ -299,7 +272,7 @@ def layernorm_backward(dout, x, w, mean, rstd):
     H = x.shape[-1]
     x2 = numpy.ascontiguousarray(x).reshape(-1, H)  # (N, H)
     d2 = numpy.ascontiguousarray(dout).reshape(-1, H)  # (N, H)
-    dx = _empty_apart(x2, x2, d2)  # (N, H)
+    dx = backend.empty_apart(x2, x2, d2)  # (N, H)
     m1, r1 = numpy.ascontiguousarray(mean).reshape(-1), numpy.ascontiguousarray(rstd).reshape(-1)  # (N,)
     dw_part = numpy.zeros((2, H))  # (2, H) float64 partial sums: one row per half of the rows
     db_part = numpy.zeros((2, H))  # (2, H)
@@ -331,7 +304,7 @@ def dropout(x, p, rng):
     rng.draws += 1  # the same draw numbering as rng.random
     rows = x.shape[0]
     x2 = numpy.ascontiguousarray(x).reshape(rows, -1)  # (B, n)
-    out = _empty_apart(x2, x2)  # (B, n)
+    out = backend.empty_apart(x2, x2)  # (B, n)
     keep = numpy.empty(x2.shape, bool)  # (B, n)
     k0, k1, fr = int(rng.key32[0]), int(rng.key32[1]), rng.first_row
     p32, scale = numpy.float32(p), numpy.float32(1.0 / (1.0 - p))
@@ -394,7 +367,7 @@ def softmax(x, scale=1.0, bias=None, overwrite=False):
         x2 = numpy.ascontiguousarray(x).reshape(-1, K)  # (R, K)
         b2 = numpy.zeros((1, K), x.dtype) if bias is None else numpy.ascontiguousarray(bias).reshape(-1, K)  # (Rb, K)
         # in place when the caller allows it, or when x2 is already a copy of x
-        y = x2 if overwrite or not numpy.shares_memory(x2, x) else _empty_apart(x2, x2)  # (R, K)
+        y = x2 if overwrite or not numpy.shares_memory(x2, x) else backend.empty_apart(x2, x2)  # (R, K)
         rpb, sc = x2.shape[0] if bias is None else rows_per_bias, x.dtype.type(scale)
         lse = numpy.empty(x2.shape[0], numpy.float32)  # (R,) filled, not needed here
         backend.split_run(lambda lo, hi: cpu.softmax_forward(x2, b2, rpb, sc, y, lse, lo, hi), x2.shape[0], x2.size)
@@ -421,7 +394,7 @@ def softmax_lse(x):
     if cpu is None or x.ndim != 2 or not x.size:
         return softmax_lse_plain(x)  # (R, K), (R,)
     x2 = numpy.ascontiguousarray(x)  # (R, K)
-    y = _empty_apart(x2, x2)  # (R, K)
+    y = backend.empty_apart(x2, x2)  # (R, K)
     lse = numpy.empty(x2.shape[0], numpy.float32)  # (R,)
     nobias = numpy.zeros((1, x2.shape[1]), numpy.float32)  # (1, K)
     backend.split_run(lambda lo, hi: cpu.softmax_forward(x2, nobias, x2.shape[0], numpy.float32(1.0), y, lse, lo, hi),
@@ -448,7 +421,7 @@ def softmax_backward(y, dout, scale=1.0):
         K = y.shape[-1]
         y2 = numpy.ascontiguousarray(y).reshape(-1, K)  # (R, K)
         d2, sc = numpy.ascontiguousarray(dout).reshape(-1, K), y.dtype.type(scale)  # (R, K)
-        dx = _empty_apart(y2, y2, d2)  # (R, K)
+        dx = backend.empty_apart(y2, y2, d2)  # (R, K)
         backend.split_run(lambda lo, hi: cpu.softmax_backward(y2, d2, sc, dx, lo, hi), y2.shape[0], y2.size)
         return dx.reshape(y.shape)
     if fused is None:
