@@ -225,6 +225,12 @@ def _philox(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
+@njit(inline="always")
+def _unit24(w):
+    """A Philox word's top 24 bits as a float32 in [0, 1)."""
+    return _F(w >> np.uint64(8)) * _F(1.0 / 16777216.0)
+
+
 @njit(**_JIT)
 def philox_uniform32(out, key0, key1, draw, first_row, lo, hi):
     """out (rows, n) float32 in [0, 1)."""
@@ -233,15 +239,9 @@ def philox_uniform32(out, key0, key1, draw, first_row, lo, hi):
     for b in range(lo, hi):
         row = np.uint64(first_row + b)
         for c in range((n + 3) // 4):
-            w0, w1, w2, w3 = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
-            j = 4 * c
-            out[b, j] = _F(w0 >> np.uint64(8)) * _F(1.0 / 16777216.0)
-            if j + 1 < n:
-                out[b, j + 1] = _F(w1 >> np.uint64(8)) * _F(1.0 / 16777216.0)
-            if j + 2 < n:
-                out[b, j + 2] = _F(w2 >> np.uint64(8)) * _F(1.0 / 16777216.0)
-            if j + 3 < n:
-                out[b, j + 3] = _F(w3 >> np.uint64(8)) * _F(1.0 / 16777216.0)
+            w = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
+            for t in range(min(4, n - 4 * c)):
+                out[b, 4 * c + t] = _unit24(w[t])
 
 
 @njit(**_JIT)
@@ -254,12 +254,11 @@ def dropout32(x, p, scale, key0, key1, draw, first_row, out, keep, lo, hi):
         row = np.uint64(first_row + b)
         for c in range((n + 3) // 4):
             w = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
-            for t in range(4):
+            for t in range(min(4, n - 4 * c)):
                 j = 4 * c + t
-                if j < n:
-                    kj = _F(w[t] >> np.uint64(8)) * _F(1.0 / 16777216.0) >= p
-                    keep[b, j] = kj
-                    out[b, j] = x[b, j] * _F(kj) * scale  # x * 0 keeps x's sign, as the array code
+                kj = _unit24(w[t]) >= p
+                keep[b, j] = kj
+                out[b, j] = x[b, j] * _F(kj) * scale  # x * 0 keeps x's sign, as the array code
 
 
 @njit(**_JIT)
