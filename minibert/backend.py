@@ -433,7 +433,7 @@ def keep_freed_memory():
     try:
         import ctypes
         mallopt = ctypes.CDLL(None).mallopt  # glibc's; musl and macOS have none
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
     ok = mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest allowed on 64-bit
