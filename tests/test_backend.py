@@ -60,3 +60,15 @@ def test_empty_apart_places_outputs_away_from_inputs_modulo_a_page():
         assert out.ctypes.data % 64 == out.base.ctypes.data % 64  # SIMD alignment kept
         o2 = backend.empty_apart(((3, n), np.float64), x)
         assert o2.shape == (3, n) and o2.dtype == np.float64
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("MINIBERT_MALLOC", "0")
+    assert backend.keep_freed_memory() is False  # malloc left alone
+    monkeypatch.delenv("MINIBERT_MALLOC")
+    import ctypes
+    try:
+        has_mallopt = hasattr(ctypes.CDLL(None), "mallopt")
+    except (OSError, TypeError):
+        has_mallopt = False
+    assert backend.keep_freed_memory() is has_mallopt  # glibc: the three settings accepted
