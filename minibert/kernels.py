@@ -319,12 +319,9 @@ def dropout(x, p, rng):
 
 def philox_uniform(shape, dtype, key, draw, first_row):
     """backend.philox_uniform_plain's numbers: a compiled loop on the host, bit for bit."""
-    cpu = _cpu()
-    if cpu is None:
+    cpu, dt = _cpu(), numpy.dtype(dtype)
+    if cpu is None or dt not in (numpy.float32, numpy.float64):
         return backend.philox_uniform_plain(shape, dtype, key, draw, first_row)  # (...)
-    dt = numpy.dtype(dtype)
-    if dt not in (numpy.float32, numpy.float64):
-        return backend.philox_uniform_plain(shape, dtype, key, draw, first_row).astype(dt)
     out = numpy.empty(shape, dt)  # (rows, ...)
     rows = shape[0] if shape else 1
     fill = cpu.philox_uniform32 if dt == numpy.float32 else cpu.philox_uniform64
