@@ -168,14 +168,13 @@ def empty_apart(like, *streams):
     item = dtype.itemsize
     spare = _PAGE // item  # elements of slack: one page
     buf = numpy.empty(size + spare, dtype)  # (n + spare,)
-    base = buf.ctypes.data
-    addrs = [a.ctypes.data for a in streams]
-    best, best_gap = 0, -1
-    for start in range(0, spare, 64 // item):  # 64-byte steps keep SIMD alignment
-        gap = min((min((base + start * item - a) % _PAGE, (a - base - start * item) % _PAGE) for a in addrs),
-                  default=_PAGE)
-        if gap > best_gap:
-            best, best_gap = start, gap
+    if not streams:
+        return buf[:size].reshape(shape)  # (...)
+    starts = numpy.arange(0, spare, max(64 // item, 1))  # (S,) candidate offsets: 64-byte steps keep SIMD alignment
+    addrs = numpy.array([a.ctypes.data % _PAGE for a in streams])  # (R,) the inputs' offsets in their pages
+    d = (buf.ctypes.data % _PAGE + starts[:, None] * item - addrs[None, :]) % _PAGE  # (S, R) distance one way
+    gap = numpy.minimum(d, _PAGE - d).min(axis=1)  # (S,) to the nearest input, either way round
+    best = int(starts[numpy.argmax(gap)])  # the first of the farthest
     return buf[best:best + size].reshape(shape)  # (...) a view into buf
 
 

