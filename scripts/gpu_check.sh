@@ -8,7 +8,8 @@
 #      V=30522) with a batch of 64: pos/s, MFU against a measured cuBLAS float32 peak, device
 #      memory; TF32 off on both sides (--tf32 is the opt-in)
 #   3. a short default pretraining run on cupy (200 steps, held-out evaluation at 100 and 200)
-#   4. the whole suite under MINIBERT_BACKEND=cupy
+#   4. the whole suite under MINIBERT_BACKEND=cupy, with the test that counts device-to-host
+#      reads per training step (tests/test_train.py::test_steps_read_nothing_back_from_the_device)
 #
 #   bash scripts/gpu_check.sh            # logs and JSON in $OUT (default /tmp/gpu_check)
 #

@@ -303,3 +303,39 @@ def test_gradient_accumulation_and_hf_export(tmp_path, corpus, trained_tokenizer
              "next_sentence_label": np.zeros(1, np.int64)}
     ours = backend.to_host(m.predict(batch)["nsp_logits"])
     np.testing.assert_allclose(ours, hf_nsp, rtol=1e-4, atol=1e-5)
+
+
+# every way a CuPy array's values reach the host; cupy.asnumpy goes through get
+_HOST_READS = ("get", "__float__", "__int__", "__bool__", "__index__", "item", "tolist")
+
+
+@pytest.mark.skipif(backend.name != "cupy", reason="counts device-to-host reads: MINIBERT_BACKEND=cupy on a GPU")
+def test_steps_read_nothing_back_from_the_device(tmp_path, corpus, trained_tokenizer, monkeypatch):
+    """Between log, eval and save steps a training step reads nothing back from the GPU:
+    the losses and the grad-norm probe stay device scalars. Counted by wrapping each method
+    through which a cupy.ndarray reaches the host; two runs that log, evaluate and save only
+    at their last step, one of 4 steps and one of 12, must make the same number of reads."""
+    import cupy
+    reads = []
+
+    def count(name):
+        orig = getattr(cupy.ndarray, name)
+
+        def counted(self, *args, **kwargs):
+            reads.append(name)
+            return orig(self, *args, **kwargs)
+        try:
+            monkeypatch.setattr(cupy.ndarray, name, counted)
+        except TypeError:  # before CuPy 13 cupy.ndarray is an extension type: nothing to wrap
+            pytest.skip(f"cupy {cupy.__version__}: cupy.ndarray.{name} cannot be wrapped")
+    for name in _HOST_READS:
+        count(name)
+
+    def run(steps):
+        reads.clear()
+        pretrain(small_tc(tmp_path / f"run{steps}", corpus, tokenizer=trained_tokenizer, steps=steps,
+                          log_every=steps, eval_every=steps, save_every=steps), dict(SMALL))
+        return len(reads)
+    short, long = run(4), run(12)
+    assert short > 0  # the counting works: the last step's log line reads the loss
+    assert long == short, f"{long - short} more device reads in 8 more steps"
