@@ -11,7 +11,6 @@ registers, and the rows (or elements) are shared between the host's two threads.
     layernorm_forward / _backward   layernorm_plain / layernorm_backward_plain
     softmax_forward / _backward     softmax_plain (softmax_lse_plain) / softmax_backward_plain
     adamw                           adamw_update_plain
-    scatter_add_rows                backend.scatter_add
     philox_uniform                  backend.philox_uniform_plain (bit for bit)
     dropout32                       kernels.dropout_plain (bit for bit)
 
@@ -192,20 +191,6 @@ def softmax_backward(y, dout, scale, dx, lo, hi):
             s += dout[r, k] * y[r, k]
         for k in range(K):
             dx[r, k] = scale * y[r, k] * (dout[r, k] - s)
-
-
-# ----------------------------------------------------------------------------------------
-# rows added into a table (the word embedding's gradient), as backend.scatter_add
-
-@njit(**_JIT)
-def scatter_add_rows(a, idx, values, lo, hi):
-    """a[idx[i], lo:hi] += values[i, lo:hi] for every i in order; a (V, H), values (N, H).
-    Columns lo..hi-1, so the two threads never write the same element. No bounds check:
-    kernels.scatter_add_rows checks idx first."""
-    for i in range(idx.shape[0]):
-        r = idx[i]
-        for j in range(lo, hi):
-            a[r, j] += values[i, j]
 
 
 # ----------------------------------------------------------------------------------------

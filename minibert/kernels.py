@@ -27,8 +27,6 @@ faster, and tests/test_kernels.py compares each with its twin.
         dropout's uniform numbers, keyed per row (backend.SequenceStreams)
     dropout(x, p, rng)              dropout_plain                        host float32: one compiled pass
         (x * keep / (1 - p), keep) with keep = u >= p                     (bit for bit)
-    scatter_add_rows(a, idx, v)     backend.scatter_add                  host float32: a compiled loop
-        a[idx[i]] += v[i], repeated indices accumulating                  (columns split)
 
 Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False. On the
 host in float32, the compiled loops of minibert/cpu_kernels.py (Numba: one pass, both
@@ -506,25 +504,6 @@ def adamw_update(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=None):
     # the complements 1 - b are taken in float64 here, as the plain path does: 1 - b2 in
     # float32 on the device would be 1.3e-5 relative off (b2 = 0.999 is not a float32)
     fused(g, dt(decay), dt(b1), dt(1.0 - b1), dt(b2), dt(1.0 - b2), dt(step_size), dt(eps_hat), p, m, v)
-
-
-# ----------------------------------------------------------------------------------------
-# rows added into a table: a[indices[i]] += values[i], repeated indices accumulating (the
-# word embedding's gradient)
-
-
-def scatter_add_rows(a, indices, values):
-    """backend.scatter_add(a, indices, values) for a (V, H), indices (N,), values (N, H): on
-    the host in float32 a compiled loop that adds row after row (the columns split between
-    the two threads); the sums are the same to float32 rounding (added in another order)."""
-    cpu = _cpu(a)
-    if (cpu is None or a.ndim != 2 or indices.ndim != 1 or values.shape != (indices.size, a.shape[1])
-            or values.dtype != a.dtype or not a.flags.c_contiguous or not indices.size
-            or indices.min() < 0 or indices.max() >= a.shape[0]):  # the plain path raises on a bad index
-        return backend.scatter_add(a, indices, values)
-    v = numpy.ascontiguousarray(values)  # (N, H)
-    backend.split_run(lambda lo, hi: cpu.scatter_add_rows(a, indices, v, lo, hi), a.shape[1], v.size)
-    return a
 
 
 # ----------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def embedding_backward(dout, cache):
     # forward: out[b, t] += word[ids[b, t]], so row ids[b, t] of dword gets dout[b, t];
     # a token id that occurs twice receives the sum, hence scatter-add, not assignment
     dword = xp.zeros(cache.word_shape, dtype=dout.dtype)  # (V, H)
-    kernels.scatter_add_rows(dword, cache.input_ids.reshape(-1), dout2)  # (V, H)
+    backend.scatter_add(dword, cache.input_ids.reshape(-1), dout2)
     # forward: out[b, t] += pos[t], so dpos[t] = sum over the batch of dout[:, t]
     dpos = xp.zeros(cache.pos_shape, dtype=dout.dtype)  # (max_position, H)
     dpos[:T] = dout.sum(axis=0)

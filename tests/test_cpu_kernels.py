@@ -184,22 +184,3 @@ def test_dropout_compiled_equals_plain_bit_for_bit(shape):
     if x.size > 100:
         assert 0.8 < fk.mean() < 0.97
 
-
-
-@pytest.mark.parametrize("N,V,H", [(7, 3, 5), (2048, 300, 64), (100, 50, 1)])
-def test_scatter_add_rows_compiled_and_plain_match_add_at(N, V, H):
-    rng = np.random.default_rng(3)
-    idx = rng.integers(0, V, N)
-    idx[: N // 2] = idx[0]  # many repeats of one row
-    vals = rng.standard_normal((N, H)).astype(np.float32)
-    a0 = rng.standard_normal((V, H)).astype(np.float32)
-    want = a0.astype(np.float64)
-    np.add.at(want, idx, vals.astype(np.float64))  # float64 reference
-    fast, plain = both(lambda: kernels.scatter_add_rows(a0.copy(), idx, vals))
-    for got in (fast, plain):
-        assert got.dtype == np.float32
-        tol = 4 * np.finfo(np.float32).eps * (np.abs(a0) + np.abs(vals).sum(axis=0).max())
-        assert np.all(np.abs(got - want) <= tol)
-    # an index out of range is refused, as NumPy refuses it, and nothing is written out of bounds
-    with pytest.raises(IndexError):
-        kernels.scatter_add_rows(a0.copy(), np.array([0, V]), vals[:2])
