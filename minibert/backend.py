@@ -140,7 +140,8 @@ def split_run(run, n, size=None):
     """run(lo, hi) over [0, n), the upper half on the pool's worker when there is one: NumPy
     releases the GIL inside ufuncs and BLAS calls (and the compiled loops of cpu_kernels.py
     inside theirs), so the two halves use both cores. size: the elements the work touches
-    (default n); under SPLIT_MIN it runs whole on the calling thread."""
+    (default n, right only when each of the n items is one element); under SPLIT_MIN it
+    runs whole on the calling thread."""
     if host_threads() < 2 or n < 2 or (n if size is None else size) < SPLIT_MIN:
         run(0, n)
         return
@@ -230,7 +231,8 @@ def batched_matmul(a, b, out=None):
             split = a.ndim == b.ndim == res.ndim >= 3 and a.shape[0] == b.shape[0] == res.shape[0]
             with c.limit(limits=1, user_api="blas"):  # a no-op once host_threads() holds BLAS to one
                 if split:
-                    split_run(lambda lo, hi: numpy.matmul(a[lo:hi], b[lo:hi], out=res[lo:hi]), res.shape[0])
+                    split_run(lambda lo, hi: numpy.matmul(a[lo:hi], b[lo:hi], out=res[lo:hi]), res.shape[0],
+                              a.size + b.size + res.size)
                 else:
                     numpy.matmul(a, b, out=res)
             return res
@@ -263,7 +265,7 @@ def blockwise(f, *arrays):
         for i in range(lo * BLOCK, min(hi * BLOCK, x.size), BLOCK):
             of[i:i + BLOCK] = f(*(a[i:i + BLOCK] for a in flat))
 
-    split_run(run, -(-x.size // BLOCK))
+    split_run(run, -(-x.size // BLOCK), x.size)
     return out
 
 

@@ -72,3 +72,33 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     except (OSError, TypeError):
         has_mallopt = False
     assert backend.keep_freed_memory() is has_mallopt  # glibc: the three settings accepted
+
+
+@pytest.mark.skipif(backend.name != "numpy" or backend.host_threads() < 2, reason="the host's two threads")
+@pytest.mark.parametrize("op", ["batched_matmul", "blockwise", "matmul"])
+def test_large_host_work_runs_on_both_threads(op, monkeypatch):
+    """The per-head attention products, the blockwise array code and the GEMMs of a mini-sized
+    step are split between the two threads (a split_run call that sized the work by its item
+    count instead of its elements once kept the attention products on one core)."""
+    import threading
+    threads = set()
+    split_run = backend.split_run
+
+    def spy(run, n, size=None):
+        def traced(lo, hi):
+            threads.add(threading.get_ident())
+            return run(lo, hi)
+        return split_run(traced, n, size)
+    monkeypatch.setattr(backend, "split_run", spy)
+    rng = np.random.default_rng(0)
+    if op == "batched_matmul":  # mini's scores: (B, A, T, D) @ (B, A, D, T)
+        q, k = rng.standard_normal((2, 16, 4, 128, 64), dtype=np.float32)
+        got, want = backend.batched_matmul(q, k.transpose(0, 1, 3, 2)), q @ k.transpose(0, 1, 3, 2)
+    elif op == "blockwise":
+        x = rng.standard_normal((16, 128, 1024), dtype=np.float32)
+        got, want = backend.blockwise(lambda v: v * 2 + 1, x), x * 2 + 1
+    else:
+        a, b = rng.standard_normal((2048, 256), dtype=np.float32), rng.standard_normal((256, 256), dtype=np.float32)
+        got, want = backend.matmul(a, b), a @ b
+    assert len(threads) == 2
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
