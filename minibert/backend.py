@@ -14,7 +14,7 @@ module exposes one name so that ops have one code path:
     matmul(a, b, bias), matmul_pair(a1, b1, a2, b2)   2-D GEMMs (linear layers), split over host threads
     blockwise(f, *arrays)    f(*arrays) for an elementwise f, in cache-sized blocks on the host
     host_threads()           threads that share blockwise's blocks and batched_matmul's stack
-    split_run(run, n)        run(lo, hi) over [0, n) in halves on those threads
+    split_run(run, n, size)  run(lo, hi) over [0, n) in halves on those threads (size: elements touched)
     empty_apart(like, *streams)  an output array placed away from its inputs modulo 4 KiB
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
     rng(key, first_row)      counter-based random numbers keyed per sequence (dropout)
@@ -136,13 +136,13 @@ def host_threads():
 SPLIT_MIN = 1 << 15  # elements: below this, handing half to the other thread costs more than it saves
 
 
-def split_run(run, n, size=None):
+def split_run(run, n, size):
     """run(lo, hi) over [0, n), the upper half on the pool's worker when there is one: NumPy
     releases the GIL inside ufuncs and BLAS calls (and the compiled loops of cpu_kernels.py
     inside theirs), so the two halves use both cores. size: the elements the work touches
-    (default n, right only when each of the n items is one element); under SPLIT_MIN it
-    runs whole on the calling thread."""
-    if host_threads() < 2 or n < 2 or (n if size is None else size) < SPLIT_MIN:
+    (not n, which may count rows or matrices); under SPLIT_MIN it runs whole on the calling
+    thread."""
+    if host_threads() < 2 or n < 2 or size < SPLIT_MIN:
         run(0, n)
         return
     mid = n // 2

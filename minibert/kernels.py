@@ -170,7 +170,7 @@ def gelu_exact(x):
         x = numpy.ascontiguousarray(x)
         out = backend.empty_apart(x, x)  # (...)
         xf, of = x.reshape(-1), out.reshape(-1)  # (n,) views
-        backend.split_run(lambda lo, hi: cpu.gelu_forward(xf, of, lo, hi), x.size)
+        backend.split_run(lambda lo, hi: cpu.gelu_forward(xf, of, lo, hi), x.size, x.size)
         return out
     return backend.blockwise(_gelu_exact_block, x)  # (...)
 
@@ -184,7 +184,7 @@ def gelu_exact_backward(x, dout):
         x, dout = numpy.ascontiguousarray(x), numpy.ascontiguousarray(dout)
         dx = backend.empty_apart(x, x, dout)  # (...)
         xf, df, dxf = x.reshape(-1), dout.reshape(-1), dx.reshape(-1)  # (n,) views
-        backend.split_run(lambda lo, hi: cpu.gelu_backward(xf, df, dxf, lo, hi), x.size)
+        backend.split_run(lambda lo, hi: cpu.gelu_backward(xf, df, dxf, lo, hi), x.size, x.size)
         return dx
     return backend.blockwise(_gelu_exact_backward_block, x, dout)  # (...)
 
@@ -495,7 +495,7 @@ def adamw_update(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=None):
         dt = p.dtype.type
         flat = [a.reshape(-1) for a in (p, g, m, v)]  # (n,) views
         consts = [dt(c) for c in (decay, b1, 1.0 - b1, b2, 1.0 - b2, step_size, eps_hat)]
-        backend.split_run(lambda lo, hi: cpu.adamw(*flat, *consts, lo, hi), p.size)
+        backend.split_run(lambda lo, hi: cpu.adamw(*flat, *consts, lo, hi), p.size, p.size)
         return
     if fused is None:
         adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch)

@@ -84,7 +84,7 @@ def test_large_host_work_runs_on_both_threads(op, monkeypatch):
     threads = set()
     split_run = backend.split_run
 
-    def spy(run, n, size=None):
+    def spy(run, n, size):
         def traced(lo, hi):
             threads.add(threading.get_ident())
             return run(lo, hi)
