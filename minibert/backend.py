@@ -171,11 +171,12 @@ def empty_apart(like, *streams):
     buf = numpy.empty(size + spare, dtype)  # (n + spare,)
     if not streams:
         return buf[:size].reshape(shape)  # (...)
-    starts = numpy.arange(0, spare, max(64 // item, 1))  # (S,) candidate offsets: 64-byte steps keep SIMD alignment
-    addrs = numpy.array([a.ctypes.data % _PAGE for a in streams])  # (R,) the inputs' offsets in their pages
-    d = (buf.ctypes.data % _PAGE + starts[:, None] * item - addrs[None, :]) % _PAGE  # (S, R) distance one way
-    gap = numpy.minimum(d, _PAGE - d).min(axis=1)  # (S,) to the nearest input, either way round
-    best = int(starts[numpy.argmax(gap)])  # the first of the farthest
+    # the inputs' offsets within their pages, around the page as a circle: the output goes to
+    # the middle of the widest gap between neighbours, on a 64-byte (SIMD) boundary
+    offs = sorted(a.ctypes.data % _PAGE for a in streams)
+    width, lo = max(((offs[(i + 1) % len(offs)] - o) % _PAGE or _PAGE, o) for i, o in enumerate(offs))
+    target = (lo + width // 2 + 32) // 64 * 64  # the middle, rounded to the nearest 64 bytes
+    best = (target - buf.ctypes.data) % _PAGE // item  # elements into buf
     return buf[best:best + size].reshape(shape)  # (...) a view into buf
 
 
