@@ -27,6 +27,8 @@ faster, and tests/test_kernels.py compares each with its twin.
         dropout's uniform numbers, keyed per row (backend.SequenceStreams)
     dropout(x, p, rng)              dropout_plain                        host float32: one compiled pass
         (x * keep / (1 - p), keep) with keep = u >= p                     (bit for bit)
+    dropout_backward(dout, keep, s) dropout_backward_plain               host: the array ops on both
+        dx = dout * keep * s                                              threads (bit for bit)
 
 Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False. On the
 host in float32, the compiled loops of minibert/cpu_kernels.py (Numba: one pass, both
@@ -311,6 +313,28 @@ def dropout(x, p, rng):
     backend.split_run(lambda lo, hi: cpu.dropout32(x2, p32, scale, k0, k1, draw, fr, out, keep, lo, hi), rows,
                       x2.size)
     return out.reshape(x.shape), keep.reshape(x.shape)
+
+
+def dropout_backward_plain(dout, keep, scale):
+    """dx = dout * keep * scale: the forward's mask and scale, as array code."""
+    dx = dout * keep  # (...)
+    dx *= scale
+    return dx
+
+
+def dropout_backward(dout, keep, scale):
+    """dropout_backward_plain's dx, bit for bit: on the host the same two array ops on each
+    half of the elements, one half per thread."""
+    if backend.xp is not numpy or dout.shape != keep.shape or not (dout.flags.c_contiguous and keep.flags.c_contiguous):
+        return dropout_backward_plain(dout, keep, scale)  # (...)
+    dx = numpy.empty(dout.shape, numpy.result_type(dout, keep))  # (...)
+    g, k, d = dout.reshape(-1), keep.reshape(-1), dx.reshape(-1)  # (n,) views
+
+    def half(lo, hi):
+        numpy.multiply(g[lo:hi], k[lo:hi], out=d[lo:hi])
+        d[lo:hi] *= scale
+    backend.split_run(half, g.size, g.size)
+    return dx
 
 
 # ----------------------------------------------------------------------------------------

@@ -352,3 +352,18 @@ def test_softmax_backward_default_scale_and_scale_two(f):
     yd, dd = backend.to_device(y), backend.to_device(dout)
     np.testing.assert_allclose(backend.to_host(f(yd, dd)), ref, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(backend.to_host(f(yd, dd, 2.0)), 2.0 * ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (16, 4, 33, 33), (70_000,)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_backward_equals_plain_bit_for_bit(shape, dtype):
+    rng = np.random.default_rng(2)
+    dout = backend.to_device(rng.standard_normal(shape).astype(dtype))
+    keep = backend.to_device(rng.random(shape) >= 0.1)
+    scale = dtype(1 / 0.9)
+    got = backend.to_host(kernels.dropout_backward(dout, keep, scale))
+    plain = backend.to_host(kernels.dropout_backward_plain(dout, keep, scale))
+    want = np.where(backend.to_host(keep), backend.to_host(dout).astype(np.float64) * np.float64(scale), 0.0)
+    assert got.dtype == plain.dtype == dtype and got.shape == shape
+    assert np.array_equal(got, plain) and np.array_equal(np.signbit(got), np.signbit(plain))  # -0.0 kept
+    np.testing.assert_allclose(got, want, rtol=2 * np.finfo(dtype).eps, atol=0)
