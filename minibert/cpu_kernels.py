@@ -240,7 +240,7 @@ def philox_uniform32(out, key0, key1, draw, first_row, lo, hi):
         row = np.uint64(first_row + b)
         ob = out[b]
         # whole counters as straight-line code (no loop over the 4 words), which LLVM
-        # vectorizes across counters: 4-5x faster than the loop below, the same numbers
+        # vectorizes across counters: 4-5x faster than a loop over each counter's words
         for c in range(n // 4):
             w0, w1, w2, w3 = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
             j = 4 * c
@@ -254,7 +254,8 @@ def philox_uniform32(out, key0, key1, draw, first_row, lo, hi):
 
 @njit(inline="always")
 def _drop(x, w, p, scale, keep, out, j):
-    """One element of inverted dropout: keep[j] = u >= p for u = _unit24(w), out[j] = x[j] * keep * scale."""
+    """One element of inverted dropout: keep[j] = u >= p for u = _unit24(w), and
+    out[j] = x[j] * keep[j] * scale."""
     kj = _unit24(w) >= p
     keep[j] = kj
     out[j] = x[j] * _F(kj) * scale  # x * 0 keeps x's sign, as the array code

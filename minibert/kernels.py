@@ -325,7 +325,8 @@ def dropout_backward_plain(dout, keep, scale):
 def dropout_backward(dout, keep, scale):
     """dropout_backward_plain's dx, bit for bit: on the host the same two array ops on each
     half of the elements, one half per thread."""
-    if backend.xp is not numpy or dout.shape != keep.shape or not (dout.flags.c_contiguous and keep.flags.c_contiguous):
+    if (backend.xp is not numpy or dout.shape != keep.shape
+            or not (dout.flags.c_contiguous and keep.flags.c_contiguous)):
         return dropout_backward_plain(dout, keep, scale)  # (...)
     dx = numpy.empty(dout.shape, numpy.result_type(dout, keep))  # (...)
     g, k, d = dout.reshape(-1), keep.reshape(-1), dx.reshape(-1)  # (n,) views
