@@ -371,10 +371,10 @@ class SequenceStreams:
         dt = numpy.dtype(dtype)
         kern = _philox_kernels.get(dt)
         if kern is None:
-            ctype = "double" if dt == numpy.float64 else "float"
+            # parameter types are NumPy's names: "float" there would mean float64
             kern = xp.ElementwiseKernel(
-                "uint32 key0, uint32 key1, uint32 draw, int64 first_row, int64 row_size", f"{ctype} out",
-                _PHILOX_CUDA.replace("WORDS", "2" if dt == numpy.float64 else "4"), f"minibert_philox_{ctype}")
+                "uint32 key0, uint32 key1, uint32 draw, int64 first_row, int64 row_size", f"{dt.name} out",
+                _PHILOX_CUDA.replace("WORDS", "2" if dt == numpy.float64 else "4"), f"minibert_philox_{dt.name}")
             _philox_kernels[dt] = kern
         out = xp.empty(shape, dtype=dt)  # (B, ...)
         row_size = int(numpy.prod(shape[1:])) if shape else 1

@@ -383,7 +383,7 @@ def softmax(x, scale=1.0, bias=None, overwrite=False):
     fused, cpu = _fused("softmax_forward"), _cpu(x)
     rows_per_bias = _row_bias(x, bias)
     if fused is not None and rows_per_bias is not None:
-        return _softmax_device(fused, x, scale, bias)  # (..., K)
+        return _softmax_device(fused, x, scale, bias, overwrite)  # (..., K)
     if cpu is not None and rows_per_bias is not None and x.size and (bias is None or bias.dtype == x.dtype):
         K = x.shape[-1]
         x2 = numpy.ascontiguousarray(x).reshape(-1, K)  # (R, K)
@@ -470,13 +470,16 @@ def _row_bias(x, bias):
     return max(x.size // K // bias.shape[0], 1)
 
 
-def _softmax_device(fused, x, scale, bias):
-    """Launch the fused softmax forward: one block of _THREADS threads per row of x."""
+def _softmax_device(fused, x, scale, bias, overwrite):
+    """Launch the fused softmax forward: one block of _THREADS threads per row of x. Each
+    thread reads an element before writing it, so y may be x itself: it is when the caller
+    allows it, or when x had to be copied to be contiguous."""
     xp = backend.xp
-    x = xp.ascontiguousarray(x)
-    rows_per_bias = _row_bias(x, bias)
-    b = x if bias is None else xp.ascontiguousarray(bias.astype(x.dtype, copy=False))  # x: unused placeholder
-    y = xp.empty_like(x)  # (..., K)
+    xc = xp.ascontiguousarray(x)
+    rows_per_bias = _row_bias(xc, bias)
+    b = xc if bias is None else xp.ascontiguousarray(bias.astype(x.dtype, copy=False))  # xc: unused placeholder
+    y = xc if overwrite or xc is not x else xp.empty_like(xc)  # (..., K)
+    x = xc
     K = x.shape[-1]
     if x.size:
         fused((x.size // K,), (_THREADS,), (x, b, y, x.dtype.type(scale), xp.int64(K), xp.int64(rows_per_bias),
@@ -580,16 +583,13 @@ extern "C" __global__ void minibert_softmax_forward(const REAL* x, const REAL* b
     const REAL* xr = x + row * K;
     const REAL* br = bias + (row / rows_per_bias) * K;
     REAL* yr = y + row * K;
+    // nothing is written before the reduction's barrier, so y may be x itself
     REAL m = xr[0] * scale + (has_bias ? br[0] : (REAL)0);
-    for (long long k = threadIdx.x; k < K; k += blockDim.x) {
-        REAL z = xr[k] * scale + (has_bias ? br[k] : (REAL)0);
-        yr[k] = z;
-        m = fmax(m, z);
-    }
+    for (long long k = threadIdx.x; k < K; k += blockDim.x) m = fmax(m, xr[k] * scale + (has_bias ? br[k] : (REAL)0));
     m = minibert_reduce(m, red, 1);  // subtract the row max so exp cannot overflow
     REAL s = 0;
     for (long long k = threadIdx.x; k < K; k += blockDim.x) {
-        REAL e = exp(yr[k] - m);
+        REAL e = exp(xr[k] * scale + (has_bias ? br[k] : (REAL)0) - m);
         yr[k] = e;
         s += e;
     }
@@ -629,6 +629,11 @@ extern "C" __global__ void minibert_layernorm_forward(const REAL* x, const REAL*
     if (threadIdx.x == 0) { mean[row] = mu; rstd[row] = r; }
 }
 
+// dout * w rounded once, with no FMA: both loops below see the same dxhat, so a row whose
+// dxhat is all one value (H = 1) gets exactly dxhat - mean(dxhat) = 0
+__device__ inline float minibert_mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double minibert_mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w, per row
 extern "C" __global__ void minibert_layernorm_backward(const REAL* dout, const REAL* x, const REAL* w,
                                                        const REAL* mean, const REAL* rstd, REAL* dx, long long H) {
@@ -640,14 +645,14 @@ extern "C" __global__ void minibert_layernorm_backward(const REAL* dout, const R
     const REAL mu = mean[row], r = rstd[row];
     REAL a = 0, c = 0;
     for (long long k = threadIdx.x; k < H; k += blockDim.x) {
-        REAL g = dr[k] * w[k];
+        REAL g = minibert_mul_rn(dr[k], w[k]);
         a += g;
         c += g * (xr[k] - mu) * r;
     }
     a = minibert_reduce(a, red, 0) / (REAL)H;
     c = minibert_reduce(c, red, 0) / (REAL)H;
     for (long long k = threadIdx.x; k < H; k += blockDim.x)
-        dxr[k] = r * (dr[k] * w[k] - a - (xr[k] - mu) * r * c);
+        dxr[k] = r * (minibert_mul_rn(dr[k], w[k]) - a - (xr[k] - mu) * r * c);
 }
 """
 _row_modules = {}  # dtype name -> compiled RawModule

@@ -94,7 +94,7 @@ def test_saved_files_look_like_transformers(tmp_path):
     H, I = 12, 20
     assert state["bert.encoder.layer.1.intermediate.dense.weight"].shape == (I, H)  # torch's (out, in)
     assert state["cls.seq_relationship.weight"].shape == (2, H)
-    w_qkv = model.params["layers.0.attn.w_qkv"]
+    w_qkv = backend.to_host(model.params["layers.0.attn.w_qkv"])
     q = state["bert.encoder.layer.0.attention.self.query.weight"]
     v = state["bert.encoder.layer.0.attention.self.value.weight"]
     assert np.array_equal(q, w_qkv[:, :H].T) and np.array_equal(v, w_qkv[:, 2 * H:].T)

@@ -88,14 +88,15 @@ def test_softmax_matches_the_float64_reference(rows, K, scale, masked, extreme, 
 
 def test_softmax_overwrite_reuses_the_scores_and_equals_the_copy():
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((3, 4, 9)).astype(np.float32)
-    bias = np.zeros((3, 1, 9), np.float32)
+    x = backend.to_device(rng.standard_normal((3, 4, 9)).astype(np.float32))
+    bias = backend.to_device(np.zeros((3, 1, 9), np.float32))
     keep = kernels.softmax_plain(x, 0.5, bias)
     y = kernels.softmax_plain(x, 0.5, bias, overwrite=True)
-    assert np.shares_memory(y, x)
-    np.testing.assert_array_equal(y, keep)
+    assert y is x
+    np.testing.assert_array_equal(backend.to_host(y), backend.to_host(keep))
 
 
+@pytest.mark.skipif(backend.name != "numpy", reason="host threads: the device runs one cuBLAS call")
 @settings(max_examples=25, deadline=None)
 @given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=2), M=st.integers(1, 9), K=st.integers(1, 9),
        N=st.integers(1, 9), strided_out=st.booleans(), seed=st.integers(0, 10**6))

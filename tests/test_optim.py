@@ -41,6 +41,17 @@ def to_host(d):
     return {k: np.asarray(backend.to_host(v)) for k, v in d.items()}
 
 
+def clip(grads, max_norm):
+    """clip_grad_norm's norm as a float, after checking its documented type: a Python float
+    on the host, a 0-d device array on CuPy (so that clipping never waits for the device)."""
+    norm = clip_grad_norm(grads, max_norm)
+    if backend.name == "numpy" or not grads:
+        assert type(norm) is float
+    else:
+        assert isinstance(norm, backend.xp.ndarray) and norm.shape == ()
+    return float(norm)
+
+
 def reference_adamw(params, grads_seq, lrs, b1, b2, eps, wd, decay):
     """Textbook AdamW in float64, one parameter at a time, written from the equations."""
     p = {k: v.astype(np.float64).copy() for k, v in params.items()}
@@ -247,9 +258,8 @@ def _plain_clip(grads, max_norm):
 def test_clip_matches_plain_formula(max_norm):
     grads = make_grads(16, 1)[0]
     dev = to_dev(grads)
-    norm = clip_grad_norm(dev, max_norm)
+    norm = clip(dev, max_norm)
     ref_norm, ref = _plain_clip(grads, max_norm)
-    assert isinstance(norm, float)
     assert norm == pytest.approx(ref_norm, rel=1e-13)
     for k, v in to_host(dev).items():
         np.testing.assert_allclose(v, ref[k], rtol=1e-13, atol=0, err_msg=k)
@@ -265,7 +275,7 @@ def test_clip_matches_plain_formula(max_norm):
 def test_clip_measure_only(max_norm):
     grads = make_grads(17, 1)[0]
     dev = to_dev(grads)
-    norm = clip_grad_norm(dev, max_norm)
+    norm = clip(dev, max_norm)
     assert norm == pytest.approx(_plain_clip(grads, 1.0)[0], rel=1e-13)
     for k, v in to_host(dev).items():
         np.testing.assert_array_equal(v, grads[k])
@@ -275,9 +285,9 @@ def test_clip_measure_only(max_norm):
 def test_clip_reports_non_finite():
     grads = make_grads(18, 1)[0]
     grads["ln_w"][2] = np.inf
-    assert clip_grad_norm(to_dev(grads), 1.0) == np.inf
+    assert clip(to_dev(grads), 1.0) == np.inf
     grads["ln_w"][2] = np.nan
-    assert np.isnan(clip_grad_norm(to_dev(grads), 1.0))
+    assert np.isnan(clip(to_dev(grads), 1.0))
 
 
 @pytest.mark.parametrize("max_norm", [0.3, 2.0, 1e3])
@@ -285,7 +295,7 @@ def test_clip_matches_torch(max_norm):
     torch = pytest.importorskip("torch")
     grads = make_grads(19, 1)[0]
     dev = to_dev(grads)
-    norm = clip_grad_norm(dev, max_norm)
+    norm = clip(dev, max_norm)
     tp = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads.values()]
     for t, g in zip(tp, grads.values()):
         t.grad = torch.tensor(g)
@@ -297,7 +307,7 @@ def test_clip_matches_torch(max_norm):
 
 def test_clip_float32_norm_accumulates_in_float():
     grads = {k: v.astype(np.float32) for k, v in make_grads(20, 1)[0].items()}
-    norm = clip_grad_norm(to_dev(grads), None)
+    norm = clip(to_dev(grads), None)
     ref = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
     assert norm == pytest.approx(ref, rel=1e-6)
 
@@ -436,11 +446,11 @@ def test_load_state_dict_restores_the_base_lr_and_refuses_bad_meta():
 
 
 def test_clip_edges():
-    assert clip_grad_norm({}, 1.0) == 0.0  # no gradients: norm 0
+    assert clip({}, 1.0) == 0.0  # no gradients: norm 0
     grads = make_grads(35, 1)[0]
     norm = float(np.sqrt(sum(np.sum(g * g) for g in grads.values())))
     dev = to_dev(grads)
-    assert clip_grad_norm(dev, 1.5 * norm) == pytest.approx(norm, rel=1e-13)
+    assert clip(dev, 1.5 * norm) == pytest.approx(norm, rel=1e-13)
     for k, v in to_host(dev).items():  # under the limit: untouched, never scaled up
         np.testing.assert_array_equal(v, grads[k], err_msg=k)
 
@@ -477,9 +487,7 @@ def test_clip_float32_uses_the_coefficient_rounded_to_float32():
     grads = {k: v.astype(np.float32) for k, v in make_grads(36, 1)[0].items()}
     norm64 = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
     dev = to_dev(grads)
-    norm = clip_grad_norm(dev, 0.3 * norm64)
-    if backend.name == "numpy":
-        assert type(norm) is float
+    norm = clip(dev, 0.3 * norm64)
     coef = np.float32(min(0.3 * norm64 / (float(norm) + 1e-6), 1.0))
     for k, v in to_host(dev).items():
         np.testing.assert_array_equal(v, grads[k] * coef, err_msg=k)

@@ -319,7 +319,9 @@ def test_steps_read_nothing_back_from_the_device(tmp_path, corpus, trained_token
     reads = []
 
     def count(name):
-        orig = getattr(cupy.ndarray, name)
+        orig = getattr(cupy.ndarray, name, None)
+        if orig is None:  # CuPy 14's ndarray has no __index__, for one
+            return
 
         def counted(self, *args, **kwargs):
             reads.append(name)
