@@ -90,10 +90,50 @@ def scatter_add(a, indices, values):
         sorted_idx = indices[order]  # (N,)
         starts = numpy.flatnonzero(numpy.r_[True, sorted_idx[1:] != sorted_idx[:-1]])  # (U,)
         a[sorted_idx[starts]] += numpy.add.reduceat(values[order], starts, axis=0)  # (U, H)
+    elif xp is not numpy and a.ndim == 2 and indices.ndim == 1 and indices.size and a.flags.c_contiguous:
+        # rows, on the device: the same sort, then one block per run of equal indices sums
+        # the run's rows in order. xp.add.at's atomics add in whatever order the threads
+        # arrive, so two equal steps could differ in the last bit and a resumed run would
+        # not be the run it resumes.
+        order = xp.argsort(indices)  # (N,) CuPy's sort is stable
+        sorted_idx = indices[order].astype(xp.int64)  # (N,)
+        values = xp.ascontiguousarray(values, dtype=a.dtype)  # (N, H)
+        _scatter_rows_kernel(a.dtype)((indices.size,), (min(256, max(a.shape[1], 1)),),
+                                      (sorted_idx, order.astype(xp.int64), values, a,
+                                       numpy.int64(indices.size), numpy.int64(a.shape[1])))
     else:
         # ufunc.at on both: cupyx.scatter_add warns on every call from CuPy 14 on
         xp.add.at(a, indices, values)
     return a
+
+
+# a[s[i]] += the rows v[order[j]] of the run of equal sorted indices s[j] that starts at i:
+# one block per sorted position, and only the first of each run works (no compaction, so no
+# host read); its threads share the row's columns and add the run's rows in sorted order
+_SCATTER_ROWS_SRC = r"""
+extern "C" __global__ void minibert_scatter_rows(const long long* s, const long long* order, const REAL* v,
+                                                 REAL* a, long long N, long long H) {
+    const long long i = blockIdx.x;
+    if (i > 0 && s[i] == s[i - 1]) return;  // inside a run: its first position sums it
+    long long end = i + 1;
+    while (end < N && s[end] == s[i]) end++;
+    REAL* row = a + s[i] * H;
+    for (long long h = threadIdx.x; h < H; h += blockDim.x) {
+        REAL acc = 0;
+#pragma unroll 8
+        for (long long j = i; j < end; j++) acc += v[order[j] * H + h];  // 8 loads in flight, added in order
+        row[h] += acc;
+    }
+}
+"""
+_scatter_rows = {}  # dtype name -> compiled RawKernel
+
+
+def _scatter_rows_kernel(dtype):
+    real = {"float32": "float", "float64": "double"}[numpy.dtype(dtype).name]
+    if real not in _scatter_rows:
+        _scatter_rows[real] = xp.RawKernel(_SCATTER_ROWS_SRC.replace("REAL", real), "minibert_scatter_rows")
+    return _scatter_rows[real]
 
 
 _blas_controller = []  # [threadpoolctl.ThreadpoolController] once made, [None] when unavailable

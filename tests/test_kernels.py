@@ -200,6 +200,36 @@ def test_row_scatter_add_matches_add_at(N, V, H, seed):
     np.testing.assert_allclose(backend.to_host(a), ref, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=20, deadline=None)
+@given(N=st.integers(1, 3000), V=st.integers(1, 40), H=st.integers(1, 300), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 10**6))
+def test_row_scatter_add_is_deterministic(N, V, H, dtype, seed):
+    """The same bits on every call, on both backends: on the device each row's values are
+    summed in the order they come, then added once (atomics would add in any order, and a
+    resumed run would drift from the run it resumes); the host sums each row's run with
+    NumPy's add.reduceat, whose float32 sums are not always sequential."""
+    rng = np.random.default_rng(seed)
+    idx, vals = rng.integers(0, V, N), rng.standard_normal((N, H)).astype(dtype)
+    start = rng.standard_normal((V, H)).astype(dtype)
+    ref = start.copy()
+    for u in np.unique(idx):
+        acc = np.zeros(H, dtype)
+        for j in np.flatnonzero(idx == u):  # in index order
+            acc += vals[j]
+        ref[u] += acc
+    got = []
+    for _ in range(2):
+        a = backend.to_device(start.copy())
+        backend.scatter_add(a, backend.to_device(idx), backend.to_device(vals))
+        got.append(backend.to_host(a))
+    np.testing.assert_array_equal(got[0], got[1])
+    if backend.name == "cupy":
+        np.testing.assert_array_equal(got[0], ref)
+    else:
+        tol = dict(rtol=1e-5, atol=1e-4) if dtype == "float32" else dict(rtol=1e-12, atol=1e-11)
+        np.testing.assert_allclose(got[0], ref, **tol)
+
+
 # ----------------------------------------------------------------------------------------
 # the device variants (CuPy with a GPU only)
 
