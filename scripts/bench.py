@@ -5,6 +5,7 @@
     python scripts/bench.py -L 4 -H 256 -A 4 -I 1024 -V 8192 -T 128 -B 16
     python scripts/bench.py --preset mini --profile       # cProfile of minibert's step
     python scripts/bench.py --backend cupy --preset base -B 64 --compare-torch   # both on the GPU
+    python scripts/bench.py --preset mini --compare-torch --torch-attn sdpa,eager  # both attentions
 
 --backend cupy runs minibert on CuPy and PyTorch on CUDA (both sides on the GPU); the bound
 child then measures cuBLAS. cuBLAS TF32 is off on both sides unless --tf32 (opt-in: it breaks
@@ -37,7 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -281,7 +282,8 @@ def profile_minibert(c):
 
 
 def setup_bound(c):
-    """The machine's float32 matmul peak on this BLAS and thread count (a 2048^3 product),
+    """The machine's float32 matmul peak on this BLAS and thread count (a 2048^3 product on
+    the host, 8192^3 on the GPU, where a smaller one is too short to time),
     and the step's own matmuls run alone (each forward product and both of its backward
     products, with their transposes): the time no implementation of the step can beat.
     A live child like the others, so it is measured under the same load."""
@@ -289,7 +291,7 @@ def setup_bound(c):
     _limit_threads(c.threads)
     xp = backend.xp
     r = np.random.default_rng(0)
-    n = 2048
+    n = 2048 if xp is np else 8192
     a = backend.to_device(r.standard_normal((n, n), dtype=np.float32))  # (n, n)
     b = backend.to_device(r.standard_normal((n, n), dtype=np.float32))  # (n, n)
     o = xp.empty((n, n), dtype=np.float32)  # (n, n)
@@ -372,9 +374,12 @@ def summarise(c, res, peak):
 
 def bench_one(c, compare_torch):
     """All children alive at once, their steps interleaved (the order alternating every
-    step), so that all see the same machine load; medians over the timed steps."""
-    kinds = ["minibert", "torch", "bound"] if compare_torch else ["minibert", "bound"]
-    children = {k: Child(k, c) for k in kinds}
+    step), so that all see the same machine load; medians over the timed steps. One PyTorch
+    child per attention in c.torch_attn ("sdpa,eager": both in the same run)."""
+    attns = c.torch_attn.split(",") if compare_torch else []
+    torch_kinds = [f"torch/{a}" for a in attns]
+    kinds = ["minibert", *torch_kinds, "bound"]
+    children = {k: Child("torch", replace(c, torch_attn=k[6:])) if k in torch_kinds else Child(k, c) for k in kinds}
     reps = {k: [] for k in kinds}
     for i in range(c.warmup + c.steps):
         for k in (kinds if i % 2 == 0 else kinds[::-1]):
@@ -396,33 +401,37 @@ def bench_one(c, compare_torch):
         mb[part + "_ms"] = statistics.median(r[part + "_s"] for r in reps["minibert"]) * 1e3
     mb["matmul_bound_ms"] = peak["matmul_bound_s"] * 1e3
     mb["step_over_bound"] = mb["step_ms"] / mb["matmul_bound_ms"]
-    if compare_torch:
-        t = result["torch"]
-        pair = [b / a for a, b in zip(times["minibert"], times["torch"])]  # per interleaved pair
-        result["ratios"] = dict(tokens_per_s=mb["tokens_per_s"] / t["tokens_per_s"],
-                                tokens_per_s_paired_median=statistics.median(pair),
-                                peak_rss=mb["peak_rss_mb"] / t["peak_rss_mb"])
+    for k in torch_kinds:
+        t = result[k]
+        pair = [b / a for a, b in zip(times["minibert"], times[k])]  # per interleaved pair
+        t["ratios"] = dict(tokens_per_s=mb["tokens_per_s"] / t["tokens_per_s"],
+                           tokens_per_s_paired_median=statistics.median(pair),
+                           peak_rss=mb["peak_rss_mb"] / t["peak_rss_mb"])
+    if torch_kinds:  # the first attention's child is "torch", its ratios "ratios", as before
+        result["torch"] = result.pop(torch_kinds[0])
+        result["ratios"] = result["torch"].pop("ratios")
     return result
 
 
 def print_table(results):
-    head = (f"{'config':<7} {'impl':<9} {'step ms':>8} {'pos/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
+    head = (f"{'config':<7} {'impl':<11} {'step ms':>8} {'pos/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
             f"{'bound ms':>8} {'x bound':>7} {'pos/s ratio':>11} {'paired':>6} {'RSS ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
         name = r["config"]["name"]
-        for kind in ("minibert", "torch"):
+        for kind in ["minibert", "torch", *(k for k in r if k.startswith("torch/"))]:
             if kind not in r:
                 continue
             x = r[kind]
             bound = f"{x['matmul_bound_ms']:8.1f} {x['step_over_bound']:7.2f}" if kind == "minibert" else f"{'':8} {'':7}"
+            # minibert's row: its ratios to the first PyTorch row; a further PyTorch row: to that row
+            rr = r.get("ratios") if kind == "minibert" else x.get("ratios")
             ratios = ""
-            if kind == "minibert" and "ratios" in r:
-                rr = r["ratios"]
+            if rr:
                 ratios = f"{rr['tokens_per_s']:11.2f} {rr['tokens_per_s_paired_median']:6.2f} {rr['peak_rss']:9.2f}"
             label = kind if kind == "minibert" else f"torch/{x['attn']}"
-            print(f"{name:<7} {label:<9} {x['step_ms']:8.1f} {x['tokens_per_s']:8.0f} {x['peak_rss_mb']:11.0f} "
+            print(f"{name:<7} {label:<11} {x['step_ms']:8.1f} {x['tokens_per_s']:8.0f} {x['peak_rss_mb']:11.0f} "
                   f"{100 * x['mfu']:5.1f}% {bound} {ratios}")
 
 
@@ -436,7 +445,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--hidden-act", default="gelu", choices=["gelu", "gelu_tanh"])
-    ap.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
+    ap.add_argument("--torch-attn", default="sdpa",
+                    help="PyTorch's attention: sdpa, eager, or both in one run (sdpa,eager; ratios to each)")
     ap.add_argument("--compare-torch", action="store_true")
     ap.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", "numpy"), choices=["numpy", "cupy"],
                     help="cupy: minibert on CuPy and PyTorch on CUDA")
@@ -446,6 +456,8 @@ def main():
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-config", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if not a.torch_attn or not set(a.torch_attn.split(",")) <= {"sdpa", "eager"}:
+        ap.error(f"--torch-attn: sdpa, eager or sdpa,eager, not {a.torch_attn!r}")
 
     if a.child:
         c = BenchConfig(**json.loads(a.child_config))
@@ -479,12 +491,14 @@ def main():
     print_table(results)
     for r in results:
         mb = r["minibert"]
+        torches = [r[k] for k in ["torch", *(k for k in r if k.startswith("torch/"))] if k in r]
         if "peak_device_mb" in mb:
-            print(f"# {r['config']['name']}: device memory minibert {mb['peak_device_mb']:.0f} MB (CuPy pool), "
-                  f"torch {r.get('torch', {}).get('peak_device_mb', float('nan')):.0f} MB (max reserved)")
+            print(f"# {r['config']['name']}: device memory minibert {mb['peak_device_mb']:.0f} MB (CuPy pool)"
+                  + "".join(f", torch/{t['attn']} {t['peak_device_mb']:.0f} MB" for t in torches)
+                  + (" (max reserved)" if torches else ""))
         print(f"# {r['config']['name']}: minibert forward {mb['fwd_ms']:.1f} ms, backward {mb['bwd_ms']:.1f} ms, "
               f"AdamW {mb['opt_ms']:.1f} ms (medians); best step {1e3 * min(mb['step_times']):.1f} ms"
-              + (f", torch best {1e3 * min(r['torch']['step_times']):.1f} ms" if "torch" in r else ""))
+              + "".join(f", torch/{t['attn']} best {1e3 * min(t['step_times']):.1f} ms" for t in torches))
     print(json.dumps(results))
     if a.json:
         with open(a.json, "w") as f:

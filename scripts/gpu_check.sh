@@ -2,30 +2,33 @@
 # The GPU checks of minibert's CuPy path (issue 13), as one script on a CUDA machine with
 # CuPy, and PyTorch with CUDA for the comparison (both sides on the GPU):
 #
-#   kernels     the fused kernels against their plain twins (tests/test_kernels.py,
-#               tests/test_rng.py, tests/test_layers.py under MINIBERT_BACKEND=cupy)
+#   suite       the whole suite under MINIBERT_BACKEND=cupy (on several workers when
+#               pytest-xdist is installed): the fused kernels against their plain twins
+#               (tests/test_kernels.py, tests/test_rng.py, tests/test_layers.py), the test that
+#               counts device-to-host reads per training step
+#               (tests/test_train.py::test_steps_read_nothing_back_from_the_device), exact resume
+#   kernels     only the three kernel files of the suite, quickly
 #   bench_base  scripts/bench.py --backend cupy --compare-torch on the base preset (L=12,
 #               H=768, T=128, V=30522) with a batch of 64: pos/s, MFU against a measured cuBLAS
-#               float32 peak, device memory; TF32 off on both sides, PyTorch with sdpa attention
-#   pretrain    a short default pretraining run on cupy (200 steps, held-out evaluation at 100
-#               and 200)
-#   suite       the whole suite under MINIBERT_BACKEND=cupy (on several workers when
-#               pytest-xdist is installed), with the test that counts device-to-host reads per
-#               training step (tests/test_train.py::test_steps_read_nothing_back_from_the_device)
-#   bench_eager bench_base against PyTorch's eager attention
+#               float32 peak, device memory; TF32 off on both sides; PyTorch with its sdpa and
+#               its eager attention, both in the same run
+#   profile     scripts/bench.py --profile on the same model: where minibert's step spends
+#               its host time, and how long it waits for the device (synchronize)
+#   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 3,500 steps of the
+#               tiny preset on the embedded corpus)
 #   bench_tf32  bench_base with cuBLAS TF32 on both sides (the opt-in --tf32)
 #
-#   bash scripts/gpu_check.sh                        # every stage; logs in $OUT (default /tmp/gpu_check)
+#   bash scripts/gpu_check.sh                          # the default stages; logs in $OUT (default /tmp/gpu_check)
 #   STAGES="kernels bench_base" bash scripts/gpu_check.sh   # only these
 #
-# Each stage has its own time limit (seconds; all of them fit in 10 minutes) and the script
+# Each stage has its own time limit (seconds; the default stages' add up to 10 minutes) and the script
 # goes on after a failing stage; the last lines say which stages passed. Run from the
 # repository root; the package is used from the tree (PYTHONPATH), nothing is installed.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-STAGES=${STAGES:-kernels bench_base pretrain suite bench_eager bench_tf32}
+STAGES=${STAGES:-suite bench_base profile pretrain bench_tf32}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 declare -A RC
 
@@ -45,27 +48,26 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import cupy, numpy, torch; print('cupy', cupy.__version__, '| numpy', numpy.__version__, '| torch',
 torch.__version__, 'cuda', torch.cuda.is_available())"
 
-stage kernels 90 env MINIBERT_BACKEND=cupy $PY -m pytest -q -p no:cacheprovider \
+stage kernels 90 env MINIBERT_BACKEND=cupy $PY -m pytest -p no:cacheprovider \
     tests/test_kernels.py tests/test_rng.py tests/test_layers.py
-
-TORCH_CUDA=$($PY -c "import torch, transformers; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-COMPARE=()
-[ "$TORCH_CUDA" = 1 ] && COMPARE=(--compare-torch)
-BENCH=($PY scripts/bench.py --backend cupy --preset base -V 30522 -B 64 --steps 10 --warmup 3 "${COMPARE[@]}")
-stage bench_base 150 "${BENCH[@]}"
-
-rm -rf /tmp/gpu_check_pretrain
-stage pretrain 130 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend cupy --steps 200 --eval-every 100 \
-    --save-every 100 --log-every 20 --fill-mask-examples 2 --out /tmp/gpu_check_pretrain
-cp /tmp/gpu_check_pretrain/metrics.jsonl "$OUT/pretrain_metrics.jsonl" 2>/dev/null
 
 WORKERS=()
 $PY -c "import xdist" 2>/dev/null && WORKERS=(-n 8 --dist loadfile)
-stage suite 240 env MINIBERT_BACKEND=cupy $PY -m pytest -q -p no:cacheprovider --maxfail=25 --timeout 120 \
+stage suite 150 env MINIBERT_BACKEND=cupy $PY -m pytest -p no:cacheprovider -rs --maxfail=25 --timeout 120 \
     --durations=15 "${WORKERS[@]}"
 
-stage bench_eager 120 "${BENCH[@]}" --torch-attn eager
-stage bench_tf32 120 "${BENCH[@]}" --tf32
+TORCH_CUDA=$($PY -c "import torch, transformers; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+COMPARE=()
+[ "$TORCH_CUDA" = 1 ] && COMPARE=(--compare-torch --torch-attn sdpa,eager)
+BENCH=($PY scripts/bench.py --backend cupy --preset base -V 30522 -B 64 --steps 10 --warmup 3)
+stage bench_base 120 "${BENCH[@]}" "${COMPARE[@]}"
+stage profile 60 "${BENCH[@]}" --steps 5 --warmup 2 --profile
+
+rm -rf /tmp/gpu_check_pretrain
+stage pretrain 150 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend cupy --out /tmp/gpu_check_pretrain
+cp /tmp/gpu_check_pretrain/metrics.jsonl "$OUT/pretrain_metrics.jsonl" 2>/dev/null
+
+stage bench_tf32 120 "${BENCH[@]}" "${COMPARE[@]}" --tf32
 
 echo "=== summary (exit status per stage; 124 = its time limit)"
 for name in $STAGES; do
