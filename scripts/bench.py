@@ -278,7 +278,9 @@ def profile_minibert(c):
     for _ in range(c.steps):
         step()
     pr.disable()
-    pstats.Stats(pr, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    stats = pstats.Stats(pr, stream=sys.stderr)
+    stats.sort_stats("tottime").print_stats(25)  # where the time is spent
+    stats.sort_stats("cumulative").print_stats(25)  # under which calls
 
 
 def setup_bound(c):
