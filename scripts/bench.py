@@ -4,6 +4,7 @@
     python scripts/bench.py --preset tiny,mini,small --compare-torch --json out.json
     python scripts/bench.py -L 4 -H 256 -A 4 -I 1024 -V 8192 -T 128 -B 16
     python scripts/bench.py --preset mini --profile       # cProfile of minibert's step
+    python scripts/bench.py --preset mini --profile-ops   # its time op by op (CUDA events on a GPU)
     python scripts/bench.py --backend cupy --preset base -B 64 --compare-torch   # both on the GPU
     python scripts/bench.py --preset mini --compare-torch --torch-attn sdpa,eager  # both attentions
 
@@ -267,6 +268,93 @@ def serve(setup, c):
             return
 
 
+# the ops --profile-ops times: every call the model makes through these module names
+# (layers, model, losses and optim call them as backend.NAME / kernels.NAME)
+PROFILED_OPS = {"backend": ("matmul", "matmul_pair", "batched_matmul", "scatter_add"),
+                "kernels": ("softmax", "softmax_backward", "softmax_lse", "layernorm", "layernorm_backward",
+                            "gelu_exact", "gelu_exact_backward", "dropout", "dropout_backward", "adamw_update")}
+
+
+def profile_ops(c):
+    """Where minibert's step goes, op by op: each call of PROFILED_OPS is timed by CUDA events
+    on the device's stream (the time the GPU spends between them) or by the host clock on
+    NumPy. The steps run with no synchronisation between forward, backward and update, as
+    in training; on the device, the host's time to issue the steps is printed beside the
+    device's, so a step that waits on Python shows."""
+    from minibert import backend, kernels
+    from minibert.model import BertConfig, BertForPreTraining
+    from minibert.optim import AdamW
+    _limit_threads(c.threads)
+    mc = BertConfig(vocab_size=c.V, hidden_size=c.H, num_layers=c.L, num_heads=c.A, intermediate_size=c.I,
+                    dropout=c.dropout, attention_dropout=c.dropout, hidden_act=c.hidden_act, dtype="float32")
+    model = BertForPreTraining(mc, seed=c.seed)
+    opt = AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
+    batch = make_batch(c)
+
+    def step(i):
+        out, cache = model.forward(batch, rng=backend.rng((c.seed, i)))
+        opt.step(model.backward(cache))
+        return out["loss"]
+
+    if backend.name == "cupy":
+        import cupy
+
+        def mark():
+            e = cupy.cuda.Event()
+            e.record()
+            return e
+        elapsed = lambda a, b: cupy.cuda.get_elapsed_time(a, b) / 1e3  # ms -> s
+    else:
+        mark, elapsed = time.perf_counter, lambda a, b: b - a
+    for i in range(c.warmup):
+        float(step(i))
+    marks, depth = [], [0]  # (op, start, end); depth: only the outermost profiled call is timed
+
+    def timed(name, f):
+        def call(*args, **kw):
+            if depth[0]:
+                return f(*args, **kw)
+            depth[0] += 1
+            t0 = mark()
+            try:
+                return f(*args, **kw)
+            finally:
+                marks.append((name, t0, mark()))
+                depth[0] -= 1
+        return call
+    modules = {"backend": backend, "kernels": kernels}
+    saved = {(m, n): getattr(modules[m], n) for m, names in PROFILED_OPS.items() for n in names}
+    for (m, n), f in saved.items():
+        setattr(modules[m], n, timed(f"{m}.{n}", f))
+    try:
+        h0 = time.perf_counter()
+        t0 = mark()
+        for i in range(c.steps):
+            loss = step(c.warmup + i)
+        t1 = mark()
+        host = time.perf_counter() - h0
+        float(loss)  # waits for the device
+    finally:
+        for (m, n), f in saved.items():
+            setattr(modules[m], n, f)
+    backend.synchronize()
+    total = elapsed(t0, t1) / c.steps
+    per = {}
+    for name, a, b in marks:
+        calls, t = per.get(name, (0, 0.0))
+        per[name] = (calls + 1, t + elapsed(a, b))
+    clock = "device time (CUDA events)" if backend.name == "cupy" else "host time"
+    print(f"# {c.name} on {backend.name}: {1e3 * total:.1f} ms a step of {clock}, over {c.steps} steps"
+          + (f"; the host issued them in {1e3 * host / c.steps:.1f} ms a step" if backend.name == "cupy" else ""))
+    print(f"{'op':<28} {'calls':>6} {'ms/step':>8} {'share':>6}")
+    rest = total
+    for name, (calls, t) in sorted(per.items(), key=lambda kv: -kv[1][1]):
+        rest -= t / c.steps
+        print(f"{name:<28} {calls / c.steps:6.0f} {1e3 * t / c.steps:8.2f} {100 * t / c.steps / total:5.1f}%")
+    print(f"{'everything else':<28} {'':>6} {1e3 * rest:8.2f} {100 * rest / total:5.1f}%"
+          "   (bias sums, residual adds, copies, losses, clipping" + (", idle device)" if backend.name == "cupy" else ")"))
+
+
 def profile_minibert(c):
     import cProfile
     import pstats
@@ -454,6 +542,8 @@ def main():
                     help="cupy: minibert on CuPy and PyTorch on CUDA")
     ap.add_argument("--tf32", action="store_true", help="allow cuBLAS TF32 on the GPU (both sides; off by default)")
     ap.add_argument("--profile", action="store_true", help="cProfile minibert's timed steps (no table)")
+    ap.add_argument("--profile-ops", action="store_true",
+                    help="minibert's step op by op: CUDA-event device time on cupy, host time on numpy (no table)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-config", default=None, help=argparse.SUPPRESS)
@@ -465,6 +555,8 @@ def main():
         c = BenchConfig(**json.loads(a.child_config))
         if a.child == "profile":
             profile_minibert(c)
+        elif a.child == "profile_ops":
+            profile_ops(c)
         else:
             serve({"minibert": setup_minibert, "torch": setup_torch, "bound": setup_bound}[a.child], c)
         return
@@ -475,11 +567,11 @@ def main():
         kw.update({k: getattr(a, k) for k in ("L", "H", "A", "I", "V", "T", "B") if getattr(a, k) is not None})
         c = BenchConfig(name=name, threads=a.threads, steps=a.steps, warmup=a.warmup, dropout=a.dropout,
                         hidden_act=a.hidden_act, torch_attn=a.torch_attn, backend=a.backend, tf32=a.tf32, **kw)
-        if a.profile:
-            subprocess.run(_cmd("profile", c), env=_child_env(c))
+        if a.profile or a.profile_ops:
+            subprocess.run(_cmd("profile" if a.profile else "profile_ops", c), env=_child_env(c))
             continue
         results.append(bench_one(c, a.compare_torch))
-    if a.profile:
+    if a.profile or a.profile_ops:
         return
     m = machine_info()
     blas = results[0]["peak"]["blas"]

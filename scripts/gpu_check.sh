@@ -12,8 +12,8 @@
 #               H=768, T=128, V=30522) with a batch of 64: pos/s, MFU against a measured cuBLAS
 #               float32 peak, device memory; TF32 off on both sides; PyTorch with its sdpa and
 #               its eager attention, both in the same run
-#   profile     scripts/bench.py --profile on the same model: where minibert's step spends
-#               its host time, and how long it waits for the device (synchronize)
+#   profile     scripts/bench.py --profile-ops on the same model: the device time of each op
+#               (CUDA events), and the host's time to issue the step beside the device's
 #   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 3,500 steps of the
 #               tiny preset on the embedded corpus)
 #   bench_tf32  bench_base with cuBLAS TF32 on both sides (the opt-in --tf32)
@@ -61,7 +61,7 @@ COMPARE=()
 [ "$TORCH_CUDA" = 1 ] && COMPARE=(--compare-torch --torch-attn sdpa,eager)
 BENCH=($PY scripts/bench.py --backend cupy --preset base -V 30522 -B 64 --steps 10 --warmup 3)
 stage bench_base 120 "${BENCH[@]}" "${COMPARE[@]}"
-stage profile 60 "${BENCH[@]}" --steps 5 --warmup 2 --profile
+stage profile 60 "${BENCH[@]}" --steps 5 --warmup 2 --profile-ops
 
 rm -rf /tmp/gpu_check_pretrain
 stage pretrain 150 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend cupy --out /tmp/gpu_check_pretrain
