@@ -168,17 +168,21 @@ def machine_info():
             "numexpr": ne}
 
 
-def setup_minibert(c):
-    """Build minibert, AdamW and the batch; return (step function, info function)."""
-    from minibert import backend
+def build_minibert(c):
+    """minibert's model, AdamW and the batch for config c, on c.threads host threads."""
     from minibert.model import BertConfig, BertForPreTraining
     from minibert.optim import AdamW
     _limit_threads(c.threads)
     mc = BertConfig(vocab_size=c.V, hidden_size=c.H, num_layers=c.L, num_heads=c.A, intermediate_size=c.I,
                     dropout=c.dropout, attention_dropout=c.dropout, hidden_act=c.hidden_act, dtype="float32")
     model = BertForPreTraining(mc, seed=c.seed)
-    opt = AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
-    batch = make_batch(c)
+    return model, AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay), make_batch(c)
+
+
+def setup_minibert(c):
+    """Build minibert, AdamW and the batch; return (step function, info function)."""
+    from minibert import backend
+    model, opt, batch = build_minibert(c)
     count = [0]
 
     def step():
@@ -282,14 +286,7 @@ def profile_ops(c):
     in training; on the device, the host's time to issue the steps is printed beside the
     device's, so a step that waits on Python shows."""
     from minibert import backend, kernels
-    from minibert.model import BertConfig, BertForPreTraining
-    from minibert.optim import AdamW
-    _limit_threads(c.threads)
-    mc = BertConfig(vocab_size=c.V, hidden_size=c.H, num_layers=c.L, num_heads=c.A, intermediate_size=c.I,
-                    dropout=c.dropout, attention_dropout=c.dropout, hidden_act=c.hidden_act, dtype="float32")
-    model = BertForPreTraining(mc, seed=c.seed)
-    opt = AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
-    batch = make_batch(c)
+    model, opt, batch = build_minibert(c)
 
     def step(i):
         out, cache = model.forward(batch, rng=backend.rng((c.seed, i)))
