@@ -471,9 +471,10 @@ def _row_bias(x, bias):
 
 
 def _softmax_device(fused, x, scale, bias, overwrite):
-    """Launch the fused softmax forward: one block of _THREADS threads per row of x. Each
-    thread reads an element before writing it, so y may be x itself: it is when the caller
-    allows it, or when x had to be copied to be contiguous."""
+    """Launch the fused softmax forward: one block of _THREADS threads per row of x. The
+    kernel writes nothing before the row max's barrier, and after it each thread reads an
+    element before writing it, so y may be x itself: it is when the caller allows it, or
+    when x had to be copied to be contiguous."""
     xp = backend.xp
     xc = xp.ascontiguousarray(x)
     rows_per_bias = _row_bias(xc, bias)
