@@ -44,9 +44,15 @@ stage() {  # stage NAME SECONDS command...: run it with a limit, log to $OUT/NAM
     echo "=== $name: exit ${RC[$name]} after $((SECONDS - t0)) s"
 }
 
+if ! $PY -c "import cupy, sys; sys.exit(cupy.cuda.runtime.getDeviceCount() < 1)" 2>/dev/null; then
+    echo "gpu_check.sh: $PY cannot import CuPy or it sees no CUDA GPU; nothing to check here." >&2
+    echo "Install CuPy for your CUDA version (pip install -e '.[cuda12]' or '.[cuda13]') on a machine with a GPU." >&2
+    exit 2
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-$PY -c "import cupy, numpy, torch; print('cupy', cupy.__version__, '| numpy', numpy.__version__, '| torch',
-torch.__version__, 'cuda', torch.cuda.is_available())"
+$PY -c "import cupy, numpy; print('cupy', cupy.__version__, '| numpy', numpy.__version__)"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>/dev/null \
+    || echo "torch: not installed (the bench stages run without --compare-torch)"
 
 stage kernels 90 env MINIBERT_BACKEND=cupy $PY -m pytest -p no:cacheprovider \
     tests/test_kernels.py tests/test_rng.py tests/test_layers.py
