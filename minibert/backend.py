@@ -277,10 +277,85 @@ def batched_matmul(a, b, out=None):
                 else:
                     numpy.matmul(a, b, out=res)
             return res
+    elif a.ndim >= 3 and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype \
+            and a.dtype in (numpy.float32, numpy.float64) and None not in (_gemm_layout(a), _gemm_layout(b)):
+        # on the device: one cuBLAS call reading a and b where they lie, transposes included
+        shape = a.shape[:-1] + b.shape[-1:]
+        lo = None if out is None or out.shape != shape or out.dtype != a.dtype else _gemm_layout(out)
+        c = out if lo is not None and not lo[2] else xp.empty(shape, a.dtype)  # (..., M, N)
+        _gemm_strided_batched(a, b, c)
+        if out is not None and c is not out:
+            out[...] = c  # a view cuBLAS cannot write (its batch axes need two strides)
+        return c if out is None else out
     if out is None:
         return xp.matmul(a, b)
     out[...] = xp.matmul(a, b)  # out may be a strided view; a copy on the device is cheap
     return out
+
+
+def batched_operand(a):
+    """a laid out for batched_matmul: on the device a C-ordered copy when its batch axes do
+    not share one stride (cuBLAS's strided batched GEMM needs one, and CuPy's matmul copies
+    every operand that is not C-ordered, transposes included, at every product), else a
+    itself. Attention makes q, k, v and dctx this way once and reuses them in several
+    products. On the host, a itself: NumPy hands BLAS each matrix with its row stride."""
+    if xp is numpy or _gemm_layout(a) is not None:
+        return a
+    return xp.ascontiguousarray(a)
+
+
+def _gemm_layout(a):
+    """(batch stride, leading dimension, transposed) of a device array (..., M, K) in
+    elements, as cuBLAS's strided batched GEMM reads it: its batch axes must collapse to
+    one stride, its matrices be row-major (transposed False) or column-major (True, a
+    transpose of a row-major one). None for any other layout."""
+    item = a.itemsize
+    if a.ndim < 3 or min(a.shape) < 1 or any(s % item or s < 0 for s in a.strides):
+        return None
+    (sm, sk), (M, K) = (s // item for s in a.strides[-2:]), a.shape[-2:]
+    if sk == 1 and sm >= K:
+        ld, trans = sm, False
+    elif sm == 1 and sk >= M:
+        ld, trans = sk, True
+    else:
+        return None
+    stride = None  # of the flattened batch index; axes of length 1 carry none
+    for n, s in reversed(list(zip(a.shape[:-2], (s // item for s in a.strides[:-2])))):
+        if n == 1:
+            continue
+        if stride is None:
+            stride, span = s, s * n
+        elif s != span:
+            return None
+        else:
+            span = s * n
+    return (stride or 0), ld, trans
+
+
+_GEMM_SCALARS = {numpy.dtype(numpy.float32): (numpy.array(1, numpy.float32), numpy.array(0, numpy.float32)),
+                 numpy.dtype(numpy.float64): (numpy.array(1, numpy.float64), numpy.array(0, numpy.float64))}
+
+
+def _gemm_strided_batched(a, b, c):
+    """c = a @ b for every matrix of the batch, in one cuBLAS call, reading a and b where
+    they lie (transposes included). cuBLAS is column-major: a row-major c (M, N) is the
+    column-major c^T = b^T a^T, so b is cuBLAS's first operand and a its second."""
+    from cupy_backends.cuda.libs import cublas
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    (sa, lda, ta), (sb, ldb, tb), (sc, ldc, _) = _gemm_layout(a), _gemm_layout(b), _gemm_layout(c)
+    batch = c.size // (M * N)
+    one, zero = _GEMM_SCALARS[c.dtype]
+    if c.dtype == numpy.float64:
+        dtype, compute = xp.cuda.runtime.CUDA_R_64F, cublas.CUBLAS_COMPUTE_64F
+    else:
+        dtype = xp.cuda.runtime.CUDA_R_32F
+        # CUPY_TF32=1 lets CuPy's own matmul use TF32; the batched products follow it
+        compute = cublas.CUBLAS_COMPUTE_32F_FAST_TF32 if os.environ.get("CUPY_TF32", "0") == "1" \
+            else cublas.CUBLAS_COMPUTE_32F
+    cublas.gemmStridedBatchedEx(
+        xp.cuda.device.get_cublas_handle(), int(tb), int(ta), N, M, K, one.ctypes.data,
+        b.data.ptr, dtype, ldb, sb, a.data.ptr, dtype, lda, sa, zero.ctypes.data,
+        c.data.ptr, dtype, ldc, sc, batch, compute, cublas.CUBLAS_GEMM_DEFAULT)
 
 
 BLOCK = 1 << 16  # elements per block in blockwise: a few float32 temporaries fit in L2
@@ -344,10 +419,14 @@ def philox4x32(counter, key, rounds=10):
 
 
 # One Philox call gives four 32-bit words: float32 uses each word (24 bits), float64 two
-# words per number (53 bits). WORDS is how many numbers one counter value serves.
-_PHILOX_CUDA = r"""
+# words per number (53 bits). `words` is how many numbers one counter value serves (4 or 2).
+# Element i of an array whose rows (first axis) hold row_size elements; the result is
+# double, exactly the float32 value when words is 4. kernels.dropout's fused kernel calls it too.
+PHILOX_CUDA = r"""
+__device__ inline double minibert_philox_uniform(long long i, long long row_size, int words, unsigned int key0,
+                                                 unsigned int key1, unsigned int draw, long long first_row) {
     const long long j = i % row_size;
-    unsigned int c0 = (unsigned int)(j / WORDS), c1 = (unsigned int)(first_row + i / row_size);
+    unsigned int c0 = (unsigned int)(j / words), c1 = (unsigned int)(first_row + i / row_size);
     unsigned int c2 = draw, c3 = 0, k0 = key0, k1 = key1;
     for (int r = 0; r < 10; r++) {
         unsigned int hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
@@ -356,12 +435,12 @@ _PHILOX_CUDA = r"""
         k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
     }
     const unsigned int w[4] = {c0, c1, c2, c3};
-    if (WORDS == 2) {
+    if (words == 2) {
         const int s = 2 * (int)(j % 2);
-        out = ((double)(w[s] >> 5) * 67108864.0 + (double)(w[s + 1] >> 6)) * (1.0 / 9007199254740992.0);
-    } else {
-        out = (float)(w[j % 4] >> 8) * (1.0f / 16777216.0f);
+        return ((double)(w[s] >> 5) * 67108864.0 + (double)(w[s + 1] >> 6)) * (1.0 / 9007199254740992.0);
     }
+    return (double)((float)(w[j % 4] >> 8) * (1.0f / 16777216.0f));
+}
 """
 _philox_kernels = {}
 
@@ -412,9 +491,11 @@ class SequenceStreams:
         kern = _philox_kernels.get(dt)
         if kern is None:
             # parameter types are NumPy's names: "float" there would mean float64
+            words = 2 if dt == numpy.float64 else 4
             kern = xp.ElementwiseKernel(
                 "uint32 key0, uint32 key1, uint32 draw, int64 first_row, int64 row_size", f"{dt.name} out",
-                _PHILOX_CUDA.replace("WORDS", "2" if dt == numpy.float64 else "4"), f"minibert_philox_{dt.name}")
+                f"out = minibert_philox_uniform(i, row_size, {words}, key0, key1, draw, first_row);",
+                f"minibert_philox_{dt.name}", preamble=PHILOX_CUDA)
             _philox_kernels[dt] = kern
         out = xp.empty(shape, dtype=dt)  # (B, ...)
         row_size = int(numpy.prod(shape[1:])) if shape else 1

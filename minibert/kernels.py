@@ -13,9 +13,9 @@ faster, and tests/test_kernels.py compares each with its twin.
         dx = dout (Phi(x) + x phi(x)), phi the normal density
     adamw_update(p, g, m, v, ...)   adamw_update_plain                   device: one fused CUDA pass
         one AdamW step of one parameter, in place
-    softmax(x, scale, bias)         softmax_plain                        device: one CUDA block per row
+    softmax(x, scale, bias)         softmax_plain                        device: one CUDA warp per row
         softmax(x * scale + bias) over the last axis (attention's scores, scale and padding mask)
-    softmax_backward(y, dout, scale) softmax_backward_plain              device: one CUDA block per row
+    softmax_backward(y, dout, scale) softmax_backward_plain              device: one CUDA warp per row
         dx = scale * y * (dout - sum(dout * y))                          host float32: one compiled pass
     softmax_lse(x)                  softmax_lse_plain                    host float32: one compiled pass
         (softmax(x), log sum exp(x)) per row: the cross-entropy's forward
@@ -26,9 +26,13 @@ faster, and tests/test_kernels.py compares each with its twin.
     philox_uniform(shape, ...)      backend.philox_uniform_plain         host: a compiled loop (bit for bit)
         dropout's uniform numbers, keyed per row (backend.SequenceStreams)
     dropout(x, p, rng)              dropout_plain                        host float32: one compiled pass
-        (x * keep / (1 - p), keep) with keep = u >= p                     (bit for bit)
+        (x * keep / (1 - p), keep) with keep = u >= p                     (bit for bit); device: one
+                                                                          fused pass (bit for bit)
     dropout_backward(dout, keep, s) dropout_backward_plain               host: the array ops on both
-        dx = dout * keep * s                                              threads (bit for bit)
+        dx = dout * keep * s                                              threads (bit for bit); device:
+                                                                          one fused pass (bit for bit)
+    sum_rows(a)                     a.sum(axis=0)                        device: one cuBLAS GEMV, ones @ a
+        the sum over the rows of a (N, K): bias and layer-norm gradients
 
 Dispatch: on the device (CuPy) the fused CUDA kernel, unless `use_fused` is False. On the
 host in float32, the compiled loops of minibert/cpu_kernels.py (Numba: one pass, both
@@ -192,6 +196,27 @@ def gelu_exact_backward(x, dout):
 
 
 # ----------------------------------------------------------------------------------------
+# the sum over rows: a linear layer's bias gradient, a layer norm's dw and db
+
+_ones = {}  # (rows, dtype name, device id) -> a device vector of ones, made once
+
+
+def sum_rows(a):
+    """a.sum(axis=0) for a 2-D a (N, K): (K,). On the device one cuBLAS GEMV, ones (N,) @ a:
+    CuPy's reduction over the first axis of a C-ordered array took four to five times as
+    long (on an H200: 0.21 ms against 0.04 ms for (8192, 3072) float32). The GEMV adds in
+    its own order, so its sum may differ from a.sum(axis=0) in the last bits; it is the
+    same on every call, so a resumed run still equals the run it resumes."""
+    xp = backend.xp
+    if xp is numpy or not use_fused or a.ndim != 2 or not a.size:
+        return a.sum(axis=0)  # (K,)
+    key = (a.shape[0], a.dtype.name, xp.cuda.Device().id)
+    if key not in _ones:
+        _ones[key] = xp.ones(a.shape[0], a.dtype)  # (N,)
+    return _ones[key] @ a  # (K,)
+
+
+# ----------------------------------------------------------------------------------------
 # layer norm over the last axis: out = (x - mean) * rstd * w + b
 
 
@@ -256,8 +281,9 @@ def layernorm(x, w, b, eps):
 
 
 def layernorm_backward(dout, x, w, mean, rstd):
-    """(dx, dw, db) of layernorm: dx by one CUDA block per row on the device (dw, db by two
-    column sums), a compiled pass on the host in float32, else the plain twin."""
+    """(dx, dw, db) of layernorm: on the device one CUDA block per row writes dx and
+    dout * xhat, and dw, db are two sum_rows; a compiled pass on the host in float32, else
+    the plain twin."""
     fused = _fused("layernorm_backward")
     if fused is not None and x.size and w.dtype == x.dtype == dout.dtype:
         xp = backend.xp
@@ -265,9 +291,9 @@ def layernorm_backward(dout, x, w, mean, rstd):
         x2, d2 = xp.ascontiguousarray(x).reshape(-1, H), xp.ascontiguousarray(dout).reshape(-1, H)  # (N, H)
         m1, r1 = xp.ascontiguousarray(mean).reshape(-1), xp.ascontiguousarray(rstd).reshape(-1)  # (N,)
         dx = xp.empty_like(x2)  # (N, H)
-        fused((x2.shape[0],), (_THREADS,), (d2, x2, xp.ascontiguousarray(w), m1, r1, dx, xp.int64(H)))
-        xhat = (x2 - m1[:, None]) * r1[:, None]  # (N, H)
-        return dx.reshape(x.shape), (d2 * xhat).sum(axis=0), d2.sum(axis=0)
+        gxhat = xp.empty_like(x2)  # (N, H) dout * xhat, written by the same pass
+        fused((x2.shape[0],), (_THREADS,), (d2, x2, xp.ascontiguousarray(w), m1, r1, dx, gxhat, xp.int64(H)))
+        return dx.reshape(x.shape), sum_rows(gxhat), sum_rows(d2)  # (..., H), (H,), (H,)
     cpu = _cpu(x)
     if cpu is None or dout.dtype != x.dtype:
         return layernorm_backward_plain(dout, x, w, mean, rstd)
@@ -297,9 +323,19 @@ def dropout_plain(x, p, rng):
 
 
 def dropout(x, p, rng):
-    """dropout_plain's (out, keep), bit for bit: on the host in float32 one compiled pass
-    that draws the numbers and applies the mask, else the array code."""
-    cpu = _cpu(x)
+    """dropout_plain's (out, keep), bit for bit: one pass that draws the numbers and applies
+    the mask, fused on the device and compiled on the host in float32; else the array code."""
+    fused, cpu = _fused("dropout_forward"), _cpu(x)
+    if (fused is not None and isinstance(rng, backend.SequenceStreams) and x.ndim >= 1 and x.size
+            and x.dtype in (numpy.float32, numpy.float64)):
+        draw = rng.draws
+        rng.draws += 1  # the same draw numbering as rng.random
+        xp, dt = backend.xp, x.dtype.type
+        out = xp.empty(x.shape, x.dtype)  # (...)
+        keep = xp.empty(x.shape, bool)  # (...)
+        fused(x, numpy.uint32(rng.key32[0]), numpy.uint32(rng.key32[1]), numpy.uint32(draw),
+              numpy.int64(rng.first_row), numpy.int64(x.size // x.shape[0]), dt(p), dt(1.0 / (1.0 - p)), out, keep)
+        return out, keep
     if cpu is None or not isinstance(rng, backend.SequenceStreams) or x.ndim < 1 or not x.size:
         return dropout_plain(x, p, rng)  # (...), (...)
     draw = rng.draws
@@ -323,8 +359,12 @@ def dropout_backward_plain(dout, keep, scale):
 
 
 def dropout_backward(dout, keep, scale):
-    """dropout_backward_plain's dx, bit for bit: on the host the same two array ops on each
-    half of the elements, one half per thread."""
+    """dropout_backward_plain's dx, bit for bit: one fused pass on the device; on the host
+    the same two array ops on each half of the elements, one half per thread."""
+    fused = _fused("dropout_backward")
+    if (fused is not None and dout.shape == keep.shape and keep.dtype == bool
+            and dout.dtype in (numpy.float32, numpy.float64)):
+        return fused(dout, keep, dout.dtype.type(scale))  # (...)
     if (backend.xp is not numpy or dout.shape != keep.shape
             or not (dout.flags.c_contiguous and keep.flags.c_contiguous)):
         return dropout_backward_plain(dout, keep, scale)  # (...)
@@ -452,8 +492,9 @@ def softmax_backward(y, dout, scale=1.0):
     y, dout = xp.ascontiguousarray(y), xp.ascontiguousarray(dout.astype(y.dtype, copy=False))
     K = y.shape[-1]
     dx = xp.empty_like(y)  # (..., K)
-    if y.size:
-        fused((y.size // K,), (_THREADS,), (y, dout, dx, y.dtype.type(scale), xp.int64(K)))
+    R = y.size // K if K else 0
+    if R:
+        fused((-(-R // _WARPS),), (32 * _WARPS,), (y, dout, dx, y.dtype.type(scale), xp.int64(K), xp.int64(R)))
     return dx  # (..., K)
 
 
@@ -471,10 +512,9 @@ def _row_bias(x, bias):
 
 
 def _softmax_device(fused, x, scale, bias, overwrite):
-    """Launch the fused softmax forward: one block of _THREADS threads per row of x. The
-    kernel writes nothing before the row max's barrier, and after it each thread reads an
-    element before writing it, so y may be x itself: it is when the caller allows it, or
-    when x had to be copied to be contiguous."""
+    """Launch the fused softmax forward: one warp per row of x, _WARPS rows to a block.
+    Each lane reads an element before writing it and touches no other lane's, so y may be
+    x itself: it is when the caller allows it, or when x had to be copied to be contiguous."""
     xp = backend.xp
     xc = xp.ascontiguousarray(x)
     rows_per_bias = _row_bias(xc, bias)
@@ -482,9 +522,10 @@ def _softmax_device(fused, x, scale, bias, overwrite):
     y = xc if overwrite or xc is not x else xp.empty_like(xc)  # (..., K)
     x = xc
     K = x.shape[-1]
-    if x.size:
-        fused((x.size // K,), (_THREADS,), (x, b, y, x.dtype.type(scale), xp.int64(K), xp.int64(rows_per_bias),
-                                            xp.int32(bias is not None)))
+    R = x.size // K if K else 0
+    if R:
+        fused((-(-R // _WARPS),), (32 * _WARPS,), (x, b, y, x.dtype.type(scale), xp.int64(K), xp.int64(rows_per_bias),
+                                                    xp.int32(bias is not None), xp.int64(R)))
     return y  # (..., K)
 
 
@@ -549,6 +590,14 @@ _KERNEL_SRC = {
     # dx = dout (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
     "gelu_backward": ("T x, T dout", "T dx",
                       "dx = dout * (minibert_phi(x) + x * exp((T)-0.5 * x * x) * (T)0.3989422804014327);"),
+    # dropout_plain in one pass: u the generator's number for element i (the same Philox
+    # words as rng.random), then out = x * keep * scale rounded as the array code rounds it
+    "dropout_forward": ("T x, uint32 key0, uint32 key1, uint32 draw, int64 first_row, int64 row_size, T p, T scale",
+                        "T out, bool keep",
+                        "T u = (T)minibert_philox_uniform(i, row_size, sizeof(T) == 8 ? 2 : 4, key0, key1, draw,"
+                        " first_row); keep = u >= p; out = x * (T)keep * scale;"),
+    # dx = dout * keep * scale, as dropout_backward_plain
+    "dropout_backward": ("T dout, bool keep, T scale", "T dx", "dx = dout * (T)keep * scale;"),
     # one AdamW step in place, as adamw_update_plain
     "adamw": ("T g, T decay, T b1, T one_minus_b1, T b2, T one_minus_b2, T step_size, T eps_hat",
               "T p, T m, T v",
@@ -557,9 +606,11 @@ _KERNEL_SRC = {
 }
 _kernels = {}  # name -> compiled ElementwiseKernel, built on first use
 
-# Row kernels (softmax): one block per row of K elements; each thread strides over the row,
-# then a tree reduction in shared memory gives the row's max or sum. REAL is float or double.
-_THREADS = 256  # threads per block: a power of two, for the tree reduction
+# Row kernels. Layer norm: one block per row of H elements; each thread strides over the
+# row, then a tree reduction in shared memory gives the row's sum. Softmax: one warp per
+# row, reduced by shuffles. REAL is float or double.
+_THREADS = 256  # threads per block of the layer-norm kernels: a power of two, for the tree reduction
+_WARPS = 4  # rows per block of the softmax kernels (one warp each)
 _ROW_SRC = r"""
 __device__ REAL minibert_reduce(REAL v, REAL* red, int take_max) {
     red[threadIdx.x] = v;
@@ -576,41 +627,56 @@ __device__ REAL minibert_reduce(REAL v, REAL* red, int take_max) {
     return r;
 }
 
+// the softmax kernels: one warp (32 threads) per row, _WARPS rows to a block. Attention's rows
+// are short (K = T keys), and a whole block per row spent its time in barriers: one warp
+// reduces with shuffles and no barrier. Each lane reads and writes only its own elements
+// (k = lane, lane + 32, ...), so y may be x itself.
+__device__ REAL minibert_warp_reduce(REAL v, int take_max) {
+    // butterfly: every lane ends with the same bits (each step adds or maxes the same pair)
+    for (int o = 16; o > 0; o >>= 1) {
+        REAL u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = take_max ? fmax(v, u) : v + u;
+    }
+    return v;
+}
+
 // y = softmax(x * scale + bias) over each row; the bias row is row / rows_per_bias
 extern "C" __global__ void minibert_softmax_forward(const REAL* x, const REAL* bias, REAL* y, REAL scale,
-                                                    long long K, long long rows_per_bias, int has_bias) {
-    __shared__ REAL red[256];
-    const long long row = blockIdx.x;
+                                                    long long K, long long rows_per_bias, int has_bias,
+                                                    long long R) {
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= R) return;  // the whole warp: no lane of it is needed by another row
+    const int lane = threadIdx.x % 32;
     const REAL* xr = x + row * K;
     const REAL* br = bias + (row / rows_per_bias) * K;
     REAL* yr = y + row * K;
-    // nothing is written before the reduction's barrier, so y may be x itself
     REAL m = xr[0] * scale + (has_bias ? br[0] : (REAL)0);
-    for (long long k = threadIdx.x; k < K; k += blockDim.x) m = fmax(m, xr[k] * scale + (has_bias ? br[k] : (REAL)0));
-    m = minibert_reduce(m, red, 1);  // subtract the row max so exp cannot overflow
+    for (long long k = lane; k < K; k += 32) m = fmax(m, xr[k] * scale + (has_bias ? br[k] : (REAL)0));
+    m = minibert_warp_reduce(m, 1);  // subtract the row max so exp cannot overflow
     REAL s = 0;
-    for (long long k = threadIdx.x; k < K; k += blockDim.x) {
+    for (long long k = lane; k < K; k += 32) {
         REAL e = exp(xr[k] * scale + (has_bias ? br[k] : (REAL)0) - m);
         yr[k] = e;
         s += e;
     }
-    s = minibert_reduce(s, red, 0);
+    s = minibert_warp_reduce(s, 0);
     const REAL inv = (REAL)1 / s;
-    for (long long k = threadIdx.x; k < K; k += blockDim.x) yr[k] *= inv;
+    for (long long k = lane; k < K; k += 32) yr[k] *= inv;
 }
 
 // dx = scale * y * (dout - sum(dout * y)) over each row
 extern "C" __global__ void minibert_softmax_backward(const REAL* y, const REAL* dout, REAL* dx, REAL scale,
-                                                     long long K) {
-    __shared__ REAL red[256];
-    const long long row = blockIdx.x;
+                                                     long long K, long long R) {
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= R) return;
+    const int lane = threadIdx.x % 32;
     const REAL* yr = y + row * K;
     const REAL* dr = dout + row * K;
     REAL* xr = dx + row * K;
     REAL s = 0;
-    for (long long k = threadIdx.x; k < K; k += blockDim.x) s += dr[k] * yr[k];
-    s = minibert_reduce(s, red, 0);
-    for (long long k = threadIdx.x; k < K; k += blockDim.x) xr[k] = scale * yr[k] * (dr[k] - s);
+    for (long long k = lane; k < K; k += 32) s += dr[k] * yr[k];
+    s = minibert_warp_reduce(s, 0);
+    for (long long k = lane; k < K; k += 32) xr[k] = scale * yr[k] * (dr[k] - s);
 }
 
 // layer norm of each row of H: out = (x - mean) * rstd * w + b; mean and rstd per row
@@ -635,14 +701,17 @@ extern "C" __global__ void minibert_layernorm_forward(const REAL* x, const REAL*
 __device__ inline float minibert_mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ inline double minibert_mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
-// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w, per row
+// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * w, per row;
+// also gxhat = dout * xhat, whose column sums are dw
 extern "C" __global__ void minibert_layernorm_backward(const REAL* dout, const REAL* x, const REAL* w,
-                                                       const REAL* mean, const REAL* rstd, REAL* dx, long long H) {
+                                                       const REAL* mean, const REAL* rstd, REAL* dx, REAL* gxhat,
+                                                       long long H) {
     __shared__ REAL red[256];
     const long long row = blockIdx.x;
     const REAL* xr = x + row * H;
     const REAL* dr = dout + row * H;
     REAL* dxr = dx + row * H;
+    REAL* gr = gxhat + row * H;
     const REAL mu = mean[row], r = rstd[row];
     REAL a = 0, c = 0;
     for (long long k = threadIdx.x; k < H; k += blockDim.x) {
@@ -652,8 +721,10 @@ extern "C" __global__ void minibert_layernorm_backward(const REAL* dout, const R
     }
     a = minibert_reduce(a, red, 0) / (REAL)H;
     c = minibert_reduce(c, red, 0) / (REAL)H;
-    for (long long k = threadIdx.x; k < H; k += blockDim.x)
+    for (long long k = threadIdx.x; k < H; k += blockDim.x) {
         dxr[k] = r * (minibert_mul_rn(dr[k], w[k]) - a - (xr[k] - mu) * r * c);
+        gr[k] = dr[k] * ((xr[k] - mu) * r);  // as the plain twin: xhat, then dout * xhat
+    }
 }
 """
 _row_modules = {}  # dtype name -> compiled RawModule
@@ -677,5 +748,5 @@ def _fused(name):
     if name not in _kernels:
         in_params, out_params, body = _KERNEL_SRC[name]
         _kernels[name] = backend.xp.ElementwiseKernel(in_params, out_params, body, "minibert_" + name,
-                                                      preamble=_KERNEL_PREAMBLE)
+                                                      preamble=_KERNEL_PREAMBLE + backend.PHILOX_CUDA)
     return _kernels[name]

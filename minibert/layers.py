@@ -51,7 +51,7 @@ def linear_backward(dout, cache):
     # row (the two products are independent: backend.matmul_pair may run them at once)
     dx2, dw = backend.matmul_pair(dout2, w.T, x.reshape(-1, n_in).T, dout2)  # (N, IN), (IN, OUT)
     dx = dx2.reshape(x.shape)  # (..., IN)
-    db = dout2.sum(axis=0)  # (OUT,) db = sum of dout over rows
+    db = kernels.sum_rows(dout2)  # (OUT,) db = sum of dout over rows (dout2.sum(axis=0))
     return dx, dw, db
 
 
@@ -87,7 +87,7 @@ def embedding_backward(dout, cache):
     backend.scatter_add(dword, cache.input_ids.reshape(-1), dout2)
     # forward: out[b, t] += pos[t], so dpos[t] = sum over the batch of dout[:, t]
     dpos = xp.zeros(cache.pos_shape, dtype=dout.dtype)  # (max_position, H)
-    dpos[:T] = dout.sum(axis=0)
+    dpos[:T] = kernels.sum_rows(dout.reshape(B, T * H)).reshape(T, H)  # dout.sum(axis=0)
     # forward: out[b, t] += type[type_ids[b, t]], so dtype[j] = sum of dout over the positions
     # of type j: one sum per type (a one-hot product), not a scatter of B * T rows onto 2
     types = xp.arange(cache.type_shape[0])  # (type_vocab,)
@@ -226,7 +226,8 @@ def attention_forward(x, attn_bias, w_qkv, b_qkv, w_o, b_o, num_heads, p_drop=0.
     A = num_heads
     D = H // A
     qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)  # (B, T, 3H)
-    qkv_h = qkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
+    # (3, B, A, T, D): a view, or on the device one copy that every product below can read
+    qkv_h = backend.batched_operand(qkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4))
     q, k, v = qkv_h[0], qkv_h[1], qkv_h[2]  # (B, A, T, D) each
     scale = x.dtype.type(1.0 / math.sqrt(D))
     scores = backend.batched_matmul(q, k.transpose(0, 1, 3, 2))  # (B, A, T, T) q k^T, unscaled
@@ -246,7 +247,7 @@ def attention_backward(dout, cache):
     D = H // A
     # forward: out = ctx @ w_o + b_o
     dctx, dw_o, db_o = linear_backward(dout, c_o)  # (B, T, H)
-    dctx_h = dctx.reshape(B, T, A, D).transpose(0, 2, 1, 3)  # (B, A, T, D) view
+    dctx_h = backend.batched_operand(dctx.reshape(B, T, A, D).transpose(0, 2, 1, 3))  # (B, A, T, D) as qkv_h
     # forward: ctx_h = probs_d @ v, so dprobs_d = dctx_h @ v^T and dv = probs_d^T @ dctx_h
     dprobs_d = backend.batched_matmul(dctx_h, v.transpose(0, 1, 3, 2))  # (B, A, T, T)
     dv = backend.batched_matmul(probs_d.transpose(0, 1, 3, 2), dctx_h)  # (B, A, T, D)

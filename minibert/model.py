@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np  # host side only: input validation and seeded initialisation
 
-from minibert import backend
+from minibert import backend, kernels
 from minibert.layers import (
     ENCODER_LAYER_PARAMS, MASK_VALUE, dropout_backward, dropout_forward, embedding_backward,
     embedding_forward, encoder_layer_backward, encoder_layer_forward, gelu_approximation,
@@ -392,7 +392,7 @@ def mlm_head_backward(dmlm_logits, cache, w_word):
     # forward: mlm_logits = mlm_hidden @ word^T + bias, so dmlm_hidden = dlogits @ word,
     # dword (decoder part) = dlogits^T @ mlm_hidden, dbias = sum over positions
     dmlm_hidden, dword_decoder = backend.matmul_pair(dmlm_logits, w_word, dmlm_logits.T, mlm_hidden)  # (P, H), (V, H)
-    g["mlm.bias"] = dmlm_logits.sum(axis=0)  # (V,)
+    g["mlm.bias"] = kernels.sum_rows(dmlm_logits)  # (V,) dmlm_logits.sum(axis=0)
     # forward: mlm_hidden = LN(mlm_act)
     dmlm_act, g["mlm.ln.w"], g["mlm.ln.b"] = layernorm_backward(dmlm_hidden, cache.c_mlm_ln)  # (P, H)
     # forward: mlm_act = gelu(mlm_fc)

@@ -329,6 +329,69 @@ def test_fused_layernorm_matches_plain(on_cupy, dtype, H):
 
 
 @gpu
+@pytest.mark.parametrize("shape", [(3, 5), (7, 2, 9), (16, 4, 33, 33), (1,), (6, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_dropout_equals_plain_bit_for_bit(on_cupy, shape, dtype):
+    """The fused pass draws the generator's own numbers: the same mask and output bits as
+    rng.random followed by the array code, and the same draw count afterwards."""
+    xp = on_cupy
+    x = xp.asarray(np.random.default_rng(1).standard_normal(shape).astype(dtype))
+
+    def run(f):
+        s = backend.rng((4, 2), first_row=5)
+        s.random((2, 3), dtype)  # an earlier dropout site: the draw number moves on
+        out, keep = f(x, 0.1, s)
+        return xp.asnumpy(out), xp.asnumpy(keep), s.draws
+    (fo, fk, fd), (po, pk, pd) = run(kernels.dropout), run(kernels.dropout_plain)
+    assert fo.dtype == po.dtype == dtype and fk.dtype == pk.dtype == bool and fd == pd == 2
+    assert np.array_equal(fk, pk) and np.array_equal(fo, po)
+    assert np.array_equal(np.signbit(fo), np.signbit(po))  # dropped negatives stay -0.0
+    if x.size > 100:
+        assert 0.8 < fk.mean() < 0.97
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_batched_matmul_reads_views_where_they_lie(on_cupy, dtype):
+    """cuBLAS's strided batched GEMM on transposed and sliced operands, and into a slice
+    of a bigger output, against CuPy's matmul of C-ordered copies; a view whose batch
+    axes need two strides goes through batched_operand's copy or the temporary output."""
+    xp = on_cupy
+    r = np.random.default_rng(3)
+    B, A, T, D = 3, 2, 7, 4
+    qkv = xp.asarray(r.standard_normal((B, T, 3, A, D)), dtype=dtype)
+    heads = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view: batch axes with two strides
+    h = backend.batched_operand(heads)
+    assert backend._gemm_layout(heads[0]) is None and backend._gemm_layout(h[0]) is not None
+    q, k, v = h[0], h[1], h[2]
+    p = xp.asarray(r.standard_normal((B, A, T, T)), dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for a, b in [(q, k.transpose(0, 1, 3, 2)), (p, v), (p.transpose(0, 1, 3, 2), v), (p, heads[1]),
+                 (k.transpose(0, 1, 3, 2), p.transpose(0, 1, 3, 2))]:
+        want = xp.matmul(xp.ascontiguousarray(a), xp.ascontiguousarray(b))
+        np.testing.assert_allclose(xp.asnumpy(backend.batched_matmul(a, b)), xp.asnumpy(want), **tol)
+    big = xp.zeros((2, B, A, T, D), dtype=dtype)  # out: a C-ordered slice, then a strided view
+    backend.batched_matmul(p, k, out=big[1])
+    np.testing.assert_allclose(xp.asnumpy(big[1]), xp.asnumpy(xp.matmul(p, k)), **tol)
+    assert not xp.asnumpy(big[0]).any()
+    dqkv = xp.zeros((B, T, 3, A, D), dtype=dtype)
+    backend.batched_matmul(p, q, out=dqkv.transpose(2, 0, 3, 1, 4)[0])
+    np.testing.assert_allclose(xp.asnumpy(dqkv[:, :, 0].transpose(0, 2, 1, 3)), xp.asnumpy(xp.matmul(p, q)), **tol)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_sum_rows_is_the_column_sum(on_cupy, dtype):
+    xp = on_cupy
+    a = xp.asarray(np.random.default_rng(4).standard_normal((1000, 37)), dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    got = kernels.sum_rows(a)
+    assert got.shape == (37,) and got.dtype == dtype
+    np.testing.assert_allclose(xp.asnumpy(got), xp.asnumpy(a).astype(np.float64).sum(axis=0), **tol)
+    np.testing.assert_array_equal(xp.asnumpy(kernels.sum_rows(a)), xp.asnumpy(got))  # the same on every call
+
+
+@gpu
 def test_fused_softmax_gradient_check(on_cupy):
     xp = on_cupy
     x = xp.asarray(np.random.default_rng(6).standard_normal((2, 3, 5)))
