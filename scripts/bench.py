@@ -5,6 +5,8 @@
     python scripts/bench.py -L 4 -H 256 -A 4 -I 1024 -V 8192 -T 128 -B 16
     python scripts/bench.py --preset mini --profile       # cProfile of minibert's step
     python scripts/bench.py --preset mini --profile-ops   # its time op by op (CUDA events on a GPU)
+    python scripts/bench.py --backend cupy --preset base -B 64 --profile-kernels --compare-torch
+                                                          # every CUDA kernel of both steps
     python scripts/bench.py --backend cupy --preset base -B 64 --compare-torch   # both on the GPU
     python scripts/bench.py --preset mini --compare-torch --torch-attn sdpa,eager  # both attentions
 
@@ -352,6 +354,64 @@ def profile_ops(c):
           "   (bias sums, residual adds, copies, losses, clipping" + (", idle device)" if backend.name == "cupy" else ")"))
 
 
+def profile_kernels(c, impl):
+    """Every CUDA kernel of the step of impl ("minibert" or "torch"), from the CUPTI trace
+    that torch.profiler records for the whole process (CuPy's kernels and cuBLAS's too):
+    device time per kernel name, how busy the device was, and its longest idle gaps. Needs
+    PyTorch with CUDA for the profiler, whichever side is profiled."""
+    import collections
+    import tempfile
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    if impl == "minibert":
+        from minibert import backend
+        model, opt, batch = build_minibert(c)
+
+        def step(i):
+            out, cache = model.forward(batch, rng=backend.rng((c.seed, i)))
+            opt.step(model.backward(cache))
+            return out["loss"]
+        wait = lambda loss: float(loss)
+    else:
+        torch_step, _ = setup_torch(c)
+        step, wait = lambda i: torch_step(), lambda loss: None  # its step reads the loss and synchronizes
+    for i in range(c.warmup):
+        wait(step(i))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for i in range(c.steps):
+            loss = step(c.warmup + i)
+        wait(loss)
+        wall = (time.perf_counter() - t0) / c.steps
+    with tempfile.TemporaryDirectory() as d:
+        prof.export_chrome_trace(os.path.join(d, "trace.json"))
+        with open(os.path.join(d, "trace.json")) as f:
+            events = json.load(f)["traceEvents"]
+    ks = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e),
+                key=lambda e: e["ts"])  # times in microseconds
+    if not ks:
+        print(f"# {c.name}, {impl}: the trace holds no CUDA kernels (--profile-kernels is for --backend cupy)")
+        return
+    busy, gaps, end = 0.0, [], ks[0]["ts"]
+    for e in ks:
+        if e["ts"] - end > 20:
+            gaps.append((e["ts"] - end, e["name"]))
+        busy += max(0.0, e["ts"] + e["dur"] - max(e["ts"], end))
+        end = max(end, e["ts"] + e["dur"])
+    per = collections.defaultdict(lambda: [0, 0.0])
+    for e in ks:
+        per[e["name"]][0] += 1
+        per[e["name"]][1] += e["dur"]
+    name = impl if impl == "minibert" else f"torch/{c.torch_attn}"
+    n = c.steps
+    print(f"# {c.name}, {name}: {1e3 * wall:.1f} ms a step under the profiler; the device was busy "
+          f"{busy / 1e3 / n:.1f} ms a step, in {len(ks) / n:.0f} kernels and copies; "
+          f"{len(gaps) / n:.0f} idle gaps over 20 us, {sum(g for g, _ in gaps) / 1e3 / n:.1f} ms a step")
+    print(f"{'kernel (first 80 characters)':<80} {'calls':>6} {'ms/step':>8} {'us/call':>8}")
+    for k, (calls, t) in sorted(per.items(), key=lambda kv: -kv[1][1])[:30]:
+        print(f"{k[:80]:<80} {calls / n:6.0f} {t / 1e3 / n:8.2f} {t / calls:8.1f}")
+
+
 def profile_minibert(c):
     import cProfile
     import pstats
@@ -541,6 +601,9 @@ def main():
     ap.add_argument("--profile", action="store_true", help="cProfile minibert's timed steps (no table)")
     ap.add_argument("--profile-ops", action="store_true",
                     help="minibert's step op by op: CUDA-event device time on cupy, host time on numpy (no table)")
+    ap.add_argument("--profile-kernels", action="store_true",
+                    help="on cupy: every CUDA kernel of minibert's step (and PyTorch's with --compare-torch), "
+                         "from torch.profiler's CUPTI trace (no table)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-config", default=None, help=argparse.SUPPRESS)
@@ -554,6 +617,8 @@ def main():
             profile_minibert(c)
         elif a.child == "profile_ops":
             profile_ops(c)
+        elif a.child.startswith("profile_kernels"):
+            profile_kernels(c, "torch" if a.child.endswith("torch") else "minibert")
         else:
             serve({"minibert": setup_minibert, "torch": setup_torch, "bound": setup_bound}[a.child], c)
         return
@@ -567,8 +632,13 @@ def main():
         if a.profile or a.profile_ops:
             subprocess.run(_cmd("profile" if a.profile else "profile_ops", c), env=_child_env(c))
             continue
+        if a.profile_kernels:
+            subprocess.run(_cmd("profile_kernels", c), env=_child_env(c))
+            for attn in c.torch_attn.split(",") if a.compare_torch else []:
+                subprocess.run(_cmd("profile_kernels_torch", replace(c, torch_attn=attn)), env=_child_env(c))
+            continue
         results.append(bench_one(c, a.compare_torch))
-    if a.profile or a.profile_ops:
+    if a.profile or a.profile_ops or a.profile_kernels:
         return
     m = machine_info()
     blas = results[0]["peak"]["blas"]

@@ -14,6 +14,8 @@
 #               its eager attention, both in the same run
 #   profile     scripts/bench.py --profile-ops on the same model: the device time of each op
 #               (CUDA events), and the host's time to issue the step beside the device's
+#   trace       scripts/bench.py --profile-kernels: every CUDA kernel of minibert's step and of
+#               PyTorch's (both attentions), from torch.profiler's CUPTI trace (needs torch)
 #   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 3,500 steps of the
 #               tiny preset on the embedded corpus)
 #   bench_tf32  bench_base with cuBLAS TF32 on both sides (the opt-in --tf32)
@@ -21,14 +23,14 @@
 #   bash scripts/gpu_check.sh                          # the default stages; logs in $OUT (default /tmp/gpu_check)
 #   STAGES="kernels bench_base" bash scripts/gpu_check.sh   # only these
 #
-# Each stage has its own time limit (seconds; the default stages' add up to 10 minutes) and the script
+# Each stage has its own time limit (seconds; the default stages' add up to 12 minutes) and the script
 # goes on after a failing stage; the last lines say which stages passed. Run from the
 # repository root; the package is used from the tree (PYTHONPATH), nothing is installed.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-STAGES=${STAGES:-suite bench_base profile pretrain bench_tf32}
+STAGES=${STAGES:-suite bench_base profile trace pretrain bench_tf32}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 declare -A RC
 
@@ -68,6 +70,7 @@ COMPARE=()
 BENCH=($PY scripts/bench.py --backend cupy --preset base -V 30522 -B 64 --steps 10 --warmup 3)
 stage bench_base 120 "${BENCH[@]}" "${COMPARE[@]}"
 stage profile 60 "${BENCH[@]}" --steps 5 --warmup 2 --profile-ops
+[ "$TORCH_CUDA" = 1 ] && stage trace 120 "${BENCH[@]}" --steps 3 --warmup 2 --profile-kernels "${COMPARE[@]}"
 
 rm -rf /tmp/gpu_check_pretrain
 stage pretrain 150 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend cupy --out /tmp/gpu_check_pretrain
