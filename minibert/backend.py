@@ -277,16 +277,21 @@ def batched_matmul(a, b, out=None):
                 else:
                     numpy.matmul(a, b, out=res)
             return res
-    elif a.ndim >= 3 and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype \
-            and a.dtype in (numpy.float32, numpy.float64) and None not in (_gemm_layout(a), _gemm_layout(b)):
-        # on the device: one cuBLAS call reading a and b where they lie, transposes included
-        shape = a.shape[:-1] + b.shape[-1:]
-        lo = None if out is None or out.shape != shape or out.dtype != a.dtype else _gemm_layout(out)
-        c = out if lo is not None and not lo[2] else xp.empty(shape, a.dtype)  # (..., M, N)
-        _gemm_strided_batched(a, b, c)
-        if out is not None and c is not out:
-            out[...] = c  # a view cuBLAS cannot write (its batch axes need two strides)
-        return c if out is None else out
+    elif a.ndim >= 3 and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype and a.dtype in (numpy.float32, numpy.float64):
+        la, lb = _gemm_layout(a), _gemm_layout(b)
+        if la is not None and lb is not None:
+            # on the device: one cuBLAS call reading a and b where they lie, transposes included
+            shape = a.shape[:-1] + b.shape[-1:]
+            lc = None if out is None or out.shape != shape or out.dtype != a.dtype else _gemm_layout(out)
+            if lc is None or lc[2]:  # no out, or a view cuBLAS cannot write (batch axes with two strides)
+                c = xp.empty(shape, a.dtype)  # (..., M, N)
+                _gemm_strided_batched(a, la, b, lb, c, _gemm_layout(c))
+                if out is None:
+                    return c
+                out[...] = c
+            else:
+                _gemm_strided_batched(a, la, b, lb, out, lc)
+            return out
     if out is None:
         return xp.matmul(a, b)
     out[...] = xp.matmul(a, b)  # out may be a strided view; a copy on the device is cheap
@@ -336,13 +341,14 @@ _GEMM_SCALARS = {numpy.dtype(numpy.float32): (numpy.array(1, numpy.float32), num
                  numpy.dtype(numpy.float64): (numpy.array(1, numpy.float64), numpy.array(0, numpy.float64))}
 
 
-def _gemm_strided_batched(a, b, c):
+def _gemm_strided_batched(a, la, b, lb, c, lc):
     """c = a @ b for every matrix of the batch, in one cuBLAS call, reading a and b where
-    they lie (transposes included). cuBLAS is column-major: a row-major c (M, N) is the
-    column-major c^T = b^T a^T, so b is cuBLAS's first operand and a its second."""
+    they lie (transposes included); la, lb, lc their _gemm_layout. cuBLAS is column-major:
+    a row-major c (M, N) is the column-major c^T = b^T a^T, so b is cuBLAS's first operand
+    and a its second."""
     from cupy_backends.cuda.libs import cublas
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    (sa, lda, ta), (sb, ldb, tb), (sc, ldc, _) = _gemm_layout(a), _gemm_layout(b), _gemm_layout(c)
+    (sa, lda, ta), (sb, ldb, tb), (sc, ldc, _) = la, lb, lc
     batch = c.size // (M * N)
     one, zero = _GEMM_SCALARS[c.dtype]
     if c.dtype == numpy.float64:
