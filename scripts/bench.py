@@ -9,6 +9,12 @@
                                                           # every CUDA kernel of both steps
     python scripts/bench.py --backend cupy --preset base -B 64 --compare-torch   # both on the GPU
     python scripts/bench.py --preset mini --compare-torch --torch-attn sdpa,eager  # both attentions
+    python scripts/bench.py --preset mini --compare-torch --avx2   # both sides as on an AVX2-only CPU
+
+--avx2, on an AVX-512 CPU, runs both sides on AVX2 code, as on an AVX2-only machine (Haswell,
+AMD Zen 2/3): OpenBLAS's Haswell kernels and Numba's haswell target for minibert, MKL,
+oneDNN and ATen capped at AVX2 for PyTorch. OPENBLAS_CORETYPE=Haswell alone slows minibert's
+GEMMs only: PyTorch's MKL and oneDNN would stay on AVX-512.
 
 --backend cupy runs minibert on CuPy and PyTorch on CUDA (both sides on the GPU); the bound
 child then measures cuBLAS. cuBLAS TF32 is off on both sides unless --tf32 (opt-in: it breaks
@@ -81,6 +87,15 @@ class BenchConfig:
     torch_attn: str = "sdpa"
     backend: str = "numpy"  # numpy: both on the CPU; cupy: minibert on CuPy, PyTorch on CUDA
     tf32: bool = False  # cuBLAS TF32 on the GPU (both sides); opt-in
+    avx2: bool = False  # emulate an AVX2-only CPU on an AVX-512 one, both sides (AVX2_ENV)
+
+
+# --avx2: what each library reads to stay on AVX2 code, so that an AVX-512 machine runs
+# both sides as an AVX2-only CPU (Haswell, AMD Zen 2/3) would. OpenBLAS and Numba for
+# minibert; MKL (PyTorch's GEMMs), oneDNN and ATen's own vectorised kernels for PyTorch.
+# OPENBLAS_CORETYPE alone leaves PyTorch on AVX-512.
+AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "NUMBA_CPU_NAME": "haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 # ----------------------------------------------------------------------------------------
@@ -246,7 +261,8 @@ def setup_torch(c):
 
     def info():
         out = dict(impl="torch", torch=torch.__version__, transformers=transformers.__version__,
-                   attn=model.config._attn_implementation, threads=torch.get_num_threads(), blas=blas_info())
+                   attn=model.config._attn_implementation, threads=torch.get_num_threads(), blas=blas_info(),
+                   cpu_capability=torch.backends.cpu.get_cpu_capability())
         if cuda:
             out["peak_device_mb"] = torch.cuda.max_memory_reserved() / 2**20
         return out
@@ -471,6 +487,8 @@ def _child_env(c):
         env[k] = str(c.threads)
     env["MINIBERT_BACKEND"] = c.backend
     env["CUPY_TF32"] = "1" if c.tf32 else "0"
+    if c.avx2:
+        env.update(AVX2_ENV)
     return env
 
 
@@ -598,6 +616,9 @@ def main():
     ap.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", "numpy"), choices=["numpy", "cupy"],
                     help="cupy: minibert on CuPy and PyTorch on CUDA")
     ap.add_argument("--tf32", action="store_true", help="allow cuBLAS TF32 on the GPU (both sides; off by default)")
+    ap.add_argument("--avx2", action="store_true",
+                    help="on an AVX-512 CPU, run both sides on AVX2 code, as an AVX2-only CPU would: "
+                         + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()))
     ap.add_argument("--profile", action="store_true", help="cProfile minibert's timed steps (no table)")
     ap.add_argument("--profile-ops", action="store_true",
                     help="minibert's step op by op: CUDA-event device time on cupy, host time on numpy (no table)")
@@ -628,7 +649,8 @@ def main():
         kw = dict(PRESETS[name]) if name in PRESETS else {}
         kw.update({k: getattr(a, k) for k in ("L", "H", "A", "I", "V", "T", "B") if getattr(a, k) is not None})
         c = BenchConfig(name=name, threads=a.threads, steps=a.steps, warmup=a.warmup, dropout=a.dropout,
-                        hidden_act=a.hidden_act, torch_attn=a.torch_attn, backend=a.backend, tf32=a.tf32, **kw)
+                        hidden_act=a.hidden_act, torch_attn=a.torch_attn, backend=a.backend, tf32=a.tf32,
+                        avx2=a.avx2, **kw)
         if a.profile or a.profile_ops:
             subprocess.run(_cmd("profile" if a.profile else "profile_ops", c), env=_child_env(c))
             continue
@@ -647,8 +669,11 @@ def main():
              if a.backend == "cupy" else f"BLAS kernel {kernel}")
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} | {m['cpu']} | SIMD {'+'.join(m['simd'])} | {where} | "
           f"threads {a.threads} | numexpr {'on' if m['numexpr'] else 'not installed'} | "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} | "
-          f"peak {results[0]['peak']['peak_flops'] / 1e9:.0f} GFLOP/s float32")
+          f"OPENBLAS_CORETYPE={_child_env(c).get('OPENBLAS_CORETYPE', '(unset)')} | "
+          + (f"PyTorch CPU capability {results[0]['torch'].get('cpu_capability')} | " if "torch" in results[0] else "")
+          + (f"--avx2 ({', '.join(f'{k}={v}' for k, v in AVX2_ENV.items() if k != 'OPENBLAS_CORETYPE')}) | "
+             if a.avx2 else "")
+          + f"peak {results[0]['peak']['peak_flops'] / 1e9:.0f} GFLOP/s float32")
     print_table(results)
     for r in results:
         mb = r["minibert"]
