@@ -483,10 +483,15 @@ class SequenceStreams:
         self.first_row = int(first_row)
         self.draws = 0  # .random calls so far: the draw number is part of every counter
 
+    def next_draw(self):
+        """The draw number of the next dropout site, counted: what .random uses, and what a
+        fused kernel that draws its own numbers (kernels.dropout) takes instead."""
+        self.draws += 1
+        return self.draws - 1
+
     def random(self, shape, dtype=numpy.float64):
         shape = (shape,) if isinstance(shape, (int, numpy.integer)) else tuple(shape)
-        draw = self.draws
-        self.draws += 1
+        draw = self.next_draw()
         if xp is not numpy:
             return self._random_device(shape, dtype, draw)
         from minibert import kernels  # kernels imports this module

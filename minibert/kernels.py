@@ -328,8 +328,7 @@ def dropout(x, p, rng):
     fused, cpu = _fused("dropout_forward"), _cpu(x)
     if (fused is not None and isinstance(rng, backend.SequenceStreams) and x.ndim >= 1 and x.size
             and x.dtype in (numpy.float32, numpy.float64)):
-        draw = rng.draws
-        rng.draws += 1  # the same draw numbering as rng.random
+        draw = rng.next_draw()  # the same draw numbering as rng.random
         xp, dt = backend.xp, x.dtype.type
         out = xp.empty(x.shape, x.dtype)  # (...)
         keep = xp.empty(x.shape, bool)  # (...)
@@ -338,8 +337,7 @@ def dropout(x, p, rng):
         return out, keep
     if cpu is None or not isinstance(rng, backend.SequenceStreams) or x.ndim < 1 or not x.size:
         return dropout_plain(x, p, rng)  # (...), (...)
-    draw = rng.draws
-    rng.draws += 1  # the same draw numbering as rng.random
+    draw = rng.next_draw()  # the same draw numbering as rng.random
     rows = x.shape[0]
     x2 = numpy.ascontiguousarray(x).reshape(rows, -1)  # (B, n)
     out = backend.empty_apart(x2, x2)  # (B, n)

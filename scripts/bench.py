@@ -196,6 +196,19 @@ def build_minibert(c):
     return model, AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay), make_batch(c)
 
 
+def minibert_training_step(c):
+    """step(i): one forward, backward and AdamW update of minibert for config c with dropout
+    keyed by (seed, i), no synchronisation; returns the loss (a device scalar on CuPy)."""
+    from minibert import backend
+    model, opt, batch = build_minibert(c)
+
+    def step(i):
+        out, cache = model.forward(batch, rng=backend.rng((c.seed, i)))
+        opt.step(model.backward(cache))
+        return out["loss"]
+    return step
+
+
 def setup_minibert(c):
     """Build minibert, AdamW and the batch; return (step function, info function)."""
     from minibert import backend
@@ -304,13 +317,7 @@ def profile_ops(c):
     in training; on the device, the host's time to issue the steps is printed beside the
     device's, so a step that waits on Python shows."""
     from minibert import backend, kernels
-    model, opt, batch = build_minibert(c)
-
-    def step(i):
-        out, cache = model.forward(batch, rng=backend.rng((c.seed, i)))
-        opt.step(model.backward(cache))
-        return out["loss"]
-
+    step = minibert_training_step(c)
     if backend.name == "cupy":
         import cupy
 
@@ -380,14 +387,7 @@ def profile_kernels(c, impl):
     import torch
     from torch.profiler import ProfilerActivity, profile
     if impl == "minibert":
-        from minibert import backend
-        model, opt, batch = build_minibert(c)
-
-        def step(i):
-            out, cache = model.forward(batch, rng=backend.rng((c.seed, i)))
-            opt.step(model.backward(cache))
-            return out["loss"]
-        wait = lambda loss: float(loss)
+        step, wait = minibert_training_step(c), lambda loss: float(loss)
     else:
         torch_step, _ = setup_torch(c)
         step, wait = lambda i: torch_step(), lambda loss: None  # its step reads the loss and synchronizes
