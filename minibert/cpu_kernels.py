@@ -33,6 +33,11 @@ from numba import njit
 # loops (measured: OpenMP's and the workqueue's waiting threads made the GEMMs that
 # followed 5-10x slower on 2 cores).
 _F = np.float32
+# Loops run over unsigned indices, range(_U(lo), _U(hi)): a signed index may be negative as
+# far as Numba knows, so every x[i] gets a wraparound select (x[-1] is the last element), and
+# LLVM then vectorizes the loop with gathers and scatters, or not at all. Measured on mini's
+# shapes, one thread: GELU 2.2x, its backward 1.6x, AdamW 2.8x faster unsigned, same bits.
+_U = np.uint64
 _JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy: x / 0 is inf, no Python check (which blocks SIMD)
 # fastmath without "nnan"/"ninf": LLVM may contract and reassociate (and so vectorize), but a
 # NaN or inf that comes in still goes out, for the training loop's non-finite check
@@ -92,7 +97,7 @@ def _phi_lower(x):
 @njit(fastmath=_FAST, **_JIT)
 def gelu_forward(x, out, lo, hi):
     """out = x Phi(x); x, out flat (n,) float32."""
-    for i in range(lo, hi):
+    for i in range(_U(lo), _U(hi)):
         v = x[i]
         q = _phi_lower(v)
         out[i] = v * (q if v < _F(0.0) else _F(1.0) - q)
@@ -101,7 +106,7 @@ def gelu_forward(x, out, lo, hi):
 @njit(fastmath=_FAST, **_JIT)
 def gelu_backward(x, dout, dx, lo, hi):
     """dx = dout (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi); flat float32."""
-    for i in range(lo, hi):
+    for i in range(_U(lo), _U(hi)):
         v = x[i]
         q = _phi_lower(v)
         cdf = q if v < _F(0.0) else _F(1.0) - q
@@ -115,7 +120,7 @@ def gelu_backward(x, dout, dx, lo, hi):
 def layernorm_forward(x, w, b, eps, out, mean, rstd, lo, hi):
     """x, out (N, H); w, b (H,); mean, rstd (N,) filled for rows lo..hi-1."""
     H = x.shape[1]
-    for i in range(lo, hi):
+    for i in range(_U(lo), _U(hi)):
         s = 0.0
         for j in range(H):
             s += x[i, j]
@@ -138,7 +143,7 @@ def layernorm_backward(dout, x, w, mean, rstd, dx, dw_part, db_part, lo, hi):
     rows lo..hi-1, which add their sums of dout xhat and dout into dw_part, db_part (H,)
     float64 (each thread its own: no two threads write one address)."""
     H = x.shape[1]
-    for i in range(lo, hi):
+    for i in range(_U(lo), _U(hi)):
         mu, r = _F(mean[i]), _F(rstd[i])
         a = 0.0
         bs = 0.0
@@ -158,18 +163,36 @@ def layernorm_backward(dout, x, w, mean, rstd, dx, dw_part, db_part, lo, hi):
 # ----------------------------------------------------------------------------------------
 # softmax(x * scale + bias) over rows of K; bias row of x's row r is r // rows_per_bias
 
+@njit(inline="always")
+def _order_key(z):
+    """float32 z as an int32 in the same order: negative floats' other 31 bits flipped (so
+    -2 < -1), and every other float's bits as they are. The row max below is an integer max
+    of these keys, which LLVM vectorizes; a float max it vectorizes only if told that no NaN
+    can come (fastmath "nnan"), which would let a NaN through unseen. 2.4x faster softmax."""
+    i = _F(z).view(np.int32)
+    return i if i >= np.int32(0) else np.int32(i ^ np.int32(0x7FFFFFFF))
+
+
+@njit(inline="always")
+def _from_order_key(i):
+    """The float32 whose _order_key is i (the map is its own inverse)."""
+    return np.int32(i if i >= np.int32(0) else np.int32(i ^ np.int32(0x7FFFFFFF))).view(np.float32)
+
+
 @njit(fastmath=_FAST, **_JIT)
 def softmax_forward(x, bias, rows_per_bias, scale, y, lse, lo, hi):
     """x, y (R, K); bias (Rb, K) (zeros when there is none); rows lo..hi-1; lse (R,) gets
     each row's log sum exp(x * scale + bias) (the cross-entropy needs it)."""
     K = x.shape[1]
-    for r in range(lo, hi):
+    for r in range(_U(lo), _U(hi)):
         br = r // rows_per_bias
-        m = _F(-np.inf)
+        mk = np.int32(-2147483648)  # the smallest key: below -inf's
         for k in range(K):
             z = x[r, k] * scale + bias[br, k]
             y[r, k] = z
-            m = max(m, z)
+            mk = max(mk, _order_key(z))
+        # the row max; a NaN in the row makes every y NaN, by this max or by exp32 below
+        m = _from_order_key(mk)
         s = _F(0.0)
         for k in range(K):
             e = exp32(y[r, k] - m)  # the row max subtracted: exp cannot overflow
@@ -185,7 +208,7 @@ def softmax_forward(x, bias, rows_per_bias, scale, y, lse, lo, hi):
 def softmax_backward(y, dout, scale, dx, lo, hi):
     """dx = scale * y * (dout - sum(dout * y)) over rows lo..hi-1; all (R, K)."""
     K = y.shape[1]
-    for r in range(lo, hi):
+    for r in range(_U(lo), _U(hi)):
         s = _F(0.0)
         for k in range(K):
             s += dout[r, k] * y[r, k]
@@ -198,7 +221,7 @@ def softmax_backward(y, dout, scale, dx, lo, hi):
 
 @njit(fastmath=_FAST, **_JIT)
 def adamw(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, step_size, eps_hat, lo, hi):
-    for i in range(lo, hi):
+    for i in range(_U(lo), _U(hi)):
         gi = g[i]
         mi = b1 * m[i] + one_minus_b1 * gi
         vi = b2 * v[i] + one_minus_b2 * gi * gi

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from minibert import backend, kernels
 
@@ -130,6 +130,7 @@ def test_softmax_fast_and_plain_agree_with_float64(B, A, T, seed, masked):
 
 @settings(max_examples=20, deadline=None)
 @given(R=st.integers(1, 60), K=st.integers(1, 3000), seed=st.integers(0, 10**6))
+@example(R=4, K=149, seed=232)  # y = 0.99831 off by 7 ulps: past the old atol=3e-7
 def test_softmax_lse_fast_and_plain_agree_with_float64(R, K, seed):
     x = (np.random.default_rng(seed).standard_normal((R, K)) * 8).astype(np.float32)
     x64 = x.astype(np.float64)
@@ -137,7 +138,9 @@ def test_softmax_lse_fast_and_plain_agree_with_float64(R, K, seed):
     lse_ref = (m + np.log(np.exp(x64 - m).sum(-1, keepdims=True)))[:, 0]
     for y, lse in both(lambda: kernels.softmax_lse(x)):
         np.testing.assert_allclose(lse, lse_ref, rtol=1e-6, atol=1e-5)
-        np.testing.assert_allclose(y, np.exp(x64 - lse_ref[:, None]), atol=3e-7)
+        # relative: exp32's few ulps, the row sum's rounding and 1/s; over 400 random
+        # cases the fast path's worst was 7.3 float32 epsilons (8.7e-7), near y = 1
+        np.testing.assert_allclose(y, np.exp(x64 - lse_ref[:, None]), rtol=1.5e-6, atol=1e-10)
 
 
 def test_adamw_fast_equals_plain_within_rounding():
