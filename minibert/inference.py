@@ -151,7 +151,7 @@ def attention_maps(model, tok, text, text_pair=None):
                           "attention_mask": np.ones((1, T), np.int64)})
     _, cache = encoder_forward(model.params, model.config, db["input_ids"], db["token_type_ids"],
                                db["attention_mask"], rng=None)
-    probs = np.stack([np.asarray(backend.to_host(cl.c_attn.probs_d[0]), np.float64)
+    probs = np.stack([np.asarray(backend.to_host(cl.c_attn.probs[0]), np.float64)
                       for cl in cache.c_layers])  # (L, A, T, T)
     return [tok.decode([i]) for i in ids], probs
 

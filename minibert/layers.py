@@ -206,18 +206,23 @@ def softmax_backward(dout, cache):
 
 
 class AttentionCache(NamedTuple):
-    """What attention_backward needs: q, k, v and the dropped probabilities for the two
-    batched products, each sub-op's own cache (the softmax's holds the score scale), and the
-    head count."""
+    """What attention_backward needs: q, k, v for the two batched products, each sub-op's
+    own cache (the softmax's holds the probabilities and the score scale, the dropout's its
+    mask), and the head count. The dropped probabilities are not kept: backward rebuilds
+    them from the probabilities and the mask."""
     c_qkv: tuple  # linear cache of the fused Q/K/V projection
     q: object  # (B, A, T, D)
     k: object  # (B, A, T, D)
     v: object  # (B, A, T, D)
-    probs_d: object  # (B, A, T, T) attention probabilities after dropout
-    c_soft: object  # softmax cache (its output)
+    c_soft: object  # softmax cache: its output, the probabilities (B, A, T, T), and the scale
     c_drop: object  # dropout cache (mask and scale, or None)
     c_o: tuple  # linear cache of the output projection
     num_heads: int  # A
+
+    @property
+    def probs(self):
+        """The attention probabilities (B, A, T, T), before dropout."""
+        return self.c_soft[0]
 
 
 def attention_forward(x, attn_bias, w_qkv, b_qkv, w_o, b_o, num_heads, p_drop=0.0, rng=None):
@@ -237,14 +242,18 @@ def attention_forward(x, attn_bias, w_qkv, b_qkv, w_o, b_o, num_heads, p_drop=0.
     ctx_h = backend.batched_matmul(probs_d, v)  # (B, A, T, D)
     ctx = ctx_h.transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H) heads side by side
     out, c_o = linear_forward(ctx, w_o, b_o)  # (B, T, H)
-    return out, AttentionCache(c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, A)
+    return out, AttentionCache(c_qkv, q, k, v, c_soft, c_drop, c_o, A)
 
 
 def attention_backward(dout, cache):
     xp = backend.xp
-    c_qkv, q, k, v, probs_d, c_soft, c_drop, c_o, A = cache  # see AttentionCache
+    c_qkv, q, k, v, c_soft, c_drop, c_o, A = cache  # see AttentionCache
     B, T, H = dout.shape
     D = H // A
+    # probs_d = dropout(probs) was not kept. With its mask fixed dropout is linear in its
+    # input, so its backward applied to probs is the forward again: x * keep * scale, the
+    # forward's bits (one (B, A, T, T) pass instead of a second array that size per layer)
+    probs_d = cache.probs if c_drop is None else dropout_backward(cache.probs, c_drop)[0]  # (B, A, T, T)
     # forward: out = ctx @ w_o + b_o
     dctx, dw_o, db_o = linear_backward(dout, c_o)  # (B, T, H)
     dctx_h = backend.batched_operand(dctx.reshape(B, T, A, D).transpose(0, 2, 1, 3))  # (B, A, T, D) as qkv_h
@@ -274,14 +283,18 @@ def attention_backward(dout, cache):
 def ffn_forward(x, w_fc, b_fc, w_proj, b_proj, approximate="none"):
     h, c_fc = linear_forward(x, w_fc, b_fc)  # (B, T, I)
     a, c_act = gelu_forward(h, approximate)  # (B, T, I)
-    out, c_proj = linear_forward(a, w_proj, b_proj)  # (B, T, H)
-    return out, (c_fc, c_act, c_proj)
+    out, _ = linear_forward(a, w_proj, b_proj)  # (B, T, H)
+    # backward needs a for dw_proj, but a is not kept: with h (in c_act) it would be the
+    # second of the layer's two largest arrays (B, T, I); backward recomputes it from h
+    return out, (c_fc, c_act, w_proj)
 
 
 def ffn_backward(dout, cache):
-    c_fc, c_act, c_proj = cache
+    c_fc, c_act, w_proj = cache
+    h, approximate = c_act
+    a, _ = gelu_forward(h, approximate)  # (B, T, I) the forward's a again, bit for bit
     # forward: out = a @ w_proj + b_proj
-    da, dw_proj, db_proj = linear_backward(dout, c_proj)  # (B, T, I)
+    da, dw_proj, db_proj = linear_backward(dout, (a, w_proj))  # (B, T, I)
     # forward: a = gelu(h)
     (dh,) = gelu_backward(da, c_act)  # (B, T, I)
     # forward: h = x @ w_fc + b_fc

@@ -235,7 +235,7 @@ class EncoderCache(NamedTuple):
     c_emb: tuple  # embedding lookup
     c_eln: tuple  # embedding LayerNorm
     c_edrop: object  # embedding dropout
-    c_layers: list  # one EncoderLayerCache per layer; c_layers[l].c_attn.probs_d holds layer l's attention
+    c_layers: list  # one EncoderLayerCache per layer; c_layers[l].c_attn.probs holds layer l's attention
     c_pool: tuple  # pooler (None for a model without one)
 
 
