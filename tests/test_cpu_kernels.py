@@ -128,6 +128,33 @@ def test_softmax_fast_and_plain_agree_with_float64(B, A, T, seed, masked):
             assert not ((y != 0) & (np.abs(y) < F32_TINY)).any()
 
 
+def test_softmax_rows_with_nan_or_inf_stay_non_finite_and_the_rest_are_exact():
+    """The compiled softmax takes its row max as an integer max of order-preserving keys;
+    a NaN of either sign, or +inf, must still make its row non-finite (the training loop's
+    non-finite check reads the loss that comes from it), -inf must count as a zero weight,
+    and the other rows must equal the float max's result: signed zeros, huge, tiny and
+    subnormal scores included, against the plain array code row by row."""
+    x = np.random.default_rng(3).standard_normal((8, 37)).astype(np.float32)
+    x[0, 5] = np.nan
+    x[1, 7] = np.uint32(0xFFC00000).view(np.float32)  # a NaN with its sign bit set
+    x[2, 3] = np.inf
+    x[3, 9] = -np.inf
+    x[4] = -0.0
+    x[4, ::3] = 0.0
+    x[5] = -3e38
+    x[5, 11] = -2e38
+    x[6] = np.float32(1e-40)  # subnormal
+    x[6, 2] = -1e-40
+    x[7] = -x[7] * 1e30
+    fast, plain = both(lambda: kernels.softmax_lse(x))
+    for y, lse in (fast, plain):
+        assert np.isnan(y[:3]).all(axis=1).all() and np.isnan(lse[:3]).all()
+        assert y[3, 9] == 0 and np.isfinite(y[3]).all()
+    np.testing.assert_allclose(fast[0][3:], plain[0][3:], rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(fast[1][3:], plain[1][3:], rtol=1e-6)
+    np.testing.assert_array_equal(fast[0][4], np.full(37, 1 / 37, np.float32))  # a row of zeros of both signs
+
+
 @settings(max_examples=20, deadline=None)
 @given(R=st.integers(1, 60), K=st.integers(1, 3000), seed=st.integers(0, 10**6))
 @example(R=4, K=149, seed=232)  # y = 0.99831 off by 7 ulps: past the old atol=3e-7
