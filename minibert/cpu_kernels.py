@@ -59,7 +59,7 @@ def exp32(x):
     # k = round(x / ln 2) + 128 > 0, so the conversion's truncation is the floor (np.floor
     # would be a call that stops LLVM from vectorizing the loop)
     k = np.int32(x * _F(1.4426950408889634) + _F(128.5))
-    n = _F(k - np.int32(128))
+    n = _F(np.int32(k - np.int32(128)))  # np.int32(): else Numba converts from int64 (int32 - int32 is int64 in Numba)
     r = x - n * _F(0.693145751953125)  # ln 2's high part: 16 significant bits, exact products
     r = r - n * _F(1.428606765330187e-06)  # and its low part
     p = _F(1.0 / 720.0)

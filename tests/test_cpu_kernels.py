@@ -146,7 +146,8 @@ def test_softmax_rows_with_nan_or_inf_stay_non_finite_and_the_rest_are_exact():
     x[6] = np.float32(1e-40)  # subnormal
     x[6, 2] = -1e-40
     x[7] = -x[7] * 1e30
-    fast, plain = both(lambda: kernels.softmax_lse(x))
+    with np.errstate(invalid="ignore"):  # the plain code's inf - inf, NaN - NaN
+        fast, plain = both(lambda: kernels.softmax_lse(x))
     for y, lse in (fast, plain):
         assert np.isnan(y[:3]).all(axis=1).all() and np.isnan(lse[:3]).all()
         assert y[3, 9] == 0 and np.isfinite(y[3]).all()
