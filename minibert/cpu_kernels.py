@@ -13,6 +13,7 @@ registers, and the rows (or elements) are shared between the host's two threads.
     adamw                           adamw_update_plain
     philox_uniform                  backend.philox_uniform_plain (bit for bit)
     dropout32                       kernels.dropout_plain (bit for bit)
+    dropout_backward32              kernels.dropout_backward_plain (bit for bit)
 
 exp32 is the one piece of hand-written math: a float32 exp that LLVM can vectorize (a call
 to libm's expf in the loop cannot be), so the exp-heavy loops (GELU, softmax) run on SIMD
@@ -305,6 +306,14 @@ def dropout32(x, p, scale, key0, key1, draw, first_row, out, keep, lo, hi):
             w = _philox(np.uint64(c), row, np.uint64(draw), np.uint64(0), k0, k1)
             for t in range(n - 4 * c):
                 _drop(xb, w[t], p, scale, kb, ob, 4 * c + t)
+
+
+@njit(**_JIT)
+def dropout_backward32(dout, keep, scale, dx, lo, hi):
+    """dx = dout * keep * scale for elements lo..hi-1 of flat float32 dout, dx and bool
+    keep: one pass (the array code makes two), rounded as the array code rounds it."""
+    for i in range(_U(lo), _U(hi)):
+        dx[i] = dout[i] * _F(keep[i]) * scale
 
 
 @njit(**_JIT)

@@ -357,8 +357,9 @@ def dropout_backward_plain(dout, keep, scale):
 
 
 def dropout_backward(dout, keep, scale):
-    """dropout_backward_plain's dx, bit for bit: one fused pass on the device; on the host
-    the same two array ops on each half of the elements, one half per thread."""
+    """dropout_backward_plain's dx, bit for bit: one fused pass on the device, a compiled
+    pass on the host in float32, else the same two array ops; on the host each half of the
+    elements on one thread."""
     fused = _fused("dropout_backward")
     if (fused is not None and dout.shape == keep.shape and keep.dtype == bool
             and dout.dtype in (numpy.float32, numpy.float64)):
@@ -366,6 +367,12 @@ def dropout_backward(dout, keep, scale):
     if (backend.xp is not numpy or dout.shape != keep.shape
             or not (dout.flags.c_contiguous and keep.flags.c_contiguous)):
         return dropout_backward_plain(dout, keep, scale)  # (...)
+    cpu = _cpu(dout)
+    if cpu is not None and keep.dtype == bool:
+        dx = backend.empty_apart(dout, dout)  # (...)
+        g, k, d, s = dout.reshape(-1), keep.reshape(-1), dx.reshape(-1), numpy.float32(scale)  # (n,) views
+        backend.split_run(lambda lo, hi: cpu.dropout_backward32(g, k, s, d, lo, hi), g.size, g.size)
+        return dx
     dx = numpy.empty(dout.shape, numpy.result_type(dout, keep))  # (...)
     g, k, d = dout.reshape(-1), keep.reshape(-1), dx.reshape(-1)  # (n,) views
 
