@@ -53,7 +53,7 @@ from minibert import backend
 
 use_fused = True  # False: the device runs the array code too (tests compare the two)
 # False: the host runs the array code in float32 too (tests compare the two). MINIBERT_NUMBA=0
-# in the environment starts with it off: no Numba import, ~150 MB less resident memory
+# in the environment starts with it off: no Numba import, ~120 MB less resident memory
 use_numba = os.environ.get("MINIBERT_NUMBA", "1").strip() != "0"
 _cpu_module = []  # [minibert.cpu_kernels] or [None] when Numba is missing: imported at first use
 

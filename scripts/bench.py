@@ -12,14 +12,16 @@
     python scripts/bench.py --preset mini --compare-torch --avx2   # both sides as on an AVX2-only CPU
 
 --avx2, on an AVX-512 CPU, runs both sides on AVX2 code, as on an AVX2-only machine (Haswell,
-AMD Zen 2/3): OpenBLAS's Haswell kernels and Numba's haswell target for minibert, MKL,
+AMD Zen 2/3): OpenBLAS's Haswell kernels and Numba's haswell target (with Haswell's own
+features, not the host's) for minibert, MKL,
 oneDNN and ATen capped at AVX2 for PyTorch. OPENBLAS_CORETYPE=Haswell alone slows minibert's
 GEMMs only: PyTorch's MKL and oneDNN would stay on AVX-512.
 
 --backend cupy runs minibert on CuPy and PyTorch on CUDA (both sides on the GPU); the bound
 child then measures cuBLAS. cuBLAS TF32 is off on both sides unless --tf32 (opt-in: it breaks
 the 1e-4 parity tolerance). The header names the machine: CPU model, its SIMD flags
-(avx512f/avx2), the BLAS kernel threadpoolctl reports, numexpr's threads, or the GPU.
+(avx512f/avx2), the BLAS kernel threadpoolctl reports, the target Numba compiles minibert's
+host loops for (its CPU model and vector instructions), or the GPU.
 
 Each implementation runs in its own child process launched by this one invocation, so its
 peak resident memory (ru_maxrss of the child, libraries included) is its own and both are
@@ -93,9 +95,11 @@ class BenchConfig:
 # --avx2: what each library reads to stay on AVX2 code, so that an AVX-512 machine runs
 # both sides as an AVX2-only CPU (Haswell, AMD Zen 2/3) would. OpenBLAS and Numba for
 # minibert; MKL (PyTorch's GEMMs), oneDNN and ATen's own vectorised kernels for PyTorch.
-# OPENBLAS_CORETYPE alone leaves PyTorch on AVX-512.
-AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "NUMBA_CPU_NAME": "haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-            "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+# OPENBLAS_CORETYPE alone leaves PyTorch on AVX-512. NUMBA_CPU_NAME alone leaves Numba on
+# AVX-512 too: it names the CPU model but keeps the host's features (avx512f included),
+# and LLVM then writes 512-bit code; an empty NUMBA_CPU_FEATURES takes Haswell's own.
+AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 # ----------------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ def peak_rss_mb():
 
 
 def machine_info():
-    """CPU model, which of avx512f/avx2 the CPU has, whether numexpr is installed."""
+    """CPU model and which of avx512f/avx2 the CPU has."""
     model, flags = "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -176,13 +180,26 @@ def machine_info():
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return {"cpu": model, "simd": [f for f in ("avx512f", "avx2") if f in flags] or ["neither avx512f nor avx2"]}
+
+
+def host_loop_target():
+    """What minibert's compiled host loops (minibert/cpu_kernels.py) are compiled for: Numba's
+    target CPU and its widest vector instructions, or why there are no compiled loops."""
+    from minibert import kernels
+    if not kernels.use_numba:
+        return "off (MINIBERT_NUMBA=0)"
     try:
-        import numexpr  # noqa: F401 (only whether it is there: kernels.py uses it when it is)
-        ne = True
+        import llvmlite.binding as llvm
+        from numba.core import config
     except ImportError:
-        ne = False
-    return {"cpu": model, "simd": [f for f in ("avx512f", "avx2") if f in flags] or ["neither avx512f nor avx2"],
-            "numexpr": ne}
+        return "off (Numba not installed)"
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    features = llvm.get_host_cpu_features().flatten() if config.CPU_FEATURES is None else config.CPU_FEATURES
+    if not features:  # NUMBA_CPU_FEATURES="": the named model's own features
+        return f"Numba {name} (its own features)"
+    simd = "AVX-512" if "+avx512f" in features.split(",") else "AVX2" if "+avx2" in features.split(",") else "no AVX2"
+    return f"Numba {name} ({simd})"
 
 
 def build_minibert(c):
@@ -231,6 +248,8 @@ def setup_minibert(c):
 
     def info():
         out = dict(impl="minibert", backend=backend.name, blas=blas_info(), numpy=np.__version__)
+        if backend.name == "numpy":
+            out["host_loops"] = host_loop_target()
         if backend.name == "cupy":
             import cupy
             out["peak_device_mb"] = cupy.get_default_memory_pool().total_bytes() / 2**20
@@ -668,10 +687,11 @@ def main():
     where = (f"GPU {results[0]['minibert'].get('gpu')} (cuBLAS, TF32 {'on' if a.tf32 else 'off'})"
              if a.backend == "cupy" else f"BLAS kernel {kernel}")
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} | {m['cpu']} | SIMD {'+'.join(m['simd'])} | {where} | "
-          f"threads {a.threads} | numexpr {'on' if m['numexpr'] else 'not installed'} | "
-          f"OPENBLAS_CORETYPE={_child_env(c).get('OPENBLAS_CORETYPE', '(unset)')} | "
+          f"threads {a.threads} | "
+          + (f"compiled loops {results[0]['minibert'].get('host_loops')} | " if a.backend == "numpy" else "")
+          + f"OPENBLAS_CORETYPE={_child_env(c).get('OPENBLAS_CORETYPE', '(unset)')} | "
           + (f"PyTorch CPU capability {results[0]['torch'].get('cpu_capability')} | " if "torch" in results[0] else "")
-          + (f"--avx2 ({', '.join(f'{k}={v}' for k, v in AVX2_ENV.items() if k != 'OPENBLAS_CORETYPE')}) | "
+          + (f"--avx2 ({', '.join(f'{k}={v!r}' for k, v in AVX2_ENV.items() if k != 'OPENBLAS_CORETYPE')}) | "
              if a.avx2 else "")
           + f"peak {results[0]['peak']['peak_flops'] / 1e9:.0f} GFLOP/s float32")
     print_table(results)
