@@ -84,12 +84,22 @@ def erf(x, out=None):
 def scatter_add(a, indices, values):
     """In place a[indices[i]] += values[i], accumulating repeated indices."""
     if xp is numpy and a.ndim == 2 and indices.ndim == 1 and indices.size:
-        # rows: sort the indices, sum each run of equal indices with one reduceat, then add
-        # once per distinct row (np.add.at adds row by row and is many times slower)
+        # rows: sort the indices, then add once per distinct row the sum of its run of equal
+        # indices (np.add.at adds row by row and is many times slower). A run of one row is
+        # that row; the longer runs are summed by one reduceat over their rows alone, which
+        # gives the bits of a reduceat over every run in a fifth of the time (most runs are
+        # one token: reduceat's cost is per run)
         order = numpy.argsort(indices, kind="stable")  # (N,)
         sorted_idx = indices[order]  # (N,)
-        starts = numpy.flatnonzero(numpy.r_[True, sorted_idx[1:] != sorted_idx[:-1]])  # (U,)
-        a[sorted_idx[starts]] += numpy.add.reduceat(values[order], starts, axis=0)  # (U, H)
+        first = numpy.r_[True, sorted_idx[1:] != sorted_idx[:-1]]  # (N,) where a run starts
+        starts = numpy.flatnonzero(first)  # (U,)
+        lengths = numpy.diff(numpy.r_[starts, indices.size])  # (U,)
+        one = lengths == 1  # (U,)
+        a[sorted_idx[starts[one]]] += values[order[starts[one]]]  # (U1, H)
+        if not one.all():
+            rows = numpy.repeat(~one, lengths)  # (N,) the rows of the longer runs
+            a[sorted_idx[starts[~one]]] += numpy.add.reduceat(values[order[rows]], numpy.flatnonzero(first[rows]),
+                                                              axis=0)  # (U - U1, H)
     elif xp is not numpy and a.ndim == 2 and indices.ndim == 1 and indices.size and a.flags.c_contiguous:
         # rows, on the device: the same sort, then one block per run of equal indices sums
         # the run's rows in order. xp.add.at's atomics add in whatever order the threads

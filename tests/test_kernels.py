@@ -200,6 +200,28 @@ def test_row_scatter_add_matches_add_at(N, V, H, seed):
     np.testing.assert_allclose(backend.to_host(a), ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.skipif(backend.name != "numpy", reason="the host's path")
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 2000), V=st.integers(1, 3000), H=st.integers(1, 300), hot=st.integers(0, 2000),
+       dtype=st.sampled_from(["float32", "float64"]), zero_start=st.booleans(), seed=st.integers(0, 10**6))
+def test_row_scatter_add_has_the_bits_of_one_reduceat_over_every_run(N, V, H, hot, dtype, zero_start, seed):
+    """The host adds runs of one row directly and sums only the longer runs with reduceat;
+    the result must be, bit for bit, the sort and one reduceat over every run (written out
+    here), the order whose float32 sums the default run's checkpoints were made with."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, V, N)
+    idx[:min(hot, N)] = rng.integers(0, min(3, V), min(hot, N))  # a few ids repeated many times, as [PAD] and '.'
+    vals = (rng.standard_normal((N, H)) * np.exp(3 * rng.standard_normal((N, 1)))).astype(dtype)
+    start = np.zeros((V, H), dtype) if zero_start else rng.standard_normal((V, H)).astype(dtype)
+    order = np.argsort(idx, kind="stable")
+    s = idx[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ref = start.copy()
+    ref[s[starts]] += np.add.reduceat(vals[order], starts, axis=0)
+    got = backend.scatter_add(start.copy(), idx, vals)
+    assert np.array_equal(got, ref) and np.array_equal(np.signbit(got), np.signbit(ref))
+
+
 @settings(max_examples=20, deadline=None)
 @given(N=st.integers(1, 3000), V=st.integers(1, 40), H=st.integers(1, 300), dtype=st.sampled_from(["float32", "float64"]),
        seed=st.integers(0, 10**6))
