@@ -198,7 +198,8 @@ def host_loop_target():
     features = llvm.get_host_cpu_features().flatten() if config.CPU_FEATURES is None else config.CPU_FEATURES
     if not features:  # NUMBA_CPU_FEATURES="": the named model's own features
         return f"Numba {name} (its own features)"
-    simd = "AVX-512" if "+avx512f" in features.split(",") else "AVX2" if "+avx2" in features.split(",") else "no AVX2"
+    flags = features.split(",")
+    simd = "AVX-512" if "+avx512f" in flags else "AVX2" if "+avx2" in flags else "no AVX2"
     return f"Numba {name} ({simd})"
 
 
