@@ -254,23 +254,29 @@ def attention_backward(dout, cache):
     # input, so its backward applied to probs is the forward again: x * keep * scale, the
     # forward's bits (one (B, A, T, T) pass instead of a second array that size per layer)
     probs_d = cache.probs if c_drop is None else dropout_backward(cache.probs, c_drop)[0]  # (B, A, T, T)
+    # dq, dk and dv are written straight into the (B, T, 3, A, D) layout of qkv, which undoes
+    # the forward's reshape and transpose
+    dqkv = xp.empty((B, T, 3 * H), dtype=dout.dtype)  # (B, T, 3H)
+    dqkv_h = dqkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
     # forward: out = ctx @ w_o + b_o
     dctx, dw_o, db_o = linear_backward(dout, c_o)  # (B, T, H)
     dctx_h = backend.batched_operand(dctx.reshape(B, T, A, D).transpose(0, 2, 1, 3))  # (B, A, T, D) as qkv_h
     # forward: ctx_h = probs_d @ v, so dprobs_d = dctx_h @ v^T and dv = probs_d^T @ dctx_h
     dprobs_d = backend.batched_matmul(dctx_h, v.transpose(0, 1, 3, 2))  # (B, A, T, T)
-    dv = backend.batched_matmul(probs_d.transpose(0, 1, 3, 2), dctx_h)  # (B, A, T, D)
+    backend.batched_matmul(probs_d.transpose(0, 1, 3, 2), dctx_h, out=dqkv_h[2])  # (B, A, T, D) dv
+    # each (B, A, T, T) temporary is let go once used: four alive at once were the peak of
+    # the whole training step
+    del probs_d
     # forward: probs_d = dropout(probs)
     (dprobs,) = dropout_backward(dprobs_d, c_drop)  # (B, A, T, T)
+    del dprobs_d
     # forward: probs = softmax(scores * scale + attn_bias); the scale is in dscores
     (dscores,) = softmax_backward(dprobs, c_soft)  # (B, A, T, T)
-    # forward: scores = q @ k^T, so dq = dscores @ k and dk = dscores^T @ q; both are written
-    # straight into the (B, T, 3, A, D) layout of qkv, which undoes the forward's reshape and transpose
-    dqkv = xp.empty((B, T, 3 * H), dtype=dout.dtype)  # (B, T, 3H)
-    dqkv_h = dqkv.reshape(B, T, 3, A, D).transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view
+    del dprobs
+    # forward: scores = q @ k^T, so dq = dscores @ k and dk = dscores^T @ q
     backend.batched_matmul(dscores, k, out=dqkv_h[0])
     backend.batched_matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv_h[1])
-    dqkv_h[2] = dv
+    del dscores
     # forward: qkv = x @ w_qkv + b_qkv
     dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)  # (B, T, H)
     return dx, dw_qkv, db_qkv, dw_o, db_o
@@ -295,6 +301,7 @@ def ffn_backward(dout, cache):
     a, _ = gelu_forward(h, approximate)  # (B, T, I) the forward's a again, bit for bit
     # forward: out = a @ w_proj + b_proj
     da, dw_proj, db_proj = linear_backward(dout, (a, w_proj))  # (B, T, I)
+    del a  # used: one (B, T, I) array fewer alive while dh is made
     # forward: a = gelu(h)
     (dh,) = gelu_backward(da, c_act)  # (B, T, I)
     # forward: h = x @ w_fc + b_fc
