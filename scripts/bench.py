@@ -30,7 +30,10 @@ large float32 matmul (the peak, same BLAS and threads) and the step's own matmul
 alone. All children stay alive and their steps are interleaved one by one (the order
 alternating), so all see the same machine load. Step times are medians over the timed
 steps, after warm-up; "paired" is the median over the interleaved pairs of torch's step
-time / minibert's. Only ratios from one run count: the machine is noisy.
+time / minibert's. "x bound" is minibert's step over its matmuls alone; "at bound" is
+torch's step over those matmuls: the ratio minibert would reach if nothing but its matmuls
+took time, the ceiling of its ratio on this BLAS. Only ratios from one run count: the
+machine is noisy.
 
 MFU counts the model's useful FLOPs per step (every matmul of the forward, twice that for
 the backward; the MLM decoder at the P labelled positions only, which is all the loss
@@ -591,7 +594,9 @@ def bench_one(c, compare_torch):
         pair = [b / a for a, b in zip(times["minibert"], times[k])]  # per interleaved pair
         t["ratios"] = dict(tokens_per_s=mb["tokens_per_s"] / t["tokens_per_s"],
                            tokens_per_s_paired_median=statistics.median(pair),
-                           peak_rss=mb["peak_rss_mb"] / t["peak_rss_mb"])
+                           peak_rss=mb["peak_rss_mb"] / t["peak_rss_mb"],
+                           # the ratio minibert would reach if all but its matmuls took no time
+                           at_bound=t["step_ms"] / mb["matmul_bound_ms"])
     if torch_kinds:  # the first attention's child is "torch", its ratios "ratios", as before
         result["torch"] = result.pop(torch_kinds[0])
         result["ratios"] = result["torch"].pop("ratios")
@@ -600,7 +605,7 @@ def bench_one(c, compare_torch):
 
 def print_table(results):
     head = (f"{'config':<7} {'impl':<11} {'step ms':>8} {'pos/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
-            f"{'bound ms':>8} {'x bound':>7} {'pos/s ratio':>11} {'paired':>6} {'RSS ratio':>9}")
+            f"{'bound ms':>8} {'x bound':>7} {'pos/s ratio':>11} {'paired':>6} {'at bound':>8} {'RSS ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -614,7 +619,8 @@ def print_table(results):
             rr = r.get("ratios") if kind == "minibert" else x.get("ratios")
             ratios = ""
             if rr:
-                ratios = f"{rr['tokens_per_s']:11.2f} {rr['tokens_per_s_paired_median']:6.2f} {rr['peak_rss']:9.2f}"
+                ratios = (f"{rr['tokens_per_s']:11.2f} {rr['tokens_per_s_paired_median']:6.2f} {rr['at_bound']:8.2f} "
+                          f"{rr['peak_rss']:9.2f}")
             label = kind if kind == "minibert" else f"torch/{x['attn']}"
             print(f"{name:<7} {label:<11} {x['step_ms']:8.1f} {x['tokens_per_s']:8.0f} {x['peak_rss_mb']:11.0f} "
                   f"{100 * x['mfu']:5.1f}% {bound} {ratios}")
