@@ -302,3 +302,34 @@ def test_dropout_refuses_a_rate_of_one():
     x = backend.to_device(np.ones((2, 3)))
     with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
         layers.dropout_forward(x, 1.0, backend.rng(0))
+
+
+def test_attention_backward_holds_at_most_two_score_sized_temporaries():
+    """The attention backward lets each (B, A, T, T) temporary go once used: at no time more
+    than two of them (with dqkv, dctx and the weight gradients) on top of what it was given.
+    Keeping the four it makes alive at once was the peak of the whole training step."""
+    import tracemalloc
+    from minibert import kernels
+    if backend.xp is not np or kernels._cpu() is None:
+        pytest.skip("host float32 with the compiled loops: the plain twins make temporaries of their own")
+    B, T, A, D = 2, 128, 2, 8  # T large against H, so the (B, A, T, T) arrays dominate
+    H = A * D
+    rng = np.random.default_rng(0)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    bias = np.zeros((B, 1, 1, T), np.float32)
+    _, cache = layers.attention_forward(f32(B, T, H), bias, f32(H, 3 * H), f32(3 * H), f32(H, H), f32(H), A, 0.1,
+                                        backend.rng(1))
+    dout = f32(B, T, H)
+    layers.attention_backward(dout, cache)  # warm: compiled loops loaded, pools started
+    score = B * A * T * T * 4  # bytes of one (B, A, T, T) float32 array
+    tracemalloc.start()
+    try:
+        entry = tracemalloc.get_traced_memory()[0]
+        layers.attention_backward(dout, cache)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # besides two score-sized arrays: dqkv (B, T, 3H), dctx and dx (B, T, H), the weight and
+    # bias gradients, and a quarter of a score array of slack (the old backward: 4.5 of them)
+    others = (B * T * (3 * H + 2 * H) + 4 * H * H + 4 * H) * 4
+    assert peak - entry < 2.25 * score + others, (peak - entry) / score
