@@ -3,7 +3,8 @@
 Both train on the same ~10 MB corpus (built at run time from real text on this machine: the
 Python standard library's sources) to the same vocabulary size with the same special tokens
 and min_frequency, then encode the same corpus (split into lines/documents for encode_batch).
-Figures are medians over --repeat runs; the per-run ratios show how much a busy machine moves them.
+Figures are medians over --repeat runs, the two sides taking turns to go first; the per-run
+ratios show how much a busy machine moves them.
 
     python scripts/bench_tokenizer.py --mb 10 --vocab-size 8192 --repeat 3
 """
@@ -84,7 +85,10 @@ def main() -> None:
         ByteLevelBPETokenizer = None
 
     results: dict[str, list[float]] = {}
-    for r in range(cfg.repeat):
+    tok = hf = n_tok = hf_tok = None
+
+    def run_minibert(r):
+        nonlocal tok, n_tok
         t, tok = timed(lambda: BPETokenizer.train_from_files(corpus, cfg.vocab_size, SPECIALS, cfg.min_frequency, progress=False))
         results.setdefault("minibert train s", []).append(t)
         tok.clear_cache()   # encoding starts cold, as Hugging Face's does
@@ -98,17 +102,24 @@ def main() -> None:
         long_word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(100_000))   # one pre-token
         t, _ = timed(lambda: tok.encode(long_word))
         results.setdefault("minibert 100k-char pre-token s", []).append(t)
-        if ByteLevelBPETokenizer is not None:
-            hf = ByteLevelBPETokenizer()
-            t, _ = timed(lambda: hf.train([str(corpus)], vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                          special_tokens=SPECIALS, show_progress=False))
-            results.setdefault("hf train s", []).append(t)
-            t, enc = timed(lambda: hf.encode_batch(docs))
-            results.setdefault("hf encode_batch s", []).append(t)
-            hf_tok = sum(len(e.ids) for e in enc)
-            del enc
-            t, _ = timed(lambda: hf.encode_batch(chunks))
-            results.setdefault("hf encode_batch chunks s", []).append(t)
+
+    def run_hf(r):
+        nonlocal hf, hf_tok
+        hf = ByteLevelBPETokenizer()
+        t, _ = timed(lambda: hf.train([str(corpus)], vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                      special_tokens=SPECIALS, show_progress=False))
+        results.setdefault("hf train s", []).append(t)
+        t, enc = timed(lambda: hf.encode_batch(docs))
+        results.setdefault("hf encode_batch s", []).append(t)
+        hf_tok = sum(len(e.ids) for e in enc)
+        del enc
+        t, _ = timed(lambda: hf.encode_batch(chunks))
+        results.setdefault("hf encode_batch chunks s", []).append(t)
+
+    sides = [run_minibert] + ([run_hf] if ByteLevelBPETokenizer is not None else [])
+    for r in range(cfg.repeat):
+        for run in (sides if r % 2 == 0 else sides[::-1]):   # the order alternates, as the machine drifts
+            run(r)
         print(f"run {r + 1}: " + " | ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()), flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
     mbps = {k: n_bytes / 1e6 / v for k, v in med.items() if "encode" in k}
