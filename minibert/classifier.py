@@ -17,11 +17,15 @@ code and in transformers.BertForSequenceClassification, whose dropout on the poo
 is classifier_dropout when set, else hidden_dropout_prob (minibert's config.dropout), and
 whose loss for num_labels == 1 is MSE (problem_type "regression").
 
-Parameters: the encoder's (model.encoder_param_shapes) plus "cls.w" (H, C) and "cls.b"
+Parameters: the encoder's (encoder.encoder_param_shapes) plus "cls.w" (H, C) and "cls.b"
 (C,). The classifier is drawn from its own seeded stream, N(0, initializer_range) weights
 and zero bias, so the same seed gives the same head whichever encoder it sits on.
 
-    model = BertForSequenceClassification.from_pretrained_run("runs/pretrain", num_labels=10)
+The encoder comes from the caller, who reads it where it lives: a minibert pretraining run
+(rundir.read_pretrained_encoder) or a Hugging Face directory (interop.load_hf_encoder_params).
+
+    config, encoder, _ = rundir.read_pretrained_encoder("runs/pretrain")
+    model = BertForSequenceClassification.from_encoder(config, encoder, num_labels=10)
     loss, grads = model.loss_and_grads({"input_ids": ..., "attention_mask": ..., "labels": y})
 """
 from typing import NamedTuple
@@ -31,11 +35,11 @@ import numpy as np  # host side only: input validation and seeded initialisation
 from minibert import backend
 from minibert.layers import dropout_backward, dropout_forward, linear_backward, linear_forward
 from minibert.losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
-from minibert.model import (
-    BertBase, EncoderCache, check_grads, check_params, encoder_backward, encoder_forward,
-    encoder_param_shapes, init_params, to_device_batch, validate_batch,
+from minibert.encoder import (
+    BertBase, EncoderCache, check_grads, check_params, encoder_backward, encoder_forward, encoder_param_shapes,
+    init_params, to_device_batch,
 )
-from minibert.rundir import read_pretrained_encoder
+from minibert.model import validate_batch
 
 
 # ----------------------------------------------------------------------------------------
@@ -95,7 +99,9 @@ class BertForSequenceClassification(BertBase):
     def from_encoder(cls, config, encoder_params, num_labels, seed=0):
         """The given encoder params (emb.*, layers.*, pool.*) and a fresh seeded head. An
         encoder without a pooler (from BertForMaskedLM) gets a fresh one, N(0,
-        initializer_range) from the stream [seed, 2], as transformers draws a missing pooler."""
+        initializer_range) from the stream [seed, 2], as transformers draws a missing pooler.
+        Any head of the checkpoint the encoder came from is left behind by the reader
+        (rundir.read_pretrained_encoder, interop.load_hf_encoder_params)."""
         _check_num_labels(num_labels)
         params = dict(encoder_params)
         if "pool.w" not in params:
@@ -104,22 +110,6 @@ class BertForSequenceClassification(BertBase):
         check_params(params, encoder_param_shapes(config), config.dtype)
         params.update(init_classifier(config, int(num_labels), seed))
         return cls(config, num_labels, seed=seed, params=params)
-
-    @classmethod
-    def from_pretrained_run(cls, run_dir, num_labels, seed=0, name="last", dtype=None):
-        """From a minibert pretraining run directory: its encoder, the MLM/NSP heads dropped,
-        a fresh classifier drawn from `seed`. Another kind of checkpoint is a CheckpointError."""
-        config, params, _ = read_pretrained_encoder(run_dir, name, dtype)
-        return cls.from_encoder(config, params, num_labels, seed)
-
-    @classmethod
-    def from_hf(cls, path, num_labels, seed=0, dtype="float32"):
-        """From a Hugging Face BERT directory (BertModel, BertForPreTraining, or a task model
-        whose encoder sits under "bert."), through minibert.interop; any head in the files
-        is ignored and a fresh classifier is drawn from `seed`."""
-        from minibert.interop import load_hf_encoder_params  # here, not at the top: interop imports this module
-        config, params = load_hf_encoder_params(path, dtype)
-        return cls.from_encoder(config, params, num_labels, seed)
 
     # -- forward / backward -----------------------------------------------------------
 

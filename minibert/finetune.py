@@ -269,7 +269,8 @@ def build_model(fc, num_labels):
             raise ValueError(f"{fc.init} holds no tokenizer minibert reads (vocab.txt, tokenizer.json): give --tokenizer, "
                              "the minibert tokenizer.json the model was trained with (e.g. the pretraining run's, for a "
                              "model exported with interop.save_hf)") from None
-        model = BertForSequenceClassification.from_hf(fc.init, num_labels, seed=fc.seed, dtype=fc.dtype)
+        config, params = interop.load_hf_encoder_params(fc.init, fc.dtype)  # any head in the files is left out
+        model = BertForSequenceClassification.from_encoder(config, params, num_labels, seed=fc.seed)
         what = f"Hugging Face weights {fc.init}"
     else:
         config, params, meta = rundir.read_pretrained_encoder(fc.init, fc.init_checkpoint, fc.dtype)

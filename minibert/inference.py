@@ -26,7 +26,8 @@ import re
 import numpy as np
 
 from minibert import backend, interop, rundir
-from minibert.model import IGNORE_INDEX, encoder_forward, pretraining_model, to_device_batch
+from minibert.encoder import encoder_forward, to_device_batch
+from minibert.model import IGNORE_INDEX, pretraining_model
 from minibert.rundir import PRETRAINING_KIND, load_run
 from minibert.tokenizer import SPECIAL_TOKENS
 from minibert.wordpiece import load_tokenizer

@@ -1,4 +1,4 @@
-"""BERT for pretraining (MLM + NSP, or MLM alone): config, parameters, forward and hand-written backward.
+"""BERT for pretraining (MLM + NSP, or MLM alone): config, batches, heads, forward and hand-written backward.
 
 Data flow, with the shape letters of minibert/layers.py (B batch, T tokens, H hidden,
 A heads, V vocabulary, P masked positions):
@@ -17,7 +17,8 @@ Three models share the encoder (each matches the `transformers` class of the sam
     BertForMaskedLM     encoder and MLM head, no pooler, no NSP; loss = MLM alone, and
                         batches need no next_sentence_label (Liu et al. 2019 found NSP unneeded)
     BertModel           encoder and pooler only: features, no loss (backward takes their gradients)
-The fine-tuning model, BertForSequenceClassification, is in classifier.py.
+The encoder itself (parameters, forward, backward, the BertBase scaffolding) is in
+encoder.py; the fine-tuning model, BertForSequenceClassification, is in classifier.py.
 
 Parameters live in `model.params`, a flat dict name -> array; gradients come back as a
 dict with the same keys and shapes. The word embedding is used twice (input lookup and MLM
@@ -26,14 +27,16 @@ decoder); its gradient is the sum of both contributions, added in each model's b
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
-import numpy as np  # host side only: input validation and seeded initialisation
+import numpy as np  # host side only: input validation
 
 from minibert import backend, kernels
+from minibert.encoder import (
+    BertBase, EncoderCache, check_grads, encoder_backward, encoder_forward, encoder_param_shapes, init_params,
+    report_ready, to_device_batch,
+)
 from minibert.layers import (
-    ENCODER_LAYER_PARAMS, MASK_VALUE, dropout_backward, dropout_forward, embedding_backward,
-    embedding_forward, encoder_layer_backward, encoder_layer_forward, gelu_approximation,
-    gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
-    linear_forward, pooler_backward, pooler_forward,
+    gelu_approximation, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
+    linear_forward,
 )
 from minibert.losses import cross_entropy_backward, cross_entropy_forward
 
@@ -92,25 +95,7 @@ class BertConfig:
 
 
 # ----------------------------------------------------------------------------------------
-# parameters
-
-
-def encoder_param_shapes(c, pooler=True):
-    """name -> shape for the embeddings, the encoder layers and (pooler=True) the pooler."""
-    H, I = c.hidden_size, c.intermediate_size
-    shapes = {
-        "emb.word": (c.vocab_size, H), "emb.pos": (c.max_position, H), "emb.type": (c.type_vocab_size, H),
-        "emb.ln.w": (H,), "emb.ln.b": (H,),
-    }
-    layer = {"attn.w_qkv": (H, 3 * H), "attn.b_qkv": (3 * H,), "attn.w_o": (H, H), "attn.b_o": (H,),
-             "ln1.w": (H,), "ln1.b": (H,), "ffn.w_fc": (H, I), "ffn.b_fc": (I,),
-             "ffn.w_proj": (I, H), "ffn.b_proj": (H,), "ln2.w": (H,), "ln2.b": (H,)}
-    assert tuple(layer) == ENCODER_LAYER_PARAMS
-    for l in range(c.num_layers):
-        shapes.update({f"layers.{l}.{k}": s for k, s in layer.items()})
-    if pooler:
-        shapes.update({"pool.w": (H, H), "pool.b": (H,)})
-    return shapes
+# parameters: the encoder's (encoder.encoder_param_shapes) and the heads'
 
 
 def mlm_head_shapes(c):
@@ -132,41 +117,6 @@ def masked_lm_param_shapes(c):
     shapes = encoder_param_shapes(c, pooler=False)
     shapes.update(mlm_head_shapes(c))
     return shapes
-
-
-def init_params(shapes, c, seed):
-    """BERT's initialisation: weights ~ N(0, initializer_range), biases 0, LayerNorm w 1.
-
-    Drawn on the host with NumPy so that a seed gives the same model on every backend.
-    """
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, shape in shapes.items():
-        leaf = name.rsplit(".", 1)[-1]
-        if name.split(".")[-2].startswith("ln"):
-            a = np.ones(shape) if leaf == "w" else np.zeros(shape)  # LayerNorm weight / bias
-        elif len(shape) == 1:
-            a = np.zeros(shape)  # biases
-        else:
-            a = rng.normal(0.0, c.initializer_range, size=shape)
-        params[name] = backend.to_device(a, dtype=c.dtype)
-    return params
-
-
-def check_params(params, shapes, dtype):
-    backend.check_keys(params, shapes, "params do not match the config")
-    for k, s in shapes.items():
-        if tuple(params[k].shape) != s:
-            raise ValueError(f"param {k!r} has shape {tuple(params[k].shape)}, the config expects {s}")
-        if params[k].dtype != np.dtype(dtype):
-            raise ValueError(f"param {k!r} has dtype {params[k].dtype}, the config expects {dtype}")
-
-
-def check_grads(params, grads):
-    """Gradients mirror params: same keys, same shapes (asserted once per step)."""
-    assert grads.keys() == params.keys(), sorted(set(grads) ^ set(params))
-    for k, g in grads.items():
-        assert g.shape == params[k].shape, (k, g.shape, params[k].shape)
 
 
 # ----------------------------------------------------------------------------------------
@@ -224,136 +174,6 @@ def validate_batch(batch, c, require_labels=True, nsp=True):
         if not np.isin(nsl, (0, 1)).all():
             raise ValueError("next_sentence_label must be 0 (B follows A) or 1 (random B)")
     return out
-
-
-# ----------------------------------------------------------------------------------------
-# the encoder shared by every BERT model: embeddings -> layers -> pooler
-
-
-class EncoderCache(NamedTuple):
-    """Each stage's cache, in forward order: what encoder_backward needs."""
-    c_emb: tuple  # embedding lookup
-    c_eln: tuple  # embedding LayerNorm
-    c_edrop: object  # embedding dropout
-    c_layers: list  # one EncoderLayerCache per layer; c_layers[l].c_attn.probs holds layer l's attention
-    c_pool: tuple  # pooler (None for a model without one)
-
-
-def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=None):
-    """Device arrays in; returns (sequence_output (B, T, H), pooled (B, H)), cache.
-
-    rng None means no dropout (evaluation). Without "pool.w" in params (BertForMaskedLM)
-    there is no pooler and pooled is None."""
-    dtype = params["emb.word"].dtype
-    B, T = input_ids.shape
-    # padded keys get MASK_VALUE added to their scores in every head and every query row
-    attn_bias = ((1.0 - attention_mask.astype(dtype)) * MASK_VALUE).reshape(B, 1, 1, T)  # (B, 1, 1, T)
-    emb, c_emb = embedding_forward(input_ids, token_type_ids, params["emb.word"], params["emb.pos"],
-                                   params["emb.type"])  # (B, T, H)
-    emb_ln, c_eln = layernorm_forward(emb, params["emb.ln.w"], params["emb.ln.b"], c.layer_norm_eps)  # (B, T, H)
-    x, c_edrop = dropout_forward(emb_ln, c.dropout, rng)  # (B, T, H) the input of layer 0
-    c_layers = []
-    for l in range(c.num_layers):
-        p = {k: params[f"layers.{l}.{k}"] for k in ENCODER_LAYER_PARAMS}
-        # x is the hidden state, layer l's input before and its output after
-        x, cl = encoder_layer_forward(x, attn_bias, p, c.num_heads, c.layer_norm_eps, c.hidden_act,
-                                      c.dropout, c.attention_dropout, rng)  # (B, T, H)
-        c_layers.append(cl)
-    pooled, c_pool = None, None
-    if "pool.w" in params:
-        pooled, c_pool = pooler_forward(x, params["pool.w"], params["pool.b"])  # (B, H)
-    return (x, pooled), EncoderCache(c_emb, c_eln, c_edrop, c_layers, c_pool)
-
-
-def encoder_backward(dseq, dpooled, cache, on_ready=None):
-    """Gradients of the encoder params from d(sequence_output) and d(pooled); either may be
-    None (no gradient arrives there), not both. A model without a pooler passes dpooled None.
-
-    on_ready(grads), when given, is called with each group of gradients as soon as it is
-    final (the pooler, then each layer from the top down, then the embedding LayerNorm and
-    the position and type tables), so a caller can start summing them over processes while
-    the backward continues below (distributed.py). The word embedding is left to the model,
-    which adds the MLM decoder's part first."""
-    c_emb, c_eln, c_edrop, c_layers, c_pool = cache  # see EncoderCache
-    g = {}
-    if dpooled is not None:
-        # forward: pooled = pooler(x); x also flows to the sequence output
-        dx, g["pool.w"], g["pool.b"] = pooler_backward(dpooled, c_pool)  # (B, T, H)
-        _ready(on_ready, g, ["pool.w", "pool.b"])
-        if dseq is not None:
-            dx += dseq
-    else:
-        dx = dseq  # (B, T, H) never written into: each backward returns fresh arrays
-    for l in reversed(range(len(c_layers))):
-        # forward: x = encoder_layer(x); dx is the gradient of the hidden state
-        dx, gl = encoder_layer_backward(dx, c_layers[l])  # (B, T, H)
-        g.update({f"layers.{l}.{k}": v for k, v in gl.items()})
-        _ready(on_ready, g, [f"layers.{l}.{k}" for k in gl])
-    # forward: x = dropout(emb_ln)
-    (demb_ln,) = dropout_backward(dx, c_edrop)  # (B, T, H)
-    # forward: emb_ln = LN(emb)
-    demb, g["emb.ln.w"], g["emb.ln.b"] = layernorm_backward(demb_ln, c_eln)  # (B, T, H)
-    # forward: emb = word[ids] + pos[:T] + type[type_ids]
-    g["emb.word"], g["emb.pos"], g["emb.type"] = embedding_backward(demb, c_emb)
-    _ready(on_ready, g, ["emb.ln.w", "emb.ln.b", "emb.pos", "emb.type"])
-    return g
-
-
-def _ready(on_ready, g, names):
-    """Hand the final gradients `names` of g to on_ready (None: nobody is listening)."""
-    if on_ready is not None:
-        on_ready({k: g[k] for k in names})
-
-
-def to_device_batch(b):
-    xp = backend.xp
-    return {k: xp.asarray(v) for k, v in b.items()}
-
-
-# ----------------------------------------------------------------------------------------
-# what both BERT models share
-
-
-class BertBase:
-    """The scaffolding of a BERT model: config, checked params, the dropout stream, and
-    loss_and_grads / predict on top of a subclass's forward and backward.
-
-    A subclass passes its params (drawn or given) and their expected shapes, and defines
-    forward(batch, train, rng) -> (out, cache) and backward(cache) -> grads.
-    """
-
-    def __init__(self, config, params, shapes, seed=0):
-        self.config = config
-        self.seed = seed
-        self.params = params
-        check_params(self.params, shapes, config.dtype)
-        self._dropout_calls = 0  # forwards that drew masks from the model's own stream
-
-    def num_parameters(self):
-        return sum(int(np.prod(p.shape)) for p in self.params.values())
-
-    def dropout_rng(self, train, rng=None):
-        """The random stream of a forward's dropout masks: None when there is no dropout
-        (evaluation or zero rates), rng when given, else the model's own: backend.rng keyed
-        by (seed, number of such forwards so far), one counter-based stream per sequence."""
-        c = self.config
-        if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
-            return None
-        if rng is None:
-            self._dropout_calls += 1
-            rng = backend.rng((self.seed, self._dropout_calls))
-        return rng
-
-    def loss_and_grads(self, batch, train=True, rng=None):
-        """(loss as a Python float, grads dict) for a labelled batch; see forward."""
-        out, cache = self.forward(batch, train=train, rng=rng)
-        if "loss" not in out:
-            raise ValueError("loss_and_grads needs batch['labels']")
-        return float(out["loss"]), self.backward(cache)
-
-    def predict(self, batch):
-        """Evaluation-mode forward (no dropout); the same `out` dict as forward."""
-        return self.forward(batch, train=False)[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -481,21 +301,21 @@ class BertForPreTraining(BertBase):
 
     def backward(self, cache, on_ready=None):
         """Gradients of out["loss"] w.r.t. every param: a dict with params' keys and shapes.
-        on_ready: called with each group of gradients once final (see encoder_backward)."""
+        on_ready: called with each group of gradients once final (see encoder.encoder_backward)."""
         p = self.params
         g = {}
         # forward: loss = mlm_loss + nsp_loss, so each receives gradient 1
         (dnsp_logits,) = cross_entropy_backward(1.0, cache.c_nsp_ce)  # (B, 2)
         dpooled, g["nsp.w"], g["nsp.b"] = linear_backward(dnsp_logits, cache.c_nsp)  # (B, H)
-        _ready(on_ready, g, ["nsp.w", "nsp.b"])
+        report_ready(on_ready, g, ["nsp.w", "nsp.b"])
         (dmlm_logits,) = cross_entropy_backward(1.0, cache.c_mlm_ce)  # (P, V)
         dseq, g_mlm, dword_decoder = mlm_head_backward(dmlm_logits, cache.c_mlm, p["emb.word"])  # (B, T, H)
         g.update(g_mlm)
-        _ready(on_ready, g, list(g_mlm))
+        report_ready(on_ready, g, list(g_mlm))
         g.update(encoder_backward(dseq, dpooled, cache.c_enc, on_ready))
         # the tied word embedding: input lookup + MLM decoder, summed here and only here
         g["emb.word"] += dword_decoder
-        _ready(on_ready, g, ["emb.word"])
+        report_ready(on_ready, g, ["emb.word"])
         check_grads(p, g)
         return g
 
@@ -541,16 +361,16 @@ class BertForMaskedLM(BertBase):
 
     def backward(self, cache, on_ready=None):
         """Gradients of out["loss"] w.r.t. every param: a dict with params' keys and shapes.
-        on_ready: called with each group of gradients once final (see encoder_backward)."""
+        on_ready: called with each group of gradients once final (see encoder.encoder_backward)."""
         p = self.params
         # forward: loss = mlm_loss
         (dmlm_logits,) = cross_entropy_backward(1.0, cache.c_mlm_ce)  # (P, V)
         dseq, g, dword_decoder = mlm_head_backward(dmlm_logits, cache.c_mlm, p["emb.word"])  # (B, T, H)
-        _ready(on_ready, g, list(g))
+        report_ready(on_ready, g, list(g))
         g.update(encoder_backward(dseq, None, cache.c_enc, on_ready))
         # the tied word embedding: input lookup + MLM decoder, summed here and only here
         g["emb.word"] += dword_decoder
-        _ready(on_ready, g, ["emb.word"])
+        report_ready(on_ready, g, ["emb.word"])
         check_grads(p, g)
         return g
 

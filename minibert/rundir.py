@@ -43,7 +43,8 @@ from minibert import backend
 from minibert.atomic import atomic_write
 from minibert.checkpoint import CheckpointError, check_tensors, load_checkpoint, save_checkpoint
 from minibert.checkpoint import read_meta as read_record_meta
-from minibert.model import BertConfig, encoder_param_shapes, pretraining_model
+from minibert.encoder import encoder_param_shapes
+from minibert.model import BertConfig, pretraining_model
 from minibert.wordpiece import load_tokenizer as read_tokenizer
 
 PRETRAINING_KIND = "minibert-pretraining"

@@ -25,7 +25,7 @@ from minibert.finetune import (
 from minibert.gradcheck import GradientCheckError, check_directional, check_gradients
 from minibert.losses import mse_backward, mse_forward
 from minibert.model import BertConfig, BertForPreTraining
-from minibert.rundir import CLASSIFICATION_KIND, read_meta
+from minibert.rundir import CLASSIFICATION_KIND, read_meta, read_pretrained_encoder
 from minibert.task_data import (
     Example, default_task, encode_example, label_ids, label_names_from, read_examples, split_examples,
     subsample_per_class,
@@ -360,7 +360,7 @@ def test_refusals(tmp_path, pretrained):
     ft = tmp_path / "ft"
     finetune(replace(base, train=str(good), out=str(ft), valid_fraction=0.25))
     with pytest.raises(CheckpointError, match="not a pretraining checkpoint.*'minibert-classification'"):
-        BertForSequenceClassification.from_pretrained_run(str(ft), 2)
+        read_pretrained_encoder(str(ft))
     with pytest.raises(CheckpointError, match="not a pretraining checkpoint"):
         finetune(replace(base, init=str(ft), train=str(good), out=str(tmp_path / "6")))
     with pytest.raises(CheckpointError, match="not a fine-tuned classifier.*'minibert-pretraining'"):
@@ -417,7 +417,8 @@ def test_resume_after_interruption_is_exact(tmp_path, pretrained, monkeypatch):
 def test_random_init_keeps_shape_and_tokenizer(pretrained):
     fc = FinetuneConfig(init=pretrained, random_init=True, max_length=32)
     a, tok_a, what = build_model(fc, 3)
-    b = BertForSequenceClassification.from_pretrained_run(pretrained, 3)
+    config, encoder, _ = read_pretrained_encoder(pretrained)
+    b = BertForSequenceClassification.from_encoder(config, encoder, 3)
     assert "random" in what and a.config == b.config and a.params.keys() == b.params.keys()
     assert not np.array_equal(a.params["emb.word"], b.params["emb.word"])
     assert np.array_equal(a.params["cls.w"], b.params["cls.w"])  # the same head: the runs differ by the encoder only

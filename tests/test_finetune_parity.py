@@ -83,12 +83,13 @@ def test_logits_loss_and_every_gradient_match(num_labels):
 def test_from_hf_directory(tmp_path):
     hf = hf_classifier(3, seed=1).float()
     hf.save_pretrained(tmp_path)
-    model = BertForSequenceClassification.from_hf(str(tmp_path), num_labels=5, seed=4)
+    config, encoder = interop.load_hf_encoder_params(str(tmp_path))
+    model = BertForSequenceClassification.from_encoder(config, encoder, num_labels=5, seed=4)
     ref = minibert_from_hf(hf.double())
     for k in ref.params:
         if not k.startswith("cls."):
             assert np.allclose(backend.to_host(model.params[k]), backend.to_host(ref.params[k]), rtol=0, atol=1e-7), k
     # the head in the files (3 labels) is ignored: a fresh, seeded one for 5 labels
     assert model.params["cls.w"].shape == (16, 5) and float(abs(model.params["cls.b"]).sum()) == 0
-    again = BertForSequenceClassification.from_hf(str(tmp_path), num_labels=5, seed=4)
+    again = BertForSequenceClassification.from_encoder(*interop.load_hf_encoder_params(str(tmp_path)), 5, seed=4)
     assert np.array_equal(model.params["cls.w"], again.params["cls.w"])

@@ -167,7 +167,9 @@ def test_a_missing_head_is_named(tmp_path):
 def test_fine_tuning_from_a_masked_lm_draws_a_pooler(tmp_path):
     """transformers' BertForMaskedLM has no pooler; a classifier from it gets a fresh one."""
     path = _saved(tmp_path, "BertForMaskedLM", seed=4)
-    clf = BertForSequenceClassification.from_hf(str(path), num_labels=2, seed=5)
+    config, encoder = interop.load_hf_encoder_params(str(path))
+    assert "pool.w" not in encoder
+    clf = BertForSequenceClassification.from_encoder(config, encoder, num_labels=2, seed=5)
     ref = interop.load_hf_model(path, dtype="float32")
     assert clf.params["pool.w"].shape == (H, H) and float(abs(clf.params["pool.w"]).max()) > 0
     assert np.array_equal(backend.to_host(clf.params["layers.1.ffn.w_fc"]), backend.to_host(ref.params["layers.1.ffn.w_fc"]))

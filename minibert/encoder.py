@@ -1,0 +1,215 @@
+"""The BERT encoder every model shares: its parameters, its forward and hand-written
+backward, and the scaffolding of a model (BertBase) that the task models build on.
+
+Data flow, with the shape letters of minibert/layers.py (B batch, T tokens, H hidden):
+
+    input_ids, token_type_ids (B, T)
+      -> embeddings: word + position + token type, LayerNorm, dropout     (B, T, H)
+      -> L post-LN encoder layers (self-attention, feed-forward)          (B, T, H)
+      -> pooler: tanh(dense(h[:, 0]))                                     (B, H)
+
+This is BERT's encoder (Devlin et al. 2019, section 3: the Transformer encoder of Vaswani
+et al. 2017 with learned positions and token types), as in transformers' BertModel.
+The models on top of it, each with its heads, are in model.py (BertForPreTraining,
+BertForMaskedLM, BertModel) and classifier.py (BertForSequenceClassification).
+
+Parameters live in a flat dict name -> array; gradients come back as a dict with the same
+keys and shapes. The word embedding's gradient from the input lookup is returned here; a
+model with a tied MLM decoder adds the decoder's part in its backward.
+"""
+from typing import NamedTuple
+
+import numpy as np  # host side only: seeded initialisation and parameter checks
+
+from minibert import backend
+from minibert.layers import (
+    ENCODER_LAYER_PARAMS, MASK_VALUE, dropout_backward, dropout_forward, embedding_backward,
+    embedding_forward, encoder_layer_backward, encoder_layer_forward, layernorm_backward, layernorm_forward,
+    pooler_backward, pooler_forward,
+)
+
+
+# ----------------------------------------------------------------------------------------
+# parameters
+
+
+def encoder_param_shapes(c, pooler=True):
+    """name -> shape for the embeddings, the encoder layers and (pooler=True) the pooler."""
+    H, I = c.hidden_size, c.intermediate_size
+    shapes = {
+        "emb.word": (c.vocab_size, H), "emb.pos": (c.max_position, H), "emb.type": (c.type_vocab_size, H),
+        "emb.ln.w": (H,), "emb.ln.b": (H,),
+    }
+    layer = {"attn.w_qkv": (H, 3 * H), "attn.b_qkv": (3 * H,), "attn.w_o": (H, H), "attn.b_o": (H,),
+             "ln1.w": (H,), "ln1.b": (H,), "ffn.w_fc": (H, I), "ffn.b_fc": (I,),
+             "ffn.w_proj": (I, H), "ffn.b_proj": (H,), "ln2.w": (H,), "ln2.b": (H,)}
+    assert tuple(layer) == ENCODER_LAYER_PARAMS
+    for l in range(c.num_layers):
+        shapes.update({f"layers.{l}.{k}": s for k, s in layer.items()})
+    if pooler:
+        shapes.update({"pool.w": (H, H), "pool.b": (H,)})
+    return shapes
+
+def init_params(shapes, c, seed):
+    """BERT's initialisation: weights ~ N(0, initializer_range), biases 0, LayerNorm w 1.
+
+    Drawn on the host with NumPy so that a seed gives the same model on every backend.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in shapes.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if name.split(".")[-2].startswith("ln"):
+            a = np.ones(shape) if leaf == "w" else np.zeros(shape)  # LayerNorm weight / bias
+        elif len(shape) == 1:
+            a = np.zeros(shape)  # biases
+        else:
+            a = rng.normal(0.0, c.initializer_range, size=shape)
+        params[name] = backend.to_device(a, dtype=c.dtype)
+    return params
+
+
+def check_params(params, shapes, dtype):
+    backend.check_keys(params, shapes, "params do not match the config")
+    for k, s in shapes.items():
+        if tuple(params[k].shape) != s:
+            raise ValueError(f"param {k!r} has shape {tuple(params[k].shape)}, the config expects {s}")
+        if params[k].dtype != np.dtype(dtype):
+            raise ValueError(f"param {k!r} has dtype {params[k].dtype}, the config expects {dtype}")
+
+
+def check_grads(params, grads):
+    """Gradients mirror params: same keys, same shapes (asserted once per step)."""
+    assert grads.keys() == params.keys(), sorted(set(grads) ^ set(params))
+    for k, g in grads.items():
+        assert g.shape == params[k].shape, (k, g.shape, params[k].shape)
+
+
+# ----------------------------------------------------------------------------------------
+# the encoder shared by every BERT model: embeddings -> layers -> pooler
+
+
+class EncoderCache(NamedTuple):
+    """Each stage's cache, in forward order: what encoder_backward needs."""
+    c_emb: tuple  # embedding lookup
+    c_eln: tuple  # embedding LayerNorm
+    c_edrop: object  # embedding dropout
+    c_layers: list  # one EncoderLayerCache per layer; c_layers[l].c_attn.probs holds layer l's attention
+    c_pool: tuple  # pooler (None for a model without one)
+
+
+def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=None):
+    """Device arrays in; returns (sequence_output (B, T, H), pooled (B, H)), cache.
+
+    rng None means no dropout (evaluation). Without "pool.w" in params (BertForMaskedLM)
+    there is no pooler and pooled is None."""
+    dtype = params["emb.word"].dtype
+    B, T = input_ids.shape
+    # padded keys get MASK_VALUE added to their scores in every head and every query row
+    attn_bias = ((1.0 - attention_mask.astype(dtype)) * MASK_VALUE).reshape(B, 1, 1, T)  # (B, 1, 1, T)
+    emb, c_emb = embedding_forward(input_ids, token_type_ids, params["emb.word"], params["emb.pos"],
+                                   params["emb.type"])  # (B, T, H)
+    emb_ln, c_eln = layernorm_forward(emb, params["emb.ln.w"], params["emb.ln.b"], c.layer_norm_eps)  # (B, T, H)
+    x, c_edrop = dropout_forward(emb_ln, c.dropout, rng)  # (B, T, H) the input of layer 0
+    c_layers = []
+    for l in range(c.num_layers):
+        p = {k: params[f"layers.{l}.{k}"] for k in ENCODER_LAYER_PARAMS}
+        # x is the hidden state, layer l's input before and its output after
+        x, cl = encoder_layer_forward(x, attn_bias, p, c.num_heads, c.layer_norm_eps, c.hidden_act,
+                                      c.dropout, c.attention_dropout, rng)  # (B, T, H)
+        c_layers.append(cl)
+    pooled, c_pool = None, None
+    if "pool.w" in params:
+        pooled, c_pool = pooler_forward(x, params["pool.w"], params["pool.b"])  # (B, H)
+    return (x, pooled), EncoderCache(c_emb, c_eln, c_edrop, c_layers, c_pool)
+
+
+def encoder_backward(dseq, dpooled, cache, on_ready=None):
+    """Gradients of the encoder params from d(sequence_output) and d(pooled); either may be
+    None (no gradient arrives there), not both. A model without a pooler passes dpooled None.
+
+    on_ready(grads), when given, is called with each group of gradients as soon as it is
+    final (the pooler, then each layer from the top down, then the embedding LayerNorm and
+    the position and type tables), so a caller can start summing them over processes while
+    the backward continues below (distributed.py). The word embedding is left to the model,
+    which adds the MLM decoder's part first."""
+    c_emb, c_eln, c_edrop, c_layers, c_pool = cache  # see EncoderCache
+    g = {}
+    if dpooled is not None:
+        # forward: pooled = pooler(x); x also flows to the sequence output
+        dx, g["pool.w"], g["pool.b"] = pooler_backward(dpooled, c_pool)  # (B, T, H)
+        report_ready(on_ready, g, ["pool.w", "pool.b"])
+        if dseq is not None:
+            dx += dseq
+    else:
+        dx = dseq  # (B, T, H) never written into: each backward returns fresh arrays
+    for l in reversed(range(len(c_layers))):
+        # forward: x = encoder_layer(x); dx is the gradient of the hidden state
+        dx, gl = encoder_layer_backward(dx, c_layers[l])  # (B, T, H)
+        g.update({f"layers.{l}.{k}": v for k, v in gl.items()})
+        report_ready(on_ready, g, [f"layers.{l}.{k}" for k in gl])
+    # forward: x = dropout(emb_ln)
+    (demb_ln,) = dropout_backward(dx, c_edrop)  # (B, T, H)
+    # forward: emb_ln = LN(emb)
+    demb, g["emb.ln.w"], g["emb.ln.b"] = layernorm_backward(demb_ln, c_eln)  # (B, T, H)
+    # forward: emb = word[ids] + pos[:T] + type[type_ids]
+    g["emb.word"], g["emb.pos"], g["emb.type"] = embedding_backward(demb, c_emb)
+    report_ready(on_ready, g, ["emb.ln.w", "emb.ln.b", "emb.pos", "emb.type"])
+    return g
+
+
+def report_ready(on_ready, g, names):
+    """Hand the final gradients `names` of g to on_ready (None: nobody is listening)."""
+    if on_ready is not None:
+        on_ready({k: g[k] for k in names})
+
+
+def to_device_batch(b):
+    xp = backend.xp
+    return {k: xp.asarray(v) for k, v in b.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# what every BERT model shares
+
+
+class BertBase:
+    """The scaffolding of a BERT model: config, checked params, the dropout stream, and
+    loss_and_grads / predict on top of a subclass's forward and backward.
+
+    A subclass passes its params (drawn or given) and their expected shapes, and defines
+    forward(batch, train, rng) -> (out, cache) and backward(cache) -> grads.
+    """
+
+    def __init__(self, config, params, shapes, seed=0):
+        self.config = config
+        self.seed = seed
+        self.params = params
+        check_params(self.params, shapes, config.dtype)
+        self._dropout_calls = 0  # forwards that drew masks from the model's own stream
+
+    def num_parameters(self):
+        return sum(int(np.prod(p.shape)) for p in self.params.values())
+
+    def dropout_rng(self, train, rng=None):
+        """The random stream of a forward's dropout masks: None when there is no dropout
+        (evaluation or zero rates), rng when given, else the model's own: backend.rng keyed
+        by (seed, number of such forwards so far), one counter-based stream per sequence."""
+        c = self.config
+        if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
+            return None
+        if rng is None:
+            self._dropout_calls += 1
+            rng = backend.rng((self.seed, self._dropout_calls))
+        return rng
+
+    def loss_and_grads(self, batch, train=True, rng=None):
+        """(loss as a Python float, grads dict) for a labelled batch; see forward."""
+        out, cache = self.forward(batch, train=train, rng=rng)
+        if "loss" not in out:
+            raise ValueError("loss_and_grads needs batch['labels']")
+        return float(out["loss"]), self.backward(cache)
+
+    def predict(self, batch):
+        """Evaluation-mode forward (no dropout); the same `out` dict as forward."""
+        return self.forward(batch, train=False)[0]
