@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of minibert's CuPy path (issue 13), as one script on a CUDA machine with
+# The GPU checks of minibert's CuPy path, as one script on a CUDA machine with
 # CuPy, and PyTorch with CUDA for the comparison (both sides on the GPU):
 #
 #   suite       the whole suite under MINIBERT_BACKEND=cupy (on several workers when
@@ -12,9 +12,9 @@
 #               H=768, T=128, V=30522) with a batch of 64: pos/s, MFU against a measured cuBLAS
 #               float32 peak, device memory; TF32 off on both sides; PyTorch with its sdpa and
 #               its eager attention, both in the same run
-#   profile     scripts/bench.py --profile-ops on the same model: the device time of each op
-#               (CUDA events), and the host's time to issue the step beside the device's
-#   trace       scripts/bench.py --profile-kernels: every CUDA kernel of minibert's step and of
+#   profile     scripts/profile_step.py --profile-ops on the same model: the device time of each
+#               op (CUDA events), and the host's time to issue the step beside the device's
+#   trace       scripts/profile_step.py --profile-kernels: every CUDA kernel of minibert's step and of
 #               PyTorch's (both attentions), from torch.profiler's CUPTI trace (needs torch)
 #   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 3,500 steps of the
 #               tiny preset on the embedded corpus)
@@ -67,10 +67,12 @@ stage suite 150 env MINIBERT_BACKEND=cupy $PY -m pytest -p no:cacheprovider -rs 
 TORCH_CUDA=$($PY -c "import torch, transformers; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 COMPARE=()
 [ "$TORCH_CUDA" = 1 ] && COMPARE=(--compare-torch --torch-attn sdpa,eager)
-BENCH=($PY scripts/bench.py --backend cupy --preset base -V 30522 -B 64 --steps 10 --warmup 3)
+MODEL=(--backend cupy --preset base -V 30522 -B 64)
+BENCH=($PY scripts/bench.py "${MODEL[@]}" --steps 10 --warmup 3)
 stage bench_base 120 "${BENCH[@]}" "${COMPARE[@]}"
-stage profile 60 "${BENCH[@]}" --steps 5 --warmup 2 --profile-ops
-[ "$TORCH_CUDA" = 1 ] && stage trace 120 "${BENCH[@]}" --steps 3 --warmup 2 --profile-kernels "${COMPARE[@]}"
+stage profile 60 $PY scripts/profile_step.py "${MODEL[@]}" --steps 5 --warmup 2 --profile-ops
+[ "$TORCH_CUDA" = 1 ] && stage trace 120 $PY scripts/profile_step.py "${MODEL[@]}" --steps 3 --warmup 2 \
+    --profile-kernels "${COMPARE[@]}"
 
 rm -rf /tmp/gpu_check_pretrain
 stage pretrain 150 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend cupy --out /tmp/gpu_check_pretrain
