@@ -51,7 +51,8 @@ def _check_name(name):
         raise ValueError(f"checkpoint name must be a plain file name, got {name!r}")
 
 
-def _json_path(directory, name):
+def record_path(directory, name):
+    """DIRECTORY/NAME.json, the commit record of checkpoint NAME: the one place its file name is spelled."""
     return os.path.join(directory, name + ".json")
 
 
@@ -111,7 +112,7 @@ def save_checkpoint(directory, name, params, optim_tensors, meta):
         "optim": list(optim_tensors),
         "meta": meta,
     }
-    atomic_write(_json_path(directory, name), json.dumps(record, indent=1))  # the commit
+    atomic_write(record_path(directory, name), json.dumps(record, indent=1))  # the commit
 
     # committed: tensor files of earlier saves (or of crashed ones) are garbage now
     stale, tmp_re = _tensor_file_re(name), _tmp_file_re(name)
@@ -121,18 +122,18 @@ def save_checkpoint(directory, name, params, optim_tensors, meta):
                 os.remove(os.path.join(directory, entry))
             except OSError:
                 pass  # a leftover costs disk space, not correctness
-    return _json_path(directory, name)
+    return record_path(directory, name)
 
 
 def checkpoint_exists(directory, name):
     """True when the commit record NAME.json exists (load_checkpoint then validates it)."""
-    return os.path.isfile(_json_path(directory, name))
+    return os.path.isfile(record_path(directory, name))
 
 
 def _read_record(directory, name):
     """The validated commit record NAME.json (a dict); CheckpointError naming the file."""
     _check_name(name)
-    jpath = _json_path(directory, name)
+    jpath = record_path(directory, name)
     try:
         with open(jpath, encoding="utf-8") as f:
             text = f.read()
@@ -183,7 +184,7 @@ def load_checkpoint(directory, name, expect_params=None):
     Raises CheckpointError, naming the file, when anything is missing or does not check out.
     """
     record = _read_record(directory, name)
-    jpath = _json_path(directory, name)
+    jpath = record_path(directory, name)
     tpath = os.path.join(directory, record["tensors_file"])
     try:
         sha, nbytes = _sha256_file(tpath)

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from minibert import backend, interop, rundir
-from minibert.checkpoint import checkpoint_exists
+from minibert.checkpoint import checkpoint_exists, record_path
 from minibert.classifier import BertForSequenceClassification
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
 from minibert.optim import AdamW, clip_grad_norm, lr_at
@@ -329,10 +329,10 @@ def finetune(fc):
 def _finetune(fc):
     t_start = time.time()
     if checkpoint_exists(fc.out, "last") and not (fc.overwrite or fc.resume):
-        raise ValueError(f"{fc.out} already holds a run (last.json): pass --resume to continue it, choose another "
-                         f"--out, or pass --overwrite to replace it")
+        raise ValueError(f"{fc.out} already holds a run ({record_path(fc.out, 'last')} exists): pass --resume to continue it, "
+                         "choose another --out, or pass --overwrite to replace it")
     if fc.resume and not checkpoint_exists(fc.out, "last"):
-        raise ValueError(f"--resume: no checkpoint {fc.out}/last.json to resume from")
+        raise ValueError(f"--resume: no checkpoint {record_path(fc.out, 'last')} to resume from")
 
     train, val, names, data_what = load_data(fc)
     num_labels = 1 if fc.regression else len(names)

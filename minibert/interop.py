@@ -5,7 +5,7 @@ transformers writes them. Tensors are read and written with safetensors.numpy; n
 unpickled: a directory with only pytorch_model.bin (a pickle, which can run any code when
 loaded) is refused with the one-line conversion to safetensors.
 
-Checkpoint kinds (KINDS), named by the transformers class, each read into the minibert
+Checkpoint kinds (HF_KINDS), named by the transformers class, each read into the minibert
 class of the same name, and each written back so that class loads it with no missing or
 unexpected weights:
 
@@ -73,19 +73,20 @@ import safetensors.numpy
 
 from minibert import backend, rundir
 from minibert.atomic import atomic_write
+from minibert.checkpoint import checkpoint_exists
 from minibert.classifier import BertForSequenceClassification, classifier_param_shapes
 from minibert.model import (
     BertConfig, BertForMaskedLM, BertForPreTraining, BertModel, encoder_param_shapes, masked_lm_param_shapes,
     pretraining_model, pretraining_param_shapes,
 )
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# the files of a transformers directory, besides its config.json (rundir.CONFIG_FILE)
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 # checkpoint kind (the transformers class) -> (minibert class, what its files hold)
-KINDS = {
+HF_KINDS = {
     "BertForPreTraining": (BertForPreTraining, "encoder, pooler, MLM head and NSP head"),
     "BertForMaskedLM": (BertForMaskedLM, "encoder and MLM head, no pooler or NSP head"),
     "BertModel": (BertModel, "encoder and pooler, no head"),
@@ -206,8 +207,8 @@ def to_hf_state_dict(model, tensors=None):
 
 def param_shapes(kind, config, num_labels=None):
     """name -> shape of the minibert model for checkpoint KIND."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r}: minibert reads {sorted(KINDS)}")
+    if kind not in HF_KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}: minibert reads {sorted(HF_KINDS)}")
     if kind == "BertForSequenceClassification":
         return classifier_param_shapes(config, num_labels)
     return {"BertForPreTraining": pretraining_param_shapes, "BertForMaskedLM": masked_lm_param_shapes,
@@ -249,7 +250,7 @@ def _canonical_state(state, check_tied=True):
 def from_hf_state_dict(state, config, heads=True, kind=None, num_labels=None):
     """minibert params (device arrays of config.dtype) from an HF state dict (name -> array).
 
-    kind (KINDS): the params of that model; every key must be used, except the heads that
+    kind (HF_KINDS): the params of that model; every key must be used, except the heads that
     kind drops (loading a richer checkpoint as a poorer kind). kind None: heads=True is
     BertForPreTraining; heads=False the encoder params only (emb.*, layers.*, pool.*), keys
     outside "bert." (any task head) ignored, unknown keys inside it still raising. Raises
@@ -378,9 +379,9 @@ def config_to_hf(c, architectures=("BertForPreTraining",), label_names=None):
 
 def _read_config(path, dtype):
     """(the HF config dict, the minibert BertConfig) from path/config.json."""
-    fn = os.path.join(path, CONFIG_NAME)
+    fn = os.path.join(path, rundir.CONFIG_FILE)
     if not os.path.isfile(fn):
-        raise ValueError(f"{path!r} has no {CONFIG_NAME}")
+        raise ValueError(f"{path!r} has no {rundir.CONFIG_FILE}")
     with open(fn) as f:
         d = json.load(f)
     try:
@@ -391,23 +392,23 @@ def _read_config(path, dtype):
 
 def _read_weights(path):
     """name -> host array from model.safetensors or the shards its index lists."""
-    single, index = os.path.join(path, WEIGHTS_NAME), os.path.join(path, WEIGHTS_INDEX_NAME)
+    single, index = os.path.join(path, WEIGHTS_FILE), os.path.join(path, WEIGHTS_INDEX_FILE)
     if os.path.isfile(single):
         files = [single]
     elif os.path.isfile(index):
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         files = [os.path.join(path, s) for s in shards]
-    elif any(os.path.isfile(os.path.join(path, n)) for n in PICKLE_NAMES):
+    elif any(os.path.isfile(os.path.join(path, n)) for n in PICKLE_FILES):
         raise ValueError(
-            f"{path} holds pytorch_model.bin, a Python pickle, and no {WEIGHTS_NAME}. minibert never unpickles: "
+            f"{path} holds pytorch_model.bin, a Python pickle, and no {WEIGHTS_FILE}. minibert never unpickles: "
             "loading a pickle can run any code its author put in it. Convert it once, with transformers, on a "
             "checkpoint you trust: python -c \"import transformers as t; "
             f"t.AutoModelForPreTraining.from_pretrained('{path}').save_pretrained('{path}')\" "
             "(save_pretrained writes model.safetensors; use AutoModel for an encoder-only checkpoint, "
             "AutoModelForSequenceClassification for a classifier)")
     else:
-        raise ValueError(f"{path!r} has no {WEIGHTS_NAME} (minibert reads safetensors only, never pickled "
+        raise ValueError(f"{path!r} has no {WEIGHTS_FILE} (minibert reads safetensors only, never pickled "
                          "pytorch_model.bin; convert with transformers' save_pretrained)")
     state = {}
     for fn in files:
@@ -421,9 +422,9 @@ def _read_weights(path):
 def is_hf_dir(path):
     """True for a directory transformers wrote (config.json and weights, of any format), False
     for a minibert run directory (whose checkpoints are NAME.json records) or anything else."""
-    if not os.path.isfile(os.path.join(path, CONFIG_NAME)) or os.path.isfile(os.path.join(path, "last.json")):
+    if not os.path.isfile(os.path.join(path, rundir.CONFIG_FILE)) or checkpoint_exists(path, "last"):
         return False
-    return any(os.path.isfile(os.path.join(path, n)) for n in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, *PICKLE_NAMES))
+    return any(os.path.isfile(os.path.join(path, n)) for n in (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, *PICKLE_FILES))
 
 
 def load_hf_encoder_params(path, dtype="float32"):
@@ -439,7 +440,7 @@ def load_hf_encoder_params(path, dtype="float32"):
 
 
 def _describe(kind):
-    return f"a {kind} checkpoint ({KINDS[kind][1]})"
+    return f"a {kind} checkpoint ({HF_KINDS[kind][1]})"
 
 
 def load_hf_model(path, dtype="float32", kind=None):
@@ -449,8 +450,8 @@ def load_hf_model(path, dtype="float32", kind=None):
     state = _read_weights(path)
     heads, found = heads_of(state), kind_of(state)
     kind = kind or found
-    if kind not in KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r}: minibert reads {sorted(KINDS)}")
+    if kind not in HF_KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}: minibert reads {sorted(HF_KINDS)}")
     missing = [h for h in _KIND_NEEDS[kind] if h not in heads]
     if missing:
         raise ValueError(f"{path} holds {_describe(found)}: it has no "
@@ -470,7 +471,7 @@ def load_hf_model(path, dtype="float32", kind=None):
         raise ValueError(f"{path}: {e}") from None
     if kind == "BertForSequenceClassification":
         return BertForSequenceClassification(config, num_labels, params=params)
-    return KINDS[kind][0](config, params=params)
+    return HF_KINDS[kind][0](config, params=params)
 
 
 def hf_label_names(path):
@@ -487,8 +488,8 @@ def load_hf(path, dtype="float32"):
 
 
 def kind_of_model(model):
-    """The checkpoint kind (KINDS) of a minibert model."""
-    for kind, (cls, _) in KINDS.items():
+    """The checkpoint kind (HF_KINDS) of a minibert model."""
+    for kind, (cls, _) in HF_KINDS.items():
         if type(model) is cls:
             return kind
     raise ValueError(f"no Hugging Face checkpoint kind for {type(model).__name__}")
@@ -505,13 +506,13 @@ def save_hf(model, path, label_names=None):
     os.makedirs(path, exist_ok=True)
     state = to_hf_state_dict(model)
     # transformers checks the format tag
-    atomic_write(os.path.join(path, WEIGHTS_NAME), safetensors.numpy.save(state, metadata={"format": "pt"}))
+    atomic_write(os.path.join(path, WEIGHTS_FILE), safetensors.numpy.save(state, metadata={"format": "pt"}))
     if kind == "BertForSequenceClassification" and label_names is None:
         label_names = [f"LABEL_{i}" for i in range(model.num_labels)]
     d = config_to_hf(model.config, [kind], label_names)
     if kind == "BertForSequenceClassification":
         d["problem_type"] = "regression" if model.is_regression else "single_label_classification"
-    atomic_write(os.path.join(path, CONFIG_NAME), json.dumps(d, indent=2, sort_keys=True) + "\n")
+    atomic_write(os.path.join(path, rundir.CONFIG_FILE), json.dumps(d, indent=2, sort_keys=True) + "\n")
 
 
 def export_run(run_dir, out, name="last"):

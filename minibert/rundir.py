@@ -10,7 +10,7 @@ one way to read it back.
       metrics.jsonl                  one JSON line per log interval and evaluation (appended)
       results.json                   fine-tuning: the final evaluation
 
-Every checkpoint's meta says what it holds, its kind (KINDS), and carries the fingerprint
+Every checkpoint's meta says what it holds, its kind (RUN_KINDS), and carries the fingerprint
 of the tokenizer it was trained with:
 
     "minibert-pretraining"      BertForPreTraining: params, AdamW state, step, data position
@@ -41,7 +41,7 @@ except ImportError:  # Windows has no flock: runs there are not guarded against 
 
 from minibert import backend
 from minibert.atomic import atomic_write
-from minibert.checkpoint import CheckpointError, check_tensors, load_checkpoint, save_checkpoint
+from minibert.checkpoint import CheckpointError, check_tensors, load_checkpoint, record_path, save_checkpoint
 from minibert.checkpoint import read_meta as read_record_meta
 from minibert.encoder import encoder_param_shapes
 from minibert.model import BertConfig, pretraining_model
@@ -49,10 +49,10 @@ from minibert.wordpiece import load_tokenizer as read_tokenizer
 
 PRETRAINING_KIND = "minibert-pretraining"
 CLASSIFICATION_KIND = "minibert-classification"
-KINDS = {PRETRAINING_KIND: "a pretraining checkpoint", CLASSIFICATION_KIND: "a fine-tuned classifier"}
+RUN_KINDS = {PRETRAINING_KIND: "a pretraining checkpoint", CLASSIFICATION_KIND: "a fine-tuned classifier"}
 
 TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "config.json"  # a run's settings here; a model's config in a transformers directory (interop.py)
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 LOCK_FILE = ".lock"
@@ -113,8 +113,8 @@ def write_json(path, obj):
 def save(out, name, kind, params, optim_tensors, meta, tok):
     """Checkpoint NAME of kind KIND into OUT, its meta stamped with the kind and tok's
     fingerprint (see checkpoint.save_checkpoint for the rest)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r}: expected one of {sorted(KINDS)}")
+    if kind not in RUN_KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}: expected one of {sorted(RUN_KINDS)}")
     meta = dict(meta, kind=kind, tokenizer_fingerprint=tok.fingerprint())
     return save_checkpoint(out, name, params, optim_tensors, meta)
 
@@ -123,23 +123,19 @@ def save(out, name, kind, params, optim_tensors, meta, tok):
 # reading
 
 
-def _record(run_dir, name):
-    return os.path.join(run_dir, name + ".json")
-
-
 def check_kind(meta, run_dir, name, kind):
     """CheckpointError unless checkpoint NAME of run_dir (its meta given) is of KIND."""
     found = meta.get("kind")
     if found != kind:
-        hint = f" (it is {KINDS[found]})" if found in KINDS else ""
-        raise CheckpointError(f"{_record(run_dir, name)} is not {KINDS[kind]}: its kind is "
+        hint = f" (it is {RUN_KINDS[found]})" if found in RUN_KINDS else ""
+        raise CheckpointError(f"{record_path(run_dir, name)} is not {RUN_KINDS[kind]}: its kind is "
                               f"{found!r}, expected {kind!r}{hint}")
 
 
 def check_tokenizer(meta, tok, run_dir, name, tok_source):
     """CheckpointError unless tok (read from tok_source) is the tokenizer checkpoint NAME was trained with."""
     if meta.get("tokenizer_fingerprint") != tok.fingerprint():
-        raise CheckpointError(f"{tok_source} is not the tokenizer that {_record(run_dir, name)} was trained with "
+        raise CheckpointError(f"{tok_source} is not the tokenizer that {record_path(run_dir, name)} was trained with "
                               f"(fingerprint {tok.fingerprint()}, the checkpoint's {meta.get('tokenizer_fingerprint')})")
 
 
@@ -174,7 +170,7 @@ def restore(run_dir, kind, tok, model, opt, expect):
         if diff:
             raise ValueError(f"cannot resume {run_dir} exactly: {what} differ from the checkpoint's "
                              f"(field: (checkpoint, now) {diff})")
-    check_tensors(params, model.params, _record(run_dir, "last"))
+    check_tensors(params, model.params, record_path(run_dir, "last"))
     for k, v in params.items():
         model.params[k][...] = backend.to_device(v)
     opt.load_state_dict(tensors, meta["optim"])
@@ -207,7 +203,7 @@ def load_run(run_dir, name, kind, dtype=None, tokenizer=None):
     tok = load_tokenizer(run_dir, meta, name, tokenizer)
     config = BertConfig.from_dict(meta["config"])
     if kind == PRETRAINING_KIND:  # MLM + NSP, or MLM alone (meta "model_class")
-        check_tensors(params, pretraining_model(meta)[1](config), _record(run_dir, name))
+        check_tensors(params, pretraining_model(meta)[1](config), record_path(run_dir, name))
     if dtype is not None:
         config.dtype = dtype
     params = {k: backend.to_device(v, dtype=config.dtype) for k, v in params.items()}
@@ -223,7 +219,7 @@ def read_pretrained_encoder(run_dir, name="last", dtype=None):
     of another kind, naming what it is, or one whose parameters do not match its config."""
     params, _, meta = read_checkpoint(run_dir, name, PRETRAINING_KIND)
     config = BertConfig.from_dict(meta["config"])
-    check_tensors(params, pretraining_model(meta)[1](config), _record(run_dir, name))
+    check_tensors(params, pretraining_model(meta)[1](config), record_path(run_dir, name))
     if dtype is not None:
         config.dtype = dtype
     # an MLM-only run (BertForMaskedLM) has no pooler: the classifier draws a fresh one
