@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -168,18 +169,47 @@ def test_continued_pretraining_resumes_exactly_and_exports(dirs, tmp_path, monke
     assert hf_tok("the lazy dog", add_special_tokens=False)["input_ids"] == t.encode("the lazy dog")
 
 
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def colour_rows(n, seed, brown):
+    """n sentences "the <colour> <animal> <verb> the <animal>", labelled by the colour:
+    `brown` of them brown, the rest grey, in a seeded order."""
+    rng = random.Random(seed)
+    animals, verbs = ["fox", "dog", "cat", "horse", "bird"], ["jumps over", "runs past", "sleeps near", "looks at", "waits for"]
+    rows = []
+    for i in range(n):
+        colour = "brown" if i < brown else "grey"
+        a, b = rng.sample(animals, 2)
+        rows.append({"text": f"the {colour} {a} {rng.choice(verbs)} the {b}", "label": colour})
+    rng.shuffle(rows)
+    return rows
+
+
 def test_fine_tuning_from_a_hugging_face_directory(dirs, tmp_path):
     rows = [{"text": f"the {c} fox jumps over the dog", "label": c} for c in ["brown", "grey"] * 12]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(tmp_path / "train.jsonl", rows)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "finetune.py"), "--model",
                         dirs["BertForMaskedLM"], "--train", str(tmp_path / "train.jsonl"), "--epochs", "1",
                         "--batch-size", "8", "--max-length", "16", "--out", str(tmp_path / "ft")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Hugging Face weights" in r.stdout
-    model, tok, res = finetune(FinetuneConfig(init=dirs["BertForPreTraining"], train=str(tmp_path / "train.jsonl"),
-                                              epochs=1, batch_size=8, max_length=16, out=str(tmp_path / "ft2")))
-    assert isinstance(tok, WordPieceTokenizer) and "acc" in res
+
+    # and it learns: the colour is the label, and on held-out sentences (another draw of
+    # animals and verbs, two thirds of them brown) the classifier beats always answering the
+    # majority class, whose accuracy is counted from the held-out file itself (over 5 seeds
+    # and 5 draws of the data: 12 of 12 every time, held-out loss 0.10-0.20)
+    write_jsonl(tmp_path / "colours.jsonl", colour_rows(24, seed=0, brown=12))
+    heldout = colour_rows(12, seed=1, brown=8)
+    write_jsonl(tmp_path / "heldout.jsonl", heldout)
+    majority = max(Counter(r["label"] for r in heldout).values()) / len(heldout)
+    model, tok, res = finetune(FinetuneConfig(init=dirs["BertForPreTraining"], train=str(tmp_path / "colours.jsonl"),
+                                              validation=str(tmp_path / "heldout.jsonl"), epochs=20, lr=2e-3,
+                                              batch_size=8, max_length=16, out=str(tmp_path / "ft2")))
+    assert isinstance(tok, WordPieceTokenizer) and res["validation_examples"] == len(heldout) == 12
+    assert majority == 8 / 12 and res["acc"] >= majority + 0.25, (res["acc"], majority)  # at most 1 of 12 wrong
     # and the fine-tuned classifier exports to BertForSequenceClassification with its labels
     assert interop.export_run(str(tmp_path / "ft2"), str(tmp_path / "clf")) == "BertForSequenceClassification"
     clf = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "clf")
