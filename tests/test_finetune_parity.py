@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import make_batch  # noqa: E402
-from minibert import backend, interop  # noqa: E402
+from minibert import backend, hf_state, interop  # noqa: E402
 from minibert.classifier import BertForSequenceClassification  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def hf_classifier(num_labels, seed=0, V=41, H=16, L=2, A=4, I=24, max_pos=24):
 def minibert_from_hf(hf):
     state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
     config = interop.config_from_hf(hf.config.to_dict(), "float64")
-    params = interop.from_hf_state_dict(state, config, heads=False)
+    params = hf_state.from_hf_state_dict(state, config, heads=False)
     params["cls.w"] = backend.to_device(np.ascontiguousarray(state["classifier.weight"].T))  # torch (C, H) -> (H, C)
     params["cls.b"] = backend.to_device(state["classifier.bias"].copy())
     return BertForSequenceClassification(config, hf.config.num_labels, params=params)
@@ -64,7 +64,7 @@ def test_logits_loss_and_every_gradient_match(num_labels):
 
     errs = {"loss": rel_err(out["loss"], ref.loss.item()), "logits": rel_err(out["logits"], ref.logits.detach().numpy())}
     hf_grads = {k: p.grad.numpy() for k, p in hf.named_parameters()}
-    mb = interop.to_hf_state_dict(model, {k: v for k, v in grads.items() if not k.startswith("cls.")})
+    mb = hf_state.to_hf_state_dict(model, {k: v for k, v in grads.items() if not k.startswith("cls.")})
     mb["classifier.weight"] = np.asarray(backend.to_host(grads["cls.w"])).T
     mb["classifier.bias"] = np.asarray(backend.to_host(grads["cls.b"]))
     assert mb.keys() == hf_grads.keys(), sorted(set(mb) ^ set(hf_grads))

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import make_batch  # noqa: E402
 from test_parity import exactly_zero_grads, rel_err  # noqa: E402
-from minibert import backend, interop  # noqa: E402
+from minibert import backend, hf_state, interop  # noqa: E402
 from minibert.classifier import BertForSequenceClassification  # noqa: E402
 from minibert.inference import fill_mask  # noqa: E402
 from minibert.model import BertForMaskedLM, BertForPreTraining, BertModel  # noqa: E402
@@ -86,7 +86,7 @@ def run_both(kind, hf, model, batch):
         if kind == "BertForPreTraining":
             mine["nsp_logits"], theirs["nsp_logits"] = out["nsp_logits"], ref.seq_relationship_logits.detach().numpy()
     hf_grads = {k: p.grad.numpy() for k, p in hf.named_parameters() if p.grad is not None}
-    return mine, theirs, interop.to_hf_state_dict(model, grads), hf_grads
+    return mine, theirs, hf_state.to_hf_state_dict(model, grads), hf_grads
 
 
 @pytest.mark.parametrize("kind", KINDS)

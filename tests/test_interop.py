@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from minibert import backend, interop
+from minibert import backend, hf_state, interop
 from minibert.model import BertConfig, BertForPreTraining
 
 
@@ -103,14 +103,14 @@ def test_saved_files_look_like_transformers(tmp_path):
 def test_state_dict_maps_are_inverse():
     config = small_config()
     model = random_model(config, seed=3)
-    state = interop.to_hf_state_dict(model)
+    state = hf_state.to_hf_state_dict(model)
     assert len(state) == len(model.params) + 4 * config.num_layers  # w_qkv and b_qkv split in three
     # from . to = identity on minibert params
-    assert_params_equal(interop.from_hf_state_dict(state, config), model.params)
+    assert_params_equal(hf_state.from_hf_state_dict(state, config), model.params)
     # to . from = identity on an HF state dict drawn independently of minibert
     rng = np.random.default_rng(7)
     hf = {k: rng.normal(size=v.shape) for k, v in state.items()}
-    back = interop.to_hf_state_dict(model, interop.from_hf_state_dict(hf, config))
+    back = hf_state.to_hf_state_dict(model, hf_state.from_hf_state_dict(hf, config))
     assert back.keys() == hf.keys()
     for k in hf:
         assert np.array_equal(back[k], hf[k]), k
@@ -123,19 +123,19 @@ def test_to_hf_state_dict_maps_grads_and_partial_dicts():
              "attention_mask": np.ones((1, 4), int), "labels": np.array([[-100, 5, -100, -100]]),
              "next_sentence_label": np.array([1])}
     _, grads = model.loss_and_grads(batch, train=False)
-    g = interop.to_hf_state_dict(model, grads)
-    assert g.keys() == interop.to_hf_state_dict(model).keys()
+    g = hf_state.to_hf_state_dict(model, grads)
+    assert g.keys() == hf_state.to_hf_state_dict(model).keys()
     assert np.array_equal(g["bert.pooler.dense.weight"], backend.to_host(grads["pool.w"]).T)
-    part = interop.to_hf_state_dict(model, {"emb.word": model.params["emb.word"]})
+    part = hf_state.to_hf_state_dict(model, {"emb.word": model.params["emb.word"]})
     assert list(part) == ["bert.embeddings.word_embeddings.weight"]
     with pytest.raises(ValueError, match="no_such"):
-        interop.to_hf_state_dict(model, {"no_such": model.params["emb.word"]})
+        hf_state.to_hf_state_dict(model, {"no_such": model.params["emb.word"]})
 
 
 def test_legacy_gamma_beta_and_tied_decoder_copies_load(tmp_path):
     config = small_config()
     model = random_model(config, seed=1)
-    state = interop.to_hf_state_dict(model)
+    state = hf_state.to_hf_state_dict(model)
     legacy = {}
     for k, v in state.items():
         k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
@@ -151,7 +151,7 @@ def test_legacy_gamma_beta_and_tied_decoder_copies_load(tmp_path):
 
 def test_untied_decoder_is_refused(tmp_path):
     config = small_config()
-    state = interop.to_hf_state_dict(random_model(config))
+    state = hf_state.to_hf_state_dict(random_model(config))
     state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"] + 1.0
     path = write_dir(tmp_path, interop.config_to_hf(config), state)
     with pytest.raises(ValueError, match="untied decoder"):
@@ -161,7 +161,7 @@ def test_untied_decoder_is_refused(tmp_path):
 def test_bert_model_directory_without_prefix_loads_as_encoder(tmp_path):
     config = small_config()
     model = random_model(config, seed=2)
-    state = interop.to_hf_state_dict(model)
+    state = hf_state.to_hf_state_dict(model)
     encoder = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}  # BertModel's names
     path = write_dir(tmp_path / "enc", interop.config_to_hf(config, ["BertModel"]), encoder)
     c, params = interop.load_hf_encoder_params(path, dtype="float64")
@@ -178,7 +178,7 @@ def test_bert_model_directory_without_prefix_loads_as_encoder(tmp_path):
 
 def test_missing_weight_is_named(tmp_path):
     config = small_config()
-    state = interop.to_hf_state_dict(random_model(config))
+    state = hf_state.to_hf_state_dict(random_model(config))
     del state["bert.encoder.layer.1.attention.self.key.bias"]
     path = write_dir(tmp_path, interop.config_to_hf(config), state)
     with pytest.raises(ValueError, match=r"missing \['bert\.encoder\.layer\.1\.attention\.self\.key\.bias'\], unexpected \[\]"):
@@ -189,13 +189,13 @@ def test_missing_weight_is_named(tmp_path):
 
 def test_unexpected_and_misshapen_weights_are_named(tmp_path):
     config = small_config()
-    state = interop.to_hf_state_dict(random_model(config))
+    state = hf_state.to_hf_state_dict(random_model(config))
     extra = dict(state, **{"bert.encoder.layer.0.crossattention.self.query.weight": np.zeros((12, 12))})
     with pytest.raises(ValueError, match=r"missing \[\], unexpected \['bert\.encoder\.layer\.0\.crossattention"):
-        interop.from_hf_state_dict(extra, config)
+        hf_state.from_hf_state_dict(extra, config)
     bad = dict(state, **{"bert.pooler.dense.weight": np.zeros((12, 13))})
     with pytest.raises(ValueError, match=r"bert\.pooler\.dense\.weight.*\(12, 13\)"):
-        interop.from_hf_state_dict(bad, config)
+        hf_state.from_hf_state_dict(bad, config)
     # a config that disagrees with the tensors (a third layer that is not there)
     path = write_dir(tmp_path, interop.config_to_hf(small_config(num_layers=3)), state)
     with pytest.raises(ValueError, match=r"layer\.2\."):
@@ -213,7 +213,7 @@ def test_unexpected_and_misshapen_weights_are_named(tmp_path):
 def test_unrepresentable_config_is_refused(tmp_path, change, match):
     config = small_config()
     hf_config = dict(interop.config_to_hf(config), **change)
-    path = write_dir(tmp_path, hf_config, interop.to_hf_state_dict(random_model(config)))
+    path = write_dir(tmp_path, hf_config, hf_state.to_hf_state_dict(random_model(config)))
     with pytest.raises(ValueError, match=match):
         interop.load_hf(path)
 
@@ -238,7 +238,7 @@ def test_no_safetensors_is_a_clear_error(tmp_path):
 def test_sharded_checkpoint_loads(tmp_path):
     config = small_config()
     model = random_model(config, seed=4)
-    state = interop.to_hf_state_dict(model)
+    state = hf_state.to_hf_state_dict(model)
     names = sorted(state)
     shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
     for fn, keys in shards.items():
@@ -252,10 +252,10 @@ def test_sharded_checkpoint_loads(tmp_path):
 def test_converted_arrays_do_not_alias_their_source():
     config = small_config()
     model = random_model(config)
-    state = interop.to_hf_state_dict(model)
+    state = hf_state.to_hf_state_dict(model)
     state["bert.embeddings.LayerNorm.bias"][:] = 7.0  # writing into the export ...
     assert not np.any(backend.to_host(model.params["emb.ln.b"]) == 7.0)  # ... leaves the model alone
-    params = interop.from_hf_state_dict(state, config)
+    params = hf_state.from_hf_state_dict(state, config)
     state["bert.embeddings.LayerNorm.bias"][:] = 8.0  # and the reverse
     assert np.all(backend.to_host(params["emb.ln.b"]) == 7.0)
 
@@ -286,16 +286,16 @@ def test_pytorch_model_bin_is_refused_unread(tmp_path):
 
 def test_kind_is_told_from_the_weights(tmp_path):
     config = small_config()
-    state = interop.to_hf_state_dict(random_model(config))
+    state = hf_state.to_hf_state_dict(random_model(config))
     enc = {k: v for k, v in state.items() if k.startswith("bert.")}
     mlm = {k: v for k, v in state.items() if not k.startswith(("bert.pooler", "cls.seq"))}
-    assert interop.kind_of(state) == "BertForPreTraining" and interop.kind_of(mlm) == "BertForMaskedLM"
-    assert interop.kind_of({k[5:]: v for k, v in enc.items()}) == "BertModel"
-    assert interop.kind_of(dict(enc, **{"classifier.weight": np.zeros((2, 12))})) == "BertForSequenceClassification"
+    assert hf_state.kind_of(state) == "BertForPreTraining" and hf_state.kind_of(mlm) == "BertForMaskedLM"
+    assert hf_state.kind_of({k[5:]: v for k, v in enc.items()}) == "BertModel"
+    assert hf_state.kind_of(dict(enc, **{"classifier.weight": np.zeros((2, 12))})) == "BertForSequenceClassification"
     # legacy gamma/beta spellings and the decoder-only bias of old conversions count too
     old = {k.replace("LayerNorm.weight", "LayerNorm.gamma"): v for k, v in mlm.items()}
     old["cls.predictions.decoder.bias"] = old.pop("cls.predictions.bias")
-    assert interop.kind_of(old) == "BertForMaskedLM"
+    assert hf_state.kind_of(old) == "BertForMaskedLM"
     # config.json's "architectures" does not decide: bert-base-uncased says BertForMaskedLM
     path = write_dir(tmp_path, interop.config_to_hf(config, ["BertForMaskedLM"]), state)
     assert type(interop.load_hf_model(path)).__name__ == "BertForPreTraining"

@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from conftest import make_batch  # noqa: E402
-from minibert import backend, interop  # noqa: E402
+from minibert import backend, hf_state, interop  # noqa: E402
 from minibert.model import BertForPreTraining  # noqa: E402
 
 TOL = {"float64": 1e-9, "float32": 1e-4}
@@ -61,7 +61,7 @@ def minibert_from_hf(hf, dtype):
     """minibert model from the HF module's state dict (tied decoder copies included)."""
     state = {k: v.detach().cpu().numpy() for k, v in hf.state_dict().items()}
     config = interop.config_from_hf(hf.config.to_dict(), dtype)
-    return BertForPreTraining(config, params=interop.from_hf_state_dict(state, config))
+    return BertForPreTraining(config, params=hf_state.from_hf_state_dict(state, config))
 
 
 def exactly_zero_grads(hf_grads, batch):
@@ -98,7 +98,7 @@ def compare(hf, batch, dtype, model=None):
         "nsp_logits": rel_err(out["nsp_logits"], ref.seq_relationship_logits.detach().numpy()),
     }
     hf_grads = {k: p.grad.numpy() for k, p in hf.named_parameters()}  # tied weights listed once
-    mb_grads = interop.to_hf_state_dict(model, grads)
+    mb_grads = hf_state.to_hf_state_dict(model, grads)
     assert mb_grads.keys() == hf_grads.keys(), sorted(set(mb_grads) ^ set(hf_grads))
     zero = exactly_zero_grads(hf_grads, batch)
     for k in hf_grads:
