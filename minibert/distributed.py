@@ -15,7 +15,7 @@ slices add up to exactly the single-process step:
               so a sequence gets the same mask on whichever rank holds it.
     gradients summed over ranks (all-reduce), in a few large contiguous buckets started as
               soon as their layer's backward is done, while the backward continues into the
-              layers below; the step waits for them only before clipping.
+              layers below; the step waits for them (DataParallel.reduce) only before clipping.
     clipping  on the global norm: every rank holds the summed gradient, so every rank
               computes the same norm (ZeRO-1: the shards' sums of squares are summed).
 
@@ -27,23 +27,25 @@ for small host figures everywhere; NCCL (cupy.cuda.nccl, its id broadcast over M
 device (CuPy) arrays, one GPU per process chosen by local rank. Without mpiexec, or with
 one process, nothing here imports MPI and the training loop runs its plain path.
 
-ZeRO stage 1 (ShardedAdamW): the AdamW moments of 1/N of the parameters on each rank.
-The gradients, flattened in parameter order, are reduce-scattered; each rank updates its
-chunk; the parameters are all-gathered. Checkpoints keep the unsharded format.
+ZeRO stage 1 (zero.ShardedAdamW, --zero 1): the AdamW moments of 1/N of the parameters on
+each rank; DataParallel.reduce then reduce-scatters instead, returning this rank's shard of
+the summed gradients, which is clipped and handed to the optimizer's step.
 
 Shapes: a bucket is a flat (n,) array, the concatenation of its gradients' raveled values.
 """
 import contextlib
-import math
 import os
 import sys
 import time
 import traceback
 
-import numpy as np  # host side: flat buffers of figures, ZeRO layout
+import numpy as np  # host side: flat buffers of figures
+from threadpoolctl import threadpool_limits
 
 from minibert import backend
-from minibert.optim import AdamW, accumulate, clip_grad_norm
+from minibert.model import IGNORE_INDEX
+from minibert.optim import accumulate, clip_grad_norm, sum_of_squares
+from minibert.zero import ShardedAdamW, optimizer_state_bytes
 
 BUCKET_BYTES = 1 << 20  # gradients per all-reduce: a few large messages, not one per tensor, small
 # enough that the first ones leave while the backward still has layers to go (tiny: 5.9 MB in all)
@@ -138,6 +140,8 @@ class World:
 
     def reduce_scatter(self, flat, chunk):
         """(chunk,) sums over ranks of this rank's chunk of flat (N * chunk,)."""
+        if self.comm is None:
+            return flat
         out = backend.xp.empty(chunk, dtype=flat.dtype)  # (chunk,)
         if self.nccl is not None:
             from cupy.cuda import nccl  # CuPy is there: the NCCL path runs only on it
@@ -149,6 +153,8 @@ class World:
 
     def all_gather(self, shard):
         """(N * chunk,) every rank's (chunk,) shard, in rank order."""
+        if self.comm is None:
+            return shard
         out = backend.xp.empty(self.size * shard.size, dtype=shard.dtype)  # (N * chunk,)
         if self.nccl is not None:
             stream = backend.xp.cuda.get_current_stream().ptr
@@ -160,6 +166,8 @@ class World:
     def gather_to_root(self, shard):
         """rank 0: (N * chunk,) every rank's shard on the host; other ranks: None."""
         h = np.ascontiguousarray(backend.to_host(shard))  # (chunk,)
+        if self.comm is None:
+            return h
         out = np.empty(self.size * h.size, dtype=h.dtype) if self.rank == 0 else None
         self.comm.Gather(h, out, root=0)
         return out
@@ -242,15 +250,11 @@ def init(backend_name="numpy"):
 
 def set_threads(w):
     """BLAS threads for this rank: the node's cores shared by its ranks, unless
-    OMP_NUM_THREADS says otherwise. Returns the number set (None: left as is)."""
+    OMP_NUM_THREADS says otherwise. Returns the number."""
     if "OMP_NUM_THREADS" in os.environ:
         return int(os.environ["OMP_NUM_THREADS"])
     n = max(1, (os.cpu_count() or 1) // w.local_size)
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=n)
-    except ImportError:  # threadpoolctl is a dependency; without it BLAS keeps its own count
-        return None
+    threadpool_limits(limits=n)
     return n
 
 
@@ -265,7 +269,7 @@ def split_batch(w, batch):
     if B < w.size:
         raise ValueError(f"a global batch of {B} sequences cannot be split over {w.size} processes")
     rows = w.rows(B)
-    positions = int((np.asarray(batch["labels"]) != -100).sum())  # IGNORE_INDEX, counted on the host
+    positions = int((np.asarray(batch["labels"]) != IGNORE_INDEX).sum())  # counted on the host
     return {k: v[rows] for k, v in batch.items()}, (positions, B), rows.start
 
 
@@ -277,16 +281,17 @@ class GradientSync:
     """One step's gradient sum over ranks, overlapped with the last micro-batch's backward.
 
         sync = GradientSync(w, partial, 1 / accum)     # partial: the earlier micro-batches' sum
-        grads = model.backward(cache, on_ready=sync.ready)
-        grads = sync.finish(grads)                     # summed over ranks, every rank the same
+        grads = sync.send_rest(model.backward(cache, on_ready=sync.ready))   # this rank's sum
+        summed = sync.wait()                           # summed over ranks, every rank the same
 
     ready(g) adds each final gradient to the partial sum (optim.accumulate's arithmetic, so
     one rank gives bitwise the plain loop's sum), queues it, and starts a non-blocking
-    all-reduce once BUCKET_BYTES are queued. finish() sends what was never reported, waits,
-    and returns the summed gradients (views into the buckets). overlap=False sends
-    everything from finish(): the baseline the benchmark compares against.
+    all-reduce once BUCKET_BYTES are queued. send_rest() sends what is left and returns this
+    rank's sum (the buckets are copies: it stays this rank's); wait() waits and returns the
+    summed gradients (views into the buckets). overlap=False sends everything from
+    send_rest(): the baseline the benchmark compares against.
     timing: seconds from the first bucket's start to the last one seen done (span) and
-    blocked in finish() waiting (exposed)."""
+    blocked in wait() (exposed)."""
 
     def __init__(self, w, partial, scale, overlap=True, bucket_bytes=BUCKET_BYTES):
         self.w, self.partial, self.scale = w, partial, scale
@@ -316,13 +321,17 @@ class GradientSync:
             if b[4] is None and self.w.done(b[2]):
                 b[4] = time.perf_counter()
 
-    def finish(self, grads):
+    def send_rest(self, grads):
         missing = [k for k in grads if k not in self.total]  # never reported: no overlap for these
         if missing:
             self.overlap = False  # ready() queues without sending; everything left goes now
             self.ready({k: grads[k] for k in missing})
         if self.queued:
             self._send()
+        self.keys = list(grads)  # the model's key order
+        return {k: self.total[k] for k in self.keys}
+
+    def wait(self):
         t0 = time.perf_counter()
         for b in self.buckets:
             self.w.wait(b[2])
@@ -338,128 +347,7 @@ class GradientSync:
                 o += n
         self.timing = {"comm_span_s": max(b[4] for b in self.buckets) - min(b[3] for b in self.buckets),
                        "comm_exposed_s": t1 - t0, "buckets": len(self.buckets)}
-        return {k: out[k] for k in grads}  # the model's key order
-
-
-def gradient_sum_of_squares(grads):
-    """sum over every gradient element of g^2, as a float64 device scalar."""
-    xp = backend.xp
-    sq = [xp.vdot(g.ravel(), g.ravel()) for g in grads.values()]  # each ()
-    return xp.stack(sq).astype(xp.float64).sum() if sq else xp.zeros((), xp.float64)
-
-
-# ----------------------------------------------------------------------------------------
-# ZeRO stage 1: AdamW moments sharded over ranks
-
-
-class ShardedAdamW:
-    """AdamW whose moments live on the rank that owns them (ZeRO-1). Same interface as
-    optim.AdamW: step(grads, lr), state_dict(), load_state_dict(); step takes this rank's
-    *local* gradients, and does the reduce-scatter, the global-norm clip, the update of its
-    chunk and the all-gather itself (clip_norm(), called first, returns the global norm).
-
-    Layout: the parameters, raveled and concatenated in key order, are a flat (n,) vector,
-    padded to N * chunk; rank r owns [r * chunk, (r + 1) * chunk). Its AdamW sees 1-D views
-    of the parameters it owns (a parameter may be cut between two ranks); the update is
-    elementwise, so it is the unsharded update of those elements, bit for bit."""
-
-    def __init__(self, w, params, **adamw_kwargs):
-        self.w, self.params = w, params
-        self.names = list(params)
-        self.sizes = [params[k].size for k in self.names]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)  # (len + 1,)
-        self.n = int(self.offsets[-1])
-        self.chunk = -(-self.n // w.size)
-        lo, hi = w.rank * self.chunk, min(self.n, (w.rank + 1) * self.chunk)
-        self.own = {}  # name -> (start, stop) within the parameter's raveled values
-        for k, off, size in zip(self.names, self.offsets, self.sizes):
-            a, b = max(lo, off), min(hi, off + size)
-            if a < b:
-                self.own[k] = (int(a - off), int(b - off))
-        views = {k: params[k].reshape(-1)[a:b] for k, (a, b) in self.own.items()}  # 1-D views into params
-        no_decay = adamw_kwargs.pop("no_decay", None) or (lambda k, p: self.params[k].ndim < 2)
-        self.inner = AdamW(views, no_decay=no_decay, **adamw_kwargs)
-        self._shard_grads = None
-
-    def _flat(self, arrays):
-        xp = backend.xp
-        flat = xp.zeros(self.w.size * self.chunk, dtype=arrays[self.names[0]].dtype)  # (N * chunk,) padded
-        for k, off, size in zip(self.names, self.offsets, self.sizes):
-            flat[off:off + size] = arrays[k].ravel()
-        return flat
-
-    def _shard_views(self, shard):
-        """name -> the part of this rank's (chunk,) shard that belongs to that parameter."""
-        base = self.w.rank * self.chunk
-        off = dict(zip(self.names, self.offsets))
-        return {k: shard[off[k] + a - base:off[k] + b - base] for k, (a, b) in self.own.items()}
-
-    def reduce_grads(self, grads):
-        """Reduce-scatter the local gradients; keeps this rank's summed chunk for step()."""
-        self._shard_grads = self._shard_views(self.w.reduce_scatter(self._flat(grads), self.chunk))
-
-    def clip_norm(self, max_norm):
-        """The global gradient norm (before clipping); clips this rank's chunk in place."""
-        sq = float(gradient_sum_of_squares(self._shard_grads))
-        norm = math.sqrt(float(self.w.sum_host([sq])[0]))
-        if max_norm is not None and max_norm > 0:
-            coef = max_norm / (norm + 1e-6)  # optim.clip_grad_norm's rule
-            if coef < 1.0:
-                for g in self._shard_grads.values():
-                    g *= coef
-        return norm
-
-    def step(self, grads=None, lr=None):
-        """Update this rank's chunk from the reduced gradients, then all-gather the parameters."""
-        self.inner.step(self._shard_grads, lr=lr)
-        self._shard_grads = None
-        base = self.w.rank * self.chunk
-        shard = self._flat(self.params)[base:base + self.chunk]  # (chunk,) this rank's updated values
-        full = self.w.all_gather(shard)  # (N * chunk,)
-        for k, off, size in zip(self.names, self.offsets, self.sizes):
-            self.params[k][...] = full[off:off + size].reshape(self.params[k].shape)
-
-    @property
-    def t(self):
-        return self.inner.t
-
-    def state_bytes(self):
-        """Bytes of AdamW moments held by this rank."""
-        return sum(a.nbytes for a in (*self.inner.m.values(), *self.inner.v.values()))
-
-    def state_dict(self):
-        """optim.AdamW.state_dict's format, whole: every rank takes part, rank 0 gets the
-        tensors (other ranks get an empty dict) and everyone the meta."""
-        tensors = {}
-        for which in ("m", "v"):
-            moments = getattr(self.inner, which)
-            shard = backend.xp.zeros(self.chunk, dtype=self.params[self.names[0]].dtype)  # (chunk,)
-            for k, view in self._shard_views(shard).items():
-                view[...] = moments[k]
-            full = self.w.gather_to_root(shard)
-            if full is not None:
-                for k, off, size in zip(self.names, self.offsets, self.sizes):
-                    tensors[f"{which}.{k}"] = full[off:off + size].reshape(self.params[k].shape).copy()
-        _, meta = self.inner.state_dict()
-        meta["no_decay"] = sorted(k for k in self.names if self.params[k].ndim < 2)
-        return tensors, meta
-
-    def load_state_dict(self, tensors, meta):
-        """Take this rank's chunk of a whole (unsharded) optimizer state."""
-        backend.check_keys(tensors, {f"{p}.{k}" for k in self.names for p in ("m", "v")}, "optimizer state names differ")
-        mine = {}
-        for k, (a, b) in self.own.items():
-            for p in ("m", "v"):
-                mine[f"{p}.{k}"] = np.asarray(tensors[f"{p}.{k}"]).reshape(-1)[a:b]
-        meta = dict(meta, no_decay=sorted(k for k in self.own if self.params[k].ndim < 2))
-        self.inner.load_state_dict(mine, meta)
-
-
-def optimizer_state_bytes(opt):
-    """Bytes of AdamW moments this process holds (m and v), for either optimizer."""
-    if isinstance(opt, ShardedAdamW):
-        return opt.state_bytes()
-    return sum(a.nbytes for a in (*opt.m.values(), *opt.v.values()))
+        return {k: out[k] for k in self.keys}
 
 
 # ----------------------------------------------------------------------------------------
@@ -469,13 +357,14 @@ def optimizer_state_bytes(opt):
 class DataParallel:
     """The training loop's view of data parallelism: with one process every method is the
     plain single-process code (the step is bitwise what it was); with N it slices, sums and
-    agrees. One per run:
+    agrees. One per run, opt an optim.AdamW or (ZeRO-1) a ShardedAdamW:
 
-        dp = DataParallel(world(), opt, zero=1)
+        dp = DataParallel(world(), opt)
         batch, counts, first_row = dp.slice(global_batch)
         out, cache = model.forward(batch, rng=backend.rng(key, first_row), global_counts=counts)
-        grads = dp.backward(model, cache, grads, 1 / accum, last=micro == accum - 1)
-        norm = dp.clip_grad_norm(grads, max_norm)        # the global norm
+        grads = dp.backward(model, cache, grads, 1 / accum, last=micro == accum - 1)  # this rank's
+        grads = dp.reduce(grads)                    # summed over ranks (ZeRO-1: this rank's shard)
+        norm = dp.clip_grad_norm(grads, max_norm)   # the global norm, clipping what reduce returned
         opt.step(grads, lr)
     """
 
@@ -483,6 +372,7 @@ class DataParallel:
         self.w, self.opt, self.overlap = w, opt, overlap
         self.sharded = isinstance(opt, ShardedAdamW)
         self.comm = {"comm_span_s": 0.0, "comm_exposed_s": 0.0, "steps": 0}
+        self.in_flight = None  # (GradientSync, the grads it sums) from the last backward to reduce
 
     def slice(self, batch):
         if self.w.size == 1:
@@ -490,25 +380,44 @@ class DataParallel:
         return split_batch(self.w, batch)
 
     def backward(self, model, cache, grads, scale, last):
-        """grads (the sum so far, or None) plus scale * this micro-batch's gradients; after
-        the last micro-batch, summed over ranks (ZeRO-1: left local for the optimizer's
-        reduce-scatter)."""
+        """grads (this rank's sum so far, or None) plus scale * this micro-batch's gradients:
+        this rank's sum. With N processes and no sharding, the last micro-batch's backward
+        also starts summing them over ranks, bucket by bucket; reduce() waits for the sum."""
         if self.w.size == 1 or not last or self.sharded:
             return accumulate(grads, model.backward(cache), scale)
         sync = GradientSync(self.w, grads, scale, overlap=self.overlap)
-        summed = sync.finish(model.backward(cache, on_ready=sync.ready))
+        local = sync.send_rest(model.backward(cache, on_ready=sync.ready))
+        self.in_flight = (sync, local)
+        return local
+
+    def reduce(self, grads):
+        """The step's gradients summed over ranks, from this rank's sum (backward's): the
+        whole sum on every rank, or with ZeRO-1 this rank's shard of it (reduce-scatter),
+        which is what ShardedAdamW.step takes. One process, no sharding: grads as they are."""
+        if self.sharded:
+            return self.opt.reduce_scatter(grads)
+        if self.w.size == 1:
+            return grads
+        sync, local = self.in_flight or (None, None)
+        if grads is not local:
+            raise ValueError("reduce() takes the gradients the last backward(last=True) returned, once")
+        self.in_flight = None
+        summed = sync.wait()
         self.comm["comm_span_s"] += sync.timing["comm_span_s"]
         self.comm["comm_exposed_s"] += sync.timing["comm_exposed_s"]
         self.comm["steps"] += 1
         return summed
 
     def clip_grad_norm(self, grads, max_norm):
-        """optim.clip_grad_norm on the global gradient; every rank returns the same norm."""
+        """optim.clip_grad_norm on the global gradient, given what reduce() returned; every
+        rank returns the same norm (ZeRO-1: the shards' sums of squares summed over ranks)."""
         if self.sharded:
-            self.opt.reduce_grads(grads)
-            return self.opt.clip_norm(max_norm)
+            return clip_grad_norm(grads, max_norm, sum_squares=self._sum_of_squares_over_ranks)
         return clip_grad_norm(grads, max_norm)
 
+    def _sum_of_squares_over_ranks(self, shard):
+        mine = float(sum_of_squares(shard))  # a host wait: the ranks' sum goes through MPI
+        return backend.to_device(self.w.sum_host([mine]).reshape(()))  # ()
     def any(self, flag):
         """True when flag is true on any rank (e.g. Ctrl-C reached one of them): every rank
         then takes the same branch."""

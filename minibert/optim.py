@@ -16,10 +16,11 @@ form ``torch.optim.AdamW`` computes, for step t = 1, 2, ...:
     p <- p - lr * m_hat / (sqrt(v_hat) + eps)
 
 One-dimensional parameters (biases, layer-norm weights and biases) get no weight decay by
-default, as in BERT's original optimizer.
+default, as in BERT's original optimizer (``default_no_decay``, the one home of that rule).
 
 The schedule (``lr_at``) is linear warmup then linear decay; ``clip_grad_norm`` follows
-``torch.nn.utils.clip_grad_norm_``; ``accumulate`` averages micro-batch gradients.
+``torch.nn.utils.clip_grad_norm_`` (the squared norm is ``sum_of_squares``); ``accumulate``
+averages micro-batch gradients.
 """
 import math
 
@@ -28,7 +29,7 @@ import numpy
 from minibert import backend, kernels
 
 
-def _check_same(params, grads, what="grads"):
+def check_same(params, grads, what="grads"):
     """Raise ValueError unless grads has exactly the keys and shapes of params."""
     backend.check_keys(grads, params, f"{what} keys differ from params")
     for k, p in params.items():
@@ -36,7 +37,7 @@ def _check_same(params, grads, what="grads"):
             raise ValueError(f"{what}[{k!r}] has shape {tuple(grads[k].shape)}, param has {tuple(p.shape)}")
 
 
-def _default_no_decay(name, p):
+def default_no_decay(name, p):
     """Biases and layer-norm parameters (anything with fewer than 2 dims) get no decay."""
     return p.ndim < 2
 
@@ -64,7 +65,7 @@ class AdamW:
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.t = 0  # optimizer steps taken so far
-        pred = _default_no_decay if no_decay is None else no_decay
+        pred = default_no_decay if no_decay is None else no_decay
         self.decay = {k: not pred(k, p) for k, p in params.items()}
         self.m = {k: xp.zeros_like(p) for k, p in params.items()}  # first moment, like p
         self.v = {k: xp.zeros_like(p) for k, p in params.items()}  # second moment, like p
@@ -80,7 +81,7 @@ class AdamW:
 
         lr, when given, replaces the base learning rate for this step (the schedule).
         """
-        _check_same(self.params, grads)
+        check_same(self.params, grads)
         lr = self.lr if lr is None else float(lr)
         b1, b2 = self.betas
         self.t += 1
@@ -93,7 +94,8 @@ class AdamW:
         decay_factor = 1.0 - lr * self.weight_decay
         for k, p in self.params.items():
             scratch = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
-            # one fused pass on the device, the array code of kernels.adamw_update_plain on the host
+            # one fused CUDA pass on the device; on the host a compiled loop (cpu_kernels.py, Numba)
+            # in float32, the array code of kernels.adamw_update_plain in float64 or with MINIBERT_NUMBA=0
             kernels.adamw_update(p, grads[k], self.m[k], self.v[k], decay_factor if self.decay[k] else 1.0,
                                  b1, b2, step_size, eps_hat, scratch)
 
@@ -175,7 +177,15 @@ def lr_at(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
     return float(min_lr) + (float(max_lr) - float(min_lr)) * frac
 
 
-def clip_grad_norm(grads, max_norm):
+def sum_of_squares(grads):
+    """The sum over every gradient element of g^2: a () float64 array on the device."""
+    xp = backend.xp
+    # per-tensor sums of squares on the device, without a squared temporary
+    sq = [xp.vdot(g.ravel(), g.ravel()) for g in grads.values()]  # each ()
+    return xp.stack(sq).astype(xp.float64).sum() if sq else xp.zeros((), xp.float64)
+
+
+def clip_grad_norm(grads, max_norm, sum_squares=sum_of_squares):
     """Scale ``grads`` in place so that their global L2 norm is at most max_norm.
 
     Returns the global norm before clipping (inf or nan when some gradient is not finite,
@@ -184,13 +194,11 @@ def clip_grad_norm(grads, max_norm):
     line). The rule is torch.nn.utils.clip_grad_norm_'s: coef = max_norm / (norm + 1e-6),
     and the grads are multiplied by min(coef, 1), computed on the device; multiplying by
     exactly 1 leaves them bitwise unchanged. max_norm None or <= 0: measure only.
+    sum_squares(grads): the squared norm, () float64; data parallel passes one that also
+    sums over the ranks, each holding a shard of the gradients.
     """
     xp = backend.xp
-    if not grads:
-        return 0.0
-    # per-tensor sums of squares on the device, without a squared temporary
-    sq = [xp.vdot(g.ravel(), g.ravel()) for g in grads.values()]  # each ()
-    norm = xp.sqrt(xp.stack(sq).astype(xp.float64).sum())  # () float64, still on the device
+    norm = xp.sqrt(sum_squares(grads))  # () float64, still on the device
     if max_norm is not None and max_norm > 0:
         coef = xp.minimum(max_norm / (norm + 1e-6), 1.0)  # () no host wait
         for g in grads.values():
@@ -209,7 +217,7 @@ def accumulate(total, grads, scale=1.0):
     """
     if total is None:
         return grads if scale == 1.0 else {k: scale * g for k, g in grads.items()}
-    _check_same(total, grads, "grads")
+    check_same(total, grads, "grads")
     for k, t in total.items():
         if scale == 1.0:
             t += grads[k]

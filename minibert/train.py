@@ -10,6 +10,7 @@ One training step (AdamW with linear warmup then linear decay, Devlin et al. 201
 
     for each of accum micro-batches:  out, cache = model.forward(batch, rng=(seed, step, micro))
                                        grads += model.backward(cache) / accum
+    grads = sum of grads over processes (one process: grads; ZeRO-1: this process's shard)
     norm = clip_grad_norm(grads, grad_clip)
     optimizer.step(grads, lr=lr_at(step))
     at log, eval and save steps: stop, saving nothing, if any loss or norm since the last check was not finite
@@ -24,8 +25,9 @@ bitwise identical (NumPy backend; cuBLAS may pick other reduction orders).
 
 Data parallel: `mpiexec -n N python scripts/pretrain.py ...` runs the same steps on N
 processes, each on its slice of every global batch (--batch-size stays global); the
-gradients are summed over processes while the backward runs, and rank 0 alone writes the
-run directory. distributed.py says how the N slices add up to the one-process step.
+gradients are summed over processes while the backward runs (--zero 1: reduce-scattered
+after it, each process updating its shard of the parameters; zero.py), and rank 0 alone
+writes the run directory. distributed.py says how the N slices add up to the one-process step.
 
 Run directory OUT (rundir.py; the run holds its lock from start to end, so a second run or
 --resume on the same OUT stops at once, naming the PID of the one writing):
@@ -43,7 +45,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 
-from minibert import backend, distributed, rundir
+from minibert import backend, distributed, rundir, zero
 from minibert.checkpoint import checkpoint_exists
 from minibert.corpus import default_corpus, read_documents, split_documents
 from minibert.inference import load_pretrained, load_pretrained_tokenizer
@@ -86,7 +88,7 @@ class TrainConfig:
     eval_batches: int = 20
     log_every: int = 50
     fill_mask_examples: int = 5
-    zero: int = 0  # 1: shard the AdamW moments over data-parallel processes (ZeRO stage 1; distributed.py)
+    zero: int = 0  # 1: shard the AdamW moments over data-parallel processes (ZeRO stage 1; zero.py)
 
 
 # settings that change what an exact resume computes: a resumed run must match them
@@ -320,7 +322,7 @@ def _pretrain(tc, model_overrides):
     eval_set = held_data.eval_batches(tc.batch_size, tc.eval_batches)
 
     if tc.zero:
-        opt = distributed.ShardedAdamW(w, model.params, lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = zero.ShardedAdamW(w, model.params, lr=tc.lr, weight_decay=tc.weight_decay)
     else:
         opt = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
     dp = distributed.DataParallel(w, opt)
@@ -355,7 +357,8 @@ def _pretrain(tc, model_overrides):
                 batch, counts, first_row = dp.slice(batch)
                 out, cache = model.forward(batch, train=True, rng=backend.rng((tc.seed, step, micro), first_row),
                                            global_counts=counts)
-                # the mean over micro-batches, summed over processes after the last one
+                # this process's mean over micro-batches (after the last one, its sum over
+                # processes is on the way)
                 grads = dp.backward(model, cache, grads, 1.0 / tc.accum, last=micro == tc.accum - 1)
                 # losses stay device scalars: no host sync until the log line
                 nsp = ({"nsp_loss": out["nsp_loss"] / tc.accum, "nsp_correct": out["nsp_correct"],
@@ -364,6 +367,7 @@ def _pretrain(tc, model_overrides):
                            mlm_correct=out["mlm_correct"], mlm_count=out["mlm_count"], **nsp,
                            tokens=batch["attention_mask"].sum(), positions=batch["attention_mask"].size)
                 position = next_position
+            grads = dp.reduce(grads)  # summed over processes; --zero 1: this process's shard of the sum
             norm = dp.clip_grad_norm(grads, tc.grad_clip)  # the global norm, the same on every rank
             # stays on the device: 0 * inf and 0 * nan are nan, so one host read at the next
             # log, eval or save step sees any bad step since the last (no wait per step)

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from minibert import backend, distributed  # noqa: E402
+from minibert import backend, distributed, zero  # noqa: E402
 from minibert.model import PRESETS, BertConfig, BertForPreTraining  # noqa: E402
 from minibert.optim import AdamW  # noqa: E402
 
@@ -51,7 +51,7 @@ def worker(a):
     w = distributed.init("numpy")
     c = BertConfig(**PRESETS[a.preset], vocab_size=a.vocab)
     model = BertForPreTraining(c, seed=0)
-    opt = distributed.ShardedAdamW(w, model.params, lr=1e-4) if a.zero else AdamW(model.params, lr=1e-4)
+    opt = zero.ShardedAdamW(w, model.params, lr=1e-4) if a.zero else AdamW(model.params, lr=1e-4)
     dp = distributed.DataParallel(w, opt, overlap=not a.no_overlap)
     batch = make_batch(c, a.batch_size, a.seq_len)
     times, fb, waited, span, skew = [], [], [], [], []
@@ -67,12 +67,17 @@ def worker(a):
             w.barrier()
             skew.append(1000 * (time.perf_counter() - tb))
             sync = distributed.GradientSync(w, None, 1.0, overlap=False)
-            grads = sync.finish(g)
+            sync.send_rest(g)
+            grads = sync.wait()
             tm_sync = sync.timing
         else:
             grads = dp.backward(model, cache, None, 1.0, last=True)
+            if not a.zero:  # the wait for the sum the backward started: part of the backward's time
+                grads = dp.reduce(grads)
             tm_sync = None
         t1 = time.perf_counter()
+        if a.zero:  # the reduce-scatter, after the backward: timed with the sharded update
+            grads = dp.reduce(grads)
         dp.clip_grad_norm(grads, 1.0)
         opt.step(grads, lr=1e-4)
         t2 = time.perf_counter()
@@ -100,7 +105,7 @@ def worker(a):
            "comm_span_ms": float(np.min(span)), "skew_ms": float(np.min(skew)) if skew else 0.0,
            "pos_per_s": a.batch_size * a.seq_len / float(np.min(times)),
            "grad_mb": nbytes / 2**20, "allreduce_ms": 1000 * float(np.min(ar)) if ar else None,
-           "optimizer_state_mb": distributed.optimizer_state_bytes(opt) / 2**20}
+           "optimizer_state_mb": zero.optimizer_state_bytes(opt) / 2**20}
     if w.rank == 0:
         print("RESULT " + json.dumps(res), flush=True)
 
@@ -168,9 +173,9 @@ def main():
         single = launch(a, preset, 1, a.threads)
         dp = launch(a, preset, a.procs, 1)
         sync = launch(a, preset, a.procs, 1, ["--no-overlap"])
-        zero = launch(a, preset, a.procs, 1, ["--zero"])
+        sharded = launch(a, preset, a.procs, 1, ["--zero"])
         overlapped = 1 - dp["comm_waited_ms"] / sync["comm_waited_ms"] if sync["comm_waited_ms"] > 0 else float("nan")
-        rows.append({"preset": preset, "single": single, "dp": dp, "dp_sync": sync, "zero": zero,
+        rows.append({"preset": preset, "single": single, "dp": dp, "dp_sync": sync, "zero": sharded,
                      "overlapped_share": overlapped})
         print(f"\n{preset}: gradients {dp['grad_mb']:.1f} MB, blocking all-reduce of them {dp['allreduce_ms']:.1f} ms "
               f"({dp['grad_mb'] * 2 * (a.procs - 1) / a.procs / 1024 / (dp['allreduce_ms'] / 1000):.2f} GB/s "
@@ -178,7 +183,7 @@ def main():
         print(f"  {'run':<28} {'ms/step':>8} {'median':>8} {'pos/s':>8} {'fwd+bwd':>8} {'comm waited':>11} "
               f"{'in flight':>9} {'AdamW MB':>8}")
         for name, r in (("1 proc x %d threads" % a.threads, single), (f"{a.procs} procs x 1, overlap", dp),
-                        (f"{a.procs} procs x 1, no overlap", sync), (f"{a.procs} procs x 1, ZeRO-1", zero)):
+                        (f"{a.procs} procs x 1, no overlap", sync), (f"{a.procs} procs x 1, ZeRO-1", sharded)):
             print(f"  {name:<28} {r['ms_per_step']:8.1f} {r['ms_per_step_median']:8.1f} {r['pos_per_s']:8.0f} "
                   f"{r['fwd_bwd_ms']:8.1f} "
                   f"{r['comm_waited_ms']:11.1f} {r['comm_span_ms']:9.1f} {r['optimizer_state_mb']:8.2f}")

@@ -2,6 +2,8 @@
 1, 2 and 3 processes on the same global batches give the same run (losses and final
 parameters, float32 and float64, with gradient accumulation), resume across process counts,
 kill -9 of one rank, ZeRO-1. Every run is the tiny test model for 20 steps: seconds each.
+The ZeRO-1 hand-off (reduce-scatter, clip, step on the shard) is also checked on small
+drawn tensors, against optim.AdamW on the summed gradients, bitwise.
 
 Skipped when mpi4py (the `mpi` extra) is not installed. The learning rate is constant
 (--min-lr = --lr, no warmup), so a run of 10 steps resumed with --steps 20 continues the
@@ -17,8 +19,9 @@ import time
 import numpy as np
 import pytest
 
-from minibert import backend, distributed
+from minibert import backend, distributed, zero
 from minibert.checkpoint import load_checkpoint
+from minibert.optim import AdamW, clip_grad_norm
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 
 from test_train import SMALL_ARGS, write_corpus
@@ -136,8 +139,8 @@ def test_zero1_equals_unsharded_and_halves_optimizer_memory(tmp_path, data):
     run(2, tmp_path / "zero", data, "--zero", "1")
     assert_close_runs(tmp_path / "zero", tmp_path / "plain", 1e-6)
     plain = json.loads(open(tmp_path / "plain" / "metrics.jsonl").readline())["optimizer_state_bytes"]
-    zero = json.loads(open(tmp_path / "zero" / "metrics.jsonl").readline())["optimizer_state_bytes"]
-    assert abs(zero - plain / 2) <= 8  # rank 0 holds half the moments (to one element of padding)
+    sharded = json.loads(open(tmp_path / "zero" / "metrics.jsonl").readline())["optimizer_state_bytes"]
+    assert abs(sharded - plain / 2) <= 8  # rank 0 holds half the moments (to one element of padding)
     # the checkpoint keeps the unsharded format: one process resumes a ZeRO-1 run
     run(2, tmp_path / "zero_then_one", data, "--zero", "1", "--save-every", "10", steps=10)
     run(1, tmp_path / "zero_then_one", data, "--save-every", "10", "--resume")
@@ -199,3 +202,129 @@ def test_batch_slices_and_single_process_world():
             assert max(s.stop - s.start for s in rows) - min(s.stop - s.start for s in rows) <= 1
     w = distributed.world()
     assert w.size == 1 and w.rank == 0 and list(w.sum_host([1.5, 2.0])) == [1.5, 2.0]
+
+
+# ----------------------------------------------------------------------------------------
+# the ZeRO-1 hand-off: ShardedAdamW.step updates from the gradients it is given
+
+SHAPES = {"w": (5, 7), "b": (7,), "ln": (3,), "emb": (9, 4)}  # 81 elements: on 2 ranks "b" is cut
+KW = dict(lr=1e-2, weight_decay=0.1, no_decay=lambda name, p: p.ndim == 2)  # not the default rule: 1-D decays
+
+
+def draw(seed, n_grads, n_ranks):
+    """float64 host params and, per step, every rank's local gradients (random, never ones)."""
+    r = np.random.default_rng(seed)
+    params = {k: r.standard_normal(s) for k, s in SHAPES.items()}
+    grads = [[{k: r.standard_normal(s) * r.uniform(0.1, 3.0) for k, s in SHAPES.items()} for _ in range(n_ranks)]
+             for _ in range(n_grads)]
+    return params, grads
+
+
+def plain_run(params, grads, steps):
+    """optim.AdamW on the gradients summed over ranks (added here in rank order)."""
+    p = {k: v.copy() for k, v in params.items()}
+    opt = AdamW(p, **KW)
+    for s in range(steps):
+        opt.step({k: sum(g[k] for g in grads[s]) for k in p})
+    return p, opt
+
+
+def sharded(w, params):
+    p = {k: v.copy() for k, v in params.items()}
+    return p, zero.ShardedAdamW(w, p, **KW)
+
+
+def check_zero1_hand_off(w):
+    """On each rank of w: ShardedAdamW.step on reduce_scatter's shard is optim.AdamW's step
+    on the summed gradients, bitwise (the sum of two addends does not depend on their order),
+    and a wrong hand-off shows: whole local gradients are refused, an unreduced shard or the
+    previous step's shard give other parameters. The custom no_decay is asked about the whole
+    parameter, and the state's meta names what it said."""
+    params, grads = draw(0, 3, w.size)
+    ref, ref_opt = plain_run(params, grads, 2)
+    p, opt = sharded(w, params)
+    for s in range(2):
+        opt.step(opt.reduce_scatter(grads[s][w.rank]))
+    assert all(np.array_equal(p[k], ref[k]) for k in p), "the sharded run is not the plain one"
+    tensors, meta = opt.state_dict()
+    ref_tensors, ref_meta = ref_opt.state_dict()
+    assert meta["no_decay"] == ref_meta["no_decay"] == ["emb", "w"]
+    if w.rank == 0:
+        assert all(np.array_equal(tensors[k], ref_tensors[k]) for k in ref_tensors)
+    p2, opt2 = sharded(w, params)  # the state round trip: the third step continues bitwise
+    opt2.load_state_dict(tensors if w.rank == 0 else ref_tensors, meta)  # (rank 0 alone gets the tensors)
+    ref3, _ = plain_run(params, grads, 3)
+    for k in p2:  # in place: the optimizer holds views of them
+        p2[k][...] = p[k]
+    opt2.step(opt2.reduce_scatter(grads[2][w.rank]))
+    assert all(np.array_equal(p2[k], ref3[k]) for k in p2)
+    with pytest.raises(ValueError):
+        opt2.load_state_dict(ref_tensors, dict(meta, no_decay=["w"]))
+
+    # the wrong hand-offs
+    p, opt = sharded(w, params)
+    with pytest.raises(ValueError):
+        opt.step(grads[0][w.rank])  # whole, unreduced gradients: not this rank's shard
+    with pytest.raises(ValueError):
+        opt.reduce_scatter(opt.reduce_scatter(grads[0][w.rank]))  # a shard is not whole gradients
+    unreduced = {k: grads[0][w.rank][k].reshape(-1)[a:b] for k, (a, b) in opt.own.items()}
+    opt.step(unreduced)
+    if w.size > 1:
+        assert not all(np.array_equal(p[k], plain_run(params, grads, 1)[0][k]) for k in p)
+    p, opt = sharded(w, params)
+    stale = opt.reduce_scatter(grads[0][w.rank])
+    opt.step(stale)
+    opt.reduce_scatter(grads[1][w.rank])
+    opt.step(stale)  # the previous step's shard, not the one just reduced
+    assert not all(np.array_equal(p[k], ref[k]) for k in p)
+
+    # DataParallel: reduce returns the shard, clip_grad_norm clips it on the global norm
+    p, opt = sharded(w, params)
+    dp = distributed.DataParallel(w, opt)
+    summed = {k: sum(g[k] for g in grads[0]) for k in SHAPES}
+    norm = clip_grad_norm(summed, 1.0)
+    shard = dp.reduce({k: v.copy() for k, v in grads[0][w.rank].items()})
+    assert dp.clip_grad_norm(shard, 1.0) == pytest.approx(norm, rel=1e-13) and norm > 1.0
+    for k, (a, b) in opt.own.items():
+        np.testing.assert_allclose(shard[k], summed[k].reshape(-1)[a:b], rtol=1e-13)
+
+
+def check_plain_hand_off(w):
+    """Without sharding, reduce() waits for the sum the last backward started and returns it;
+    gradients other than those that backward returned are refused."""
+    class Model:  # a backward that reports its gradients as final, as the model's does
+        def backward(self, cache, on_ready=None):
+            if on_ready:
+                on_ready(cache)
+            return cache
+    params, grads = draw(1, 1, w.size)
+    dp = distributed.DataParallel(w, AdamW({k: v.copy() for k, v in params.items()}))
+    local = dp.backward(Model(), {k: v.copy() for k, v in grads[0][w.rank].items()}, None, 1.0, last=True)
+    assert all(np.array_equal(local[k], grads[0][w.rank][k]) for k in SHAPES)  # still this rank's
+    with pytest.raises(ValueError):
+        dp.reduce({k: v.copy() for k, v in local.items()})
+    summed = dp.reduce(local)
+    assert all(np.array_equal(summed[k], sum(g[k] for g in grads[0])) for k in SHAPES)
+    with pytest.raises(ValueError):
+        dp.reduce(local)  # once: its sum has been taken
+
+
+def test_zero1_steps_on_the_shard_it_is_given_one_process():
+    """One process: the whole machinery with identity collectives (and --zero 1 without mpiexec)."""
+    check_zero1_hand_off(distributed.World())
+
+
+def test_zero1_and_plain_hand_offs_on_two_processes():
+    if backend.name == "cupy":
+        pytest.skip("the ranks' check runs on host arrays")
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.abspath(__file__), "hand-offs"],
+                       capture_output=True, text=True, timeout=120, env=ENV)
+    assert r.returncode == 0 and r.stdout.count("hand-offs checked") == 2, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["hand-offs"]:  # each rank of the test above
+    w = distributed.init("numpy")
+    with w.abort_on_error():
+        check_zero1_hand_off(w)
+        check_plain_hand_off(w)
+    print(f"rank {w.rank}: hand-offs checked", flush=True)

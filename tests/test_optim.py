@@ -45,7 +45,7 @@ def clip(grads, max_norm):
     """clip_grad_norm's norm as a float, after checking its documented type: a Python float
     on the host, a 0-d device array on CuPy (so that clipping never waits for the device)."""
     norm = clip_grad_norm(grads, max_norm)
-    if backend.name == "numpy" or not grads:
+    if backend.name == "numpy":
         assert type(norm) is float
     else:
         assert isinstance(norm, backend.xp.ndarray) and norm.shape == ()
