@@ -8,8 +8,9 @@ corpus size). This one does the work once and then keeps it up to date:
   2. index the pairs of those distinct "words" and pick the best with a heap; a merge then
      touches only the words that contain its pair (`learn_merges`).
 `train` runs both and returns the merges; `BPETokenizer.train_from_files` and
-`train_from_iterator` (tokenizer.py) are the entry points people call, and `train_tokenizer`
-is the train-and-save program behind scripts/train_tokenizer.py.
+`train_from_iterator` (tokenizer.py, which imports this module) are the entry points people
+call, and `tokenizer.train_tokenizer` is the train-and-save program behind
+scripts/train_tokenizer.py.
 
 The rules that fix the result (pairs counted inside pre-tokens, overlaps included; ties to
 the greatest (bytes_a, bytes_b); special tokens never merged) are those of bpe.py, and
@@ -353,63 +354,3 @@ def train(texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] =
     merges = learn_merges(counts, vocab_size - n_base, min_frequency, report)
     report.done(f"bpe: {len(merges):,} merges, vocab {n_base + len(set(a + b for a, b in merges)):,}")
     return merges
-
-
-# ---------------------------------------------------------------------- the train-and-save program
-
-def heldout_split(path: Path, n_bytes: int) -> tuple[int, str]:
-    """(bytes of `path` to train on, held-out text): the last ~n_bytes, from a line start."""
-    size = path.stat().st_size
-    if n_bytes <= 0 or size <= 2 * n_bytes:   # too small to spare a slice: hold out nothing
-        return size, ""
-    with open(path, "rb") as f:
-        f.seek(size - n_bytes)
-        tail = f.read()
-    start = tail.find(b"\n") + 1   # start the slice on a line (and so on a character) boundary
-    return size - n_bytes + start, tail[start:].decode("utf-8")
-
-
-def train_tokenizer(corpus: Iterable[str | os.PathLike], out: str | os.PathLike, vocab_size: int = 8192,
-                    special_tokens: Iterable[str] | None = None, min_frequency: int = 2, pattern: str = GPT2_PATTERN,
-                    heldout_bytes: int = 1_000_000, gpt2_dir: str | os.PathLike | None = None,
-                    workers: int | None = None, progress: bool | Callable[[str], None] = True) -> dict:
-    """Train a tokenizer on corpus files, save it to `out` (and GPT-2 files to `gpt2_dir`), and
-    return a summary: vocab_size, merges, train_s, fingerprint, and, when the last
-    `heldout_bytes` of the last file were kept out of training, the compression on them
-    (heldout_bytes, heldout_tokens, bytes_per_token, encode_s).
-    special_tokens: None gives BERT's (tokenizer.SPECIAL_TOKENS)."""
-    # Imported here, not at the top: tokenizer.py imports this module for its train_from_* methods.
-    from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
-    special_tokens = list(SPECIAL_TOKENS if special_tokens is None else special_tokens)
-    files = [Path(c) for c in ([corpus] if isinstance(corpus, (str, os.PathLike)) else corpus)]
-    if not files:
-        raise ValueError("no corpus files given")
-    for f in files:   # every file exists, before any work
-        if not f.is_file():
-            raise FileNotFoundError(f"corpus file {str(f)!r} does not exist")
-    train_bytes, heldout = heldout_split(files[-1], heldout_bytes)
-    texts = chain(read_files(files[:-1], special_tokens), read_file_blocks(files[-1], train_bytes, special_tokens))
-    emit = Progress(progress).emit
-    if emit is not None:
-        total = sum(f.stat().st_size for f in files)
-        emit(f"corpus: {len(files)} file(s), {total / 1e6:,.1f} MB; held out {len(heldout.encode()) / 1e6:,.2f} MB "
-             f"| vocab_size {vocab_size} | specials {special_tokens}")
-
-    t0 = time.perf_counter()
-    tok = BPETokenizer.train_from_iterator(texts, vocab_size, special_tokens, min_frequency, pattern,
-                                           progress=progress, workers=workers)
-    train_s = time.perf_counter() - t0
-    tok.save(out)
-    if gpt2_dir:
-        tok.save_gpt2_files(gpt2_dir)
-
-    summary = {"out": str(out), "vocab_size": tok.vocab_size, "merges": len(tok.merges),
-               "train_s": round(train_s, 2), "fingerprint": tok.fingerprint()}
-    if heldout:
-        t0 = time.perf_counter()
-        n_tokens = len(tok.encode(heldout, allowed_special="all"))
-        encode_s = time.perf_counter() - t0
-        n_bytes = len(heldout.encode("utf-8"))
-        summary |= {"heldout_bytes": n_bytes, "heldout_tokens": n_tokens,
-                    "bytes_per_token": round(n_bytes / max(n_tokens, 1), 3), "encode_s": round(encode_s, 3)}
-    return summary

@@ -5,6 +5,7 @@ The first step of the pretraining pipeline (corpus -> token_cache -> instances):
     text files / directories / globs --read_documents / iter_documents--> Document(sentences, source, name)
     the running Python's standard library --default_corpus--> one Document per docstring
     Documents --split_documents / is_heldout--> (train, heldout), a stable split by content hash
+    a text file --heldout_split--> (bytes to train a tokenizer on, the held-out tail)
 
 Corpus text formats (``format=`` of read_documents; "auto" picks one per file):
     "lines"  one sentence per line, a blank line between documents (the original BERT format
@@ -159,6 +160,21 @@ def iter_documents(paths, format="auto"):
 def read_documents(paths, format="auto"):
     """All documents of text files, directories or globs, as a list (see iter_documents)."""
     return list(iter_documents(paths, format))
+
+
+def heldout_split(path, n_bytes):
+    """(bytes of the file at `path` to train on, held-out text): the last ~n_bytes, from a line
+    start (tokenizer.train_tokenizer measures compression on them). A file of at most
+    2 * n_bytes holds out nothing."""
+    path = Path(path)
+    size = path.stat().st_size
+    if n_bytes <= 0 or size <= 2 * n_bytes:   # too small to spare a slice: hold out nothing
+        return size, ""
+    with open(path, "rb") as f:
+        f.seek(size - n_bytes)
+        tail = f.read()
+    start = tail.find(b"\n") + 1   # start the slice on a line (and so on a character) boundary
+    return size - n_bytes + start, tail[start:].decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from minibert.task_data import (
     length_grouped_batches, read_examples, split_examples, subsample_per_class,
 )
 from minibert.tokenizer import SPECIAL_TOKENS
-from minibert.wordpiece import load_tokenizer
+from minibert.tokenizer_files import load_tokenizer
 
 MAX_CLASSES_SHOWN = 12  # the confusion matrix is printed only up to this many classes
 
@@ -274,7 +274,7 @@ def build_model(fc, num_labels):
         what = f"Hugging Face weights {fc.init}"
     else:
         config, params, meta = rundir.read_pretrained_encoder(fc.init, fc.init_checkpoint, fc.dtype)
-        tok = rundir.load_tokenizer(fc.init, meta, fc.init_checkpoint, fc.tokenizer)
+        tok = rundir.run_tokenizer(fc.init, meta, fc.init_checkpoint, fc.tokenizer)
         if fc.dropout is not None:
             config.dropout = fc.dropout
         if fc.random_init:

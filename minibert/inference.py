@@ -30,7 +30,7 @@ from minibert.encoder import encoder_forward, to_device_batch
 from minibert.model import IGNORE_INDEX, pretraining_model
 from minibert.rundir import PRETRAINING_KIND, load_run
 from minibert.tokenizer import SPECIAL_TOKENS
-from minibert.wordpiece import load_tokenizer
+from minibert.tokenizer_files import load_tokenizer
 
 
 def load_pretrained(path, name="last", dtype=None, kind=None):
@@ -59,7 +59,7 @@ def load_pretrained_tokenizer(path, name="last"):
     """The tokenizer of what load_pretrained(path, name) would load, without the weights."""
     if interop.is_hf_dir(path):
         return load_tokenizer(path)
-    return rundir.load_tokenizer(path, rundir.read_meta(path, name, PRETRAINING_KIND), name)
+    return rundir.run_tokenizer(path, rundir.read_meta(path, name, PRETRAINING_KIND), name)
 
 
 def _require_mlm(model):

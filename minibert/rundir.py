@@ -45,7 +45,7 @@ from minibert.checkpoint import CheckpointError, check_tensors, load_checkpoint,
 from minibert.checkpoint import read_meta as read_record_meta
 from minibert.encoder import encoder_param_shapes
 from minibert.model import BertConfig, pretraining_model
-from minibert.wordpiece import load_tokenizer as read_tokenizer
+from minibert.tokenizer_files import load_tokenizer
 
 PRETRAINING_KIND = "minibert-pretraining"
 CLASSIFICATION_KIND = "minibert-classification"
@@ -177,15 +177,15 @@ def restore(run_dir, kind, tok, model, opt, expect):
     return meta
 
 
-def load_tokenizer(run_dir, meta, name="last", path=None):
+def run_tokenizer(run_dir, meta, name="last", path=None):
     """The run's tokenizer.json, checked against checkpoint NAME's fingerprint (meta); or
     the tokenizer at `path`, which the caller vouches for (it is not checked)."""
     if path:
-        return read_tokenizer(path)
+        return load_tokenizer(path)
     tok_path = os.path.join(run_dir, TOKENIZER_FILE)
     if not os.path.exists(tok_path):
         raise FileNotFoundError(f"{run_dir} is not a minibert run directory: {tok_path} is missing")
-    tok = read_tokenizer(tok_path)
+    tok = load_tokenizer(tok_path)
     check_tokenizer(meta, tok, run_dir, name, tok_path)
     return tok
 
@@ -200,7 +200,7 @@ def load_run(run_dir, name, kind, dtype=None, tokenizer=None):
         raise FileNotFoundError(f"{run_dir} is not a minibert run directory: "
                                 f"{os.path.join(run_dir, TOKENIZER_FILE)} is missing")
     params, _, meta = read_checkpoint(run_dir, name, kind)
-    tok = load_tokenizer(run_dir, meta, name, tokenizer)
+    tok = run_tokenizer(run_dir, meta, name, tokenizer)
     config = BertConfig.from_dict(meta["config"])
     if kind == PRETRAINING_KIND:  # MLM + NSP, or MLM alone (meta "model_class")
         check_tensors(params, pretraining_model(meta)[1](config), record_path(run_dir, name))
@@ -215,7 +215,7 @@ def read_pretrained_encoder(run_dir, name="last", dtype=None):
 
     Only the encoder (emb.*, layers.*, pool.*) is kept: the MLM and NSP heads are dropped
     (an MLM-only run has no pool.*).
-    The tokenizer is left to the caller (load_tokenizer). CheckpointError for a checkpoint
+    The tokenizer is left to the caller (run_tokenizer). CheckpointError for a checkpoint
     of another kind, naming what it is, or one whose parameters do not match its config."""
     params, _, meta = read_checkpoint(run_dir, name, PRETRAINING_KIND)
     config = BertConfig.from_dict(meta["config"])

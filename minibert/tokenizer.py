@@ -2,7 +2,10 @@
 decodes, and reads and writes its files.
 
 bpe.py defines BPE in plain code (start there); this module is its fast encoder, and
-bpe_train.py its fast trainer. Pipeline of `encode`:
+bpe_train.py its fast trainer; `train_tokenizer` at the end trains, saves and measures one
+(scripts/train_tokenizer.py). What both tokenizers share (look-ups, cutting out special
+tokens, the piece cache, the saved JSON and its fingerprint) is vocab.Vocabulary. Pipeline of
+`encode`:
   1. special tokens ("[MASK]", "<|endoftext|>") are cut out of the text first, longest first;
   2. each remaining part is split into pre-tokens with a regex (GPT-2's by default);
   3. each pre-token's UTF-8 bytes are merged by rank: always the adjacent pair whose merge was
@@ -26,11 +29,11 @@ training raise ValueError naming the position. See docs/tokenizer.md for a walk-
 """
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import multiprocessing as mp
 import os
+import time
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable
@@ -39,84 +42,17 @@ import regex
 
 from minibert import bpe_train
 from minibert.atomic import atomic_write
-from minibert.bpe import (GPT2_PATTERN, bytes_to_token_str, has_surrogate, special_regex, surrogate_error,
-                          token_str_to_bytes)
+from minibert.corpus import heldout_split
+from minibert.bpe import GPT2_PATTERN, bytes_to_token_str, has_surrogate, surrogate_error, token_str_to_bytes
+from minibert.vocab import Vocabulary, read_json
 
 # BERT's special tokens, in the order of their ids when a tokenizer is trained with them
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 FORMAT_NAME = "minibert-bpe"
 FORMAT_VERSION = 1
 
-_CACHE_LIMIT = 1 << 19      # pre-token cache entries before the cache is cleared
 _MAX_AUTO_SPECIALS = 256    # more unexplained vocab.json entries than this means broken files
 _PARALLEL_ENCODE_CHARS = 2 << 20  # an encode_batch larger than this is split across processes
-
-
-class _PieceCache(dict):
-    """pre-token string -> list of ids; a miss computes and stores (cleared when full)."""
-
-    def __init__(self, encode_piece: Callable[[str], list[int]]):
-        super().__init__()
-        self._encode_piece = encode_piece
-
-    def __missing__(self, piece: str) -> list[int]:
-        ids = self._encode_piece(piece)
-        if len(self) >= _CACHE_LIMIT:
-            self.clear()
-        self[piece] = ids
-        return ids
-
-
-class Vocabulary:
-    """What every minibert tokenizer shares: ids <-> printable token strings (self._id_str,
-    self._str_id), special tokens (self._special, their regexes memoised in self._special_res)
-    and a memo of encoded pieces (self._cache). BPETokenizer and
-    wordpiece.WordPieceTokenizer build those their own way and inherit the look-ups."""
-    _unknown_hint = "not in the vocabulary"  # what a KeyError adds about the token strings
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_str)
-
-    def clear_cache(self) -> None:
-        """Forget the memo of encoded pieces, so the next encode starts cold (benchmarks)."""
-        self._cache.clear()
-
-    def token_to_id(self, token: str) -> int:
-        """Id of a token given as its printable string; KeyError if unknown."""
-        try:
-            return self._str_id[token]
-        except KeyError:
-            raise KeyError(f"unknown token {token!r} ({self._unknown_hint})") from None
-
-    def id_to_token(self, i: int) -> str:
-        """Printable string of a token id (inverse of token_to_id)."""
-        self._check_ids([i])
-        return self._id_str[i]
-
-    def _check_ids(self, ids: list[int]) -> None:
-        n = len(self._id_str)
-        if ids and (min(ids) < 0 or max(ids) >= n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise ValueError(f"unknown token id {bad} (vocab size is {n})")
-
-    def _allowed_regex(self, allowed_special):
-        """The regex that cuts out the special tokens (self._special) that encode may match."""
-        if isinstance(allowed_special, str):
-            if allowed_special == "all":
-                allowed = frozenset(self._special)
-            elif allowed_special == "none":
-                allowed = frozenset()
-            else:
-                raise ValueError(f'allowed_special must be "all", "none" or a set of special tokens, got {allowed_special!r}')
-        else:
-            allowed = frozenset(allowed_special)
-            unknown = allowed - set(self._special)
-            if unknown:
-                raise ValueError(f"allowed_special has tokens that are not special tokens: {sorted(unknown)!r}")
-        if allowed not in self._special_res:
-            self._special_res[allowed] = special_regex(allowed)
-        return self._special_res[allowed]
 
 
 class BPETokenizer(Vocabulary):
@@ -127,8 +63,11 @@ class BPETokenizer(Vocabulary):
     strings (ids 0, 1, ... in that order) or a dict string -> id; `vocab` (optional) maps every
     non-special id to its bytes, for files whose ids are laid out differently from the default
     (specials first, then the 256 bytes, then merge results in order).
+
+    encode (Vocabulary.encode) raises ValueError for a text with a lone surrogate.
     """
     _unknown_hint = "tokens are GPT-2 byte-level strings like 'Ġthe', or special tokens"
+    _one_per_line = ("vocab", "merges")
 
     def __init__(self, merges: Iterable[tuple[bytes, bytes]], special_tokens: Iterable[str] | dict[str, int] = (),
                  pattern: str = GPT2_PATTERN, vocab: dict[int, bytes] | None = None):
@@ -216,8 +155,7 @@ class BPETokenizer(Vocabulary):
         self._str_id = {s: i for i, s in enumerate(self._id_str)}
         for s, i in self._special.items():   # a special token's own string wins over a byte-level twin
             self._str_id[s] = i
-        self._special_res: dict[frozenset, object] = {}
-        self._cache = _PieceCache(self._encode_piece)
+        super().__init__()
 
     # ------------------------------------------------------------------ inspection
 
@@ -232,10 +170,6 @@ class BPETokenizer(Vocabulary):
         return dict(enumerate(self._id_bytes))
 
     @property
-    def special_tokens(self) -> dict[str, int]:
-        return dict(self._special)
-
-    @property
     def pattern(self) -> str:
         return self._pattern
 
@@ -244,16 +178,6 @@ class BPETokenizer(Vocabulary):
 
     # ------------------------------------------------------------------ encoding
 
-    def encode(self, text: str, allowed_special: str | Iterable[str] = "all") -> list[int]:
-        """Token ids of `text`.
-
-        allowed_special: "all" (default) turns every special token written in the text into its
-        id, so a user typing "[MASK]" gets the mask token; "none" encodes special-token strings
-        as ordinary text; a set of strings allows just those. Special tokens not allowed are
-        plain text, never an error. Raises ValueError for a lone surrogate.
-        """
-        return self._encode(text, self._allowed_regex(allowed_special))
-
     def encode_batch(self, texts: Iterable[str], allowed_special: str | Iterable[str] = "all",
                      workers: int | None = None) -> list[list[int]]:
         """encode() for each text (they share the pre-token cache).
@@ -261,31 +185,19 @@ class BPETokenizer(Vocabulary):
         A batch of more than _PARALLEL_ENCODE_CHARS characters is split into `workers`
         contiguous parts (None: 2 when the machine has them), encoded side by side in forked
         processes; the ids are the same as encoding one text at a time."""
-        special_re = self._allowed_regex(allowed_special)
+        mode = self._mode(allowed_special)
         texts = texts if isinstance(texts, list) else list(texts)
         if workers is None:
             workers = min(2, os.cpu_count() or 1)
         if workers > 1 and _can_fork() and sum(map(len, texts)) >= _PARALLEL_ENCODE_CHARS:
-            return _encode_parallel(self, texts, special_re, workers)
-        return [self._encode(t, special_re) for t in texts]
+            return _encode_parallel(self, texts, mode, workers)
+        return [self._encode(t, mode) for t in texts]
 
-    def _encode(self, text: str, special_re) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects str, got {type(text).__name__}")
-        out: list[int] = []
+    def _encode(self, text: str, mode) -> list[int]:
         try:
-            if special_re is None:
-                self._encode_ordinary(text, out)
-            else:
-                start = 0
-                for m in special_re.finditer(text):
-                    self._encode_ordinary(text[start:m.start()], out)
-                    out.append(self._special[m.group()])
-                    start = m.end()
-                self._encode_ordinary(text[start:], out)
-        except UnicodeEncodeError:
+            return super()._encode(text, mode)
+        except UnicodeEncodeError:   # from piece.encode("utf-8"): the error names the position in the whole text
             raise surrogate_error(text) from None
-        return out
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes the ids stand for; ValueError for an id outside the vocabulary."""
@@ -298,11 +210,12 @@ class BPETokenizer(Vocabulary):
         middle of a character) become U+FFFD instead of raising."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
-    def _encode_ordinary(self, text: str, out: list[int]) -> None:
+    def _encode_ordinary(self, text: str, out: list[int], cache) -> None:
         # map + chain keep the per-pre-token loop in C; only cache misses run Python code.
-        out.extend(chain.from_iterable(map(self._cache.__getitem__, self._pat.findall(text))))
+        out.extend(chain.from_iterable(map(cache.__getitem__, self._pat.findall(text))))
 
-    def _encode_piece(self, piece: str) -> list[int]:
+    def _encode_piece(self, piece: str, allowed: frozenset) -> list[int]:
+        """Ids of one pre-token (a cache miss); they do not depend on the allowed special tokens."""
         s = piece.encode("utf-8").decode("latin-1")   # one symbol per byte
         if len(s) > 1:
             s = self._merge(s)
@@ -402,27 +315,6 @@ class BPETokenizer(Vocabulary):
             "merges": [[bytes_to_token_str(a), bytes_to_token_str(b)] for a, b in self._merges],
         }
 
-    def _canonical_json(self) -> str:
-        """The saved text: one key per line, one vocab entry or merge per line."""
-        def dump(x):
-            return json.dumps(x, ensure_ascii=False)
-        lines = []
-        for key, value in self.to_dict().items():
-            if isinstance(value, list):
-                body = ",\n".join(f"  {dump(v)}" for v in value)
-                lines.append(f' {dump(key)}: [\n{body}\n ]' if value else f" {dump(key)}: []")
-            else:
-                lines.append(f" {dump(key)}: {dump(value)}")
-        return "{\n" + ",\n".join(lines) + "\n}"
-
-    def fingerprint(self) -> str:
-        """Short hex id of the tokenizer (sha256 of its saved JSON), to key data caches."""
-        return hashlib.sha256(self._canonical_json().encode("utf-8")).hexdigest()[:16]
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer as versioned JSON, atomically (atomic.atomic_write)."""
-        atomic_write(path, self._canonical_json() + "\n")
-
     @classmethod
     def from_dict(cls, d, source: str = "tokenizer data") -> "BPETokenizer":
         def bad(msg):
@@ -462,12 +354,7 @@ class BPETokenizer(Vocabulary):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Read a file written by save(); ValueError if it is malformed or truncated."""
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); the file may be truncated or not a tokenizer file") from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
     @classmethod
     def from_gpt2_files(cls, vocab_json: str | os.PathLike, merges_txt: str | os.PathLike,
@@ -479,11 +366,8 @@ class BPETokenizer(Vocabulary):
         as a special token (GPT-2's "<|endoftext|>", RoBERTa's "<s>", "<mask>", ...). A list
         names them instead: each keeps its vocab.json id, or gets the next free id if absent.
         """
-        try:
-            vocab_in = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{vocab_json}: not valid JSON ({e})") from None
-        if not isinstance(vocab_in, dict) or not all(isinstance(i, int) for i in vocab_in.values()):
+        vocab_in = read_json(vocab_json)
+        if not all(isinstance(i, int) for i in vocab_in.values()):
             raise ValueError(f"{vocab_json}: expected a JSON object mapping token strings to integer ids")
         merges = []
         lines = Path(merges_txt).read_text(encoding="utf-8").split("\n")
@@ -545,6 +429,53 @@ class BPETokenizer(Vocabulary):
         return vocab_path, merges_path
 
 
+# ---------------------------------------------------------------------- the train-and-save program
+
+def train_tokenizer(corpus: Iterable[str | os.PathLike], out: str | os.PathLike, vocab_size: int = 8192,
+                    special_tokens: Iterable[str] | None = None, min_frequency: int = 2, pattern: str = GPT2_PATTERN,
+                    heldout_bytes: int = 1_000_000, gpt2_dir: str | os.PathLike | None = None,
+                    workers: int | None = None, progress: bool | Callable[[str], None] = True) -> dict:
+    """Train a tokenizer on corpus files, save it to `out` (and GPT-2 files to `gpt2_dir`), and
+    return a summary: vocab_size, merges, train_s, fingerprint, and, when the last
+    `heldout_bytes` of the last file were kept out of training, the compression on them
+    (heldout_bytes, heldout_tokens, bytes_per_token, encode_s).
+    special_tokens: None gives BERT's (SPECIAL_TOKENS)."""
+    special_tokens = list(SPECIAL_TOKENS if special_tokens is None else special_tokens)
+    files = [Path(c) for c in ([corpus] if isinstance(corpus, (str, os.PathLike)) else corpus)]
+    if not files:
+        raise ValueError("no corpus files given")
+    for f in files:   # every file exists, before any work
+        if not f.is_file():
+            raise FileNotFoundError(f"corpus file {str(f)!r} does not exist")
+    train_bytes, heldout = heldout_split(files[-1], heldout_bytes)
+    texts = chain(bpe_train.read_files(files[:-1], special_tokens),
+                  bpe_train.read_file_blocks(files[-1], train_bytes, special_tokens))
+    emit = bpe_train.Progress(progress).emit
+    if emit is not None:
+        total = sum(f.stat().st_size for f in files)
+        emit(f"corpus: {len(files)} file(s), {total / 1e6:,.1f} MB; held out {len(heldout.encode()) / 1e6:,.2f} MB "
+             f"| vocab_size {vocab_size} | specials {special_tokens}")
+
+    t0 = time.perf_counter()
+    tok = BPETokenizer.train_from_iterator(texts, vocab_size, special_tokens, min_frequency, pattern,
+                                           progress=progress, workers=workers)
+    train_s = time.perf_counter() - t0
+    tok.save(out)
+    if gpt2_dir:
+        tok.save_gpt2_files(gpt2_dir)
+
+    summary = {"out": str(out), "vocab_size": tok.vocab_size, "merges": len(tok.merges),
+               "train_s": round(train_s, 2), "fingerprint": tok.fingerprint()}
+    if heldout:
+        t0 = time.perf_counter()
+        n_tokens = len(tok.encode(heldout, allowed_special="all"))
+        encode_s = time.perf_counter() - t0
+        n_bytes = len(heldout.encode("utf-8"))
+        summary |= {"heldout_bytes": n_bytes, "heldout_tokens": n_tokens,
+                    "bytes_per_token": round(n_bytes / max(n_tokens, 1), 3), "encode_s": round(encode_s, 3)}
+    return summary
+
+
 # ---------------------------------------------------------------------- encode_batch in processes
 
 _worker_state: dict = {}
@@ -557,17 +488,17 @@ def _can_fork() -> bool:
 def _encode_part(bounds: tuple[int, int]) -> list[list[int]]:
     """Encode texts[lo:hi] of the batch that _encode_parallel left in _worker_state (a forked
     worker inherits the tokenizer, its cache and the texts without pickling them)."""
-    tok, texts, special_re = _worker_state["encode_job"]
+    tok, texts, mode = _worker_state["encode_job"]
     lo, hi = bounds
-    return [tok._encode(t, special_re) for t in texts[lo:hi]]
+    return [tok._encode(t, mode) for t in texts[lo:hi]]
 
 
-def _encode_parallel(tok: "BPETokenizer", texts: list[str], special_re, workers: int) -> list[list[int]]:
+def _encode_parallel(tok: "BPETokenizer", texts: list[str], mode, workers: int) -> list[list[int]]:
     """encode_batch over `workers` contiguous parts: this process encodes the first, forked
     workers the others, and the parts are joined in order."""
     cuts = [len(texts) * k // workers for k in range(workers + 1)]
     parts = list(zip(cuts[:-1], cuts[1:]))
-    _worker_state["encode_job"] = (tok, texts, special_re)
+    _worker_state["encode_job"] = (tok, texts, mode)
     try:
         with mp.get_context("fork").Pool(workers - 1) as pool:
             rest = pool.map_async(_encode_part, parts[1:])

@@ -55,7 +55,7 @@ from minibert.model import PRESETS, BertConfig, BertForPreTraining, pretraining_
 from minibert.optim import AdamW, lr_at
 from minibert.token_cache import TokenizedCorpus
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
-from minibert.wordpiece import load_tokenizer
+from minibert.tokenizer_files import load_tokenizer
 
 
 @dataclass
@@ -119,7 +119,7 @@ def load_documents(tc):
 
 
 def get_tokenizer(tc, train_docs):
-    """Load --tokenizer (either kind: wordpiece.load_tokenizer), reuse OUT/tokenizer.json, or
+    """Load --tokenizer (either kind: tokenizer_files.load_tokenizer), reuse OUT/tokenizer.json, or
     train a byte-level BPE tokenizer on the training documents."""
     path = os.path.join(tc.out, rundir.TOKENIZER_FILE)
     if tc.init_from and tc.tokenizer:

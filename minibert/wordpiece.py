@@ -11,20 +11,30 @@ every text.
           private use, surrogate) except tab, newline and carriage return, and U+FFFD;
        b. put spaces around CJK ideographs (tokenize_chinese_chars), so each is a word;
        c. NFC-normalise, so "e" + U+0301 and "é" are one character either way;
-       d. split on whitespace; a word listed in never_split is kept whole from here on;
+       d. split on whitespace into tokens. A token that is in never_split or is one of the
+          allowed special tokens is kept whole from here on: "[MA\u200bSK]" is "[MASK]" once
+          a cleaned it, and so is "[MAS\u212a]" (Kelvin sign) once c made it a K;
        e. do_lower_case: lower-case, then (unless strip_accents is False) strip accents:
           NFD, then drop the combining marks (category Mn), "Café" -> "cafe". Without
-          do_lower_case, strip_accents=True strips accents only;
+          do_lower_case, strip_accents=True strips accents only. A token that is now in
+          never_split or an allowed special token is kept whole ("FOO!" with never_split
+          ["foo!"] is the one word "foo!");
        f. split every punctuation character off as its own word: Unicode categories P*,
           plus all ASCII characters that are neither letters, digits nor space ("$", "^",
           "`", "+", ...), which BERT counts as punctuation.
   3. WordPiece: each word is cut greedily into the longest vocabulary entry that starts it,
      then the longest "##"-prefixed entry that continues it, and so on ("unaffable" ->
      "un", "##aff", "##able"). A word with no such segmentation, or longer than
-     max_input_chars_per_word (100) characters, becomes one [UNK].
+     max_input_chars_per_word (100) characters, becomes one [UNK]. A never_split word is not
+     segmented: it is its vocabulary entry, or [UNK]. (A special token kept whole in d or e
+     is a vocabulary entry, so WordPiece gives its id.)
 
-Like BPETokenizer.encode, `encode` gives the ids of the text only: the programs add [CLS] and
-[SEP] themselves (task_data.encode_example builds pairs with token types; inference adds them
+These are the steps of Hugging Face's slow BertTokenizer (BertTokenizerLegacy in transformers
+5), which passes its special tokens to the basic tokenizer's never_split: the specials are
+recognised in the raw text (1) and again in the cleaned and lower-cased tokens (d, e).
+
+`encode` is the one BPETokenizer has too (vocab.Vocabulary.encode, which does stage 1): it
+gives the ids of the text only, and the programs add [CLS] and [SEP] themselves (task_data.encode_example builds pairs with token types; inference adds them
 for fill-mask), so both tokenizers are used alike.
 
 Where the slow and fast Hugging Face tokenizers disagree, this one follows the slow one
@@ -33,19 +43,18 @@ character by character (no final sigma), and uses its own Unicode tables).
 
 Speed: stages a-d run on the whole text with C loops (str.translate, unicodedata.normalize,
 str.split). Each distinct token they leave goes through e, f and WordPiece once, in Python,
-and its ids are cached, so common text costs little more than the split. Characters are
-classified with this Python's `unicodedata`, the tables the slow tokenizer consults (the
-`regex` module carries its own, usually newer, tables), each one once, the first time it is
-seen.
+and its ids are cached (one cache per set of allowed special tokens, since d and e depend on
+it), so common text costs little more than the split. Characters are classified with this
+Python's `unicodedata`, the tables the slow tokenizer consults (the `regex` module carries its
+own, usually newer, tables), each one once, the first time it is seen.
 
 Files: `load` reads a directory holding vocab.txt (and tokenizer_config.json with the options,
 when present), a vocab.txt path, a Hugging Face tokenizer.json with a WordPiece model, or the
-one-file JSON `save(".../tokenizer.json")` writes (format "minibert-wordpiece"). `load_tokenizer`
-at the end of this module picks BPETokenizer or WordPieceTokenizer from what is on disk.
+one-file JSON `save(".../tokenizer.json")` writes (format "minibert-wordpiece").
+tokenizer_files.load_tokenizer picks BPETokenizer or WordPieceTokenizer from what is on disk.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import unicodedata
@@ -54,17 +63,18 @@ from pathlib import Path
 from typing import Iterable
 
 from minibert.atomic import atomic_write
-from minibert.tokenizer import FORMAT_NAME as BPE_FORMAT_NAME, SPECIAL_TOKENS, BPETokenizer, Vocabulary
+from minibert.tokenizer import SPECIAL_TOKENS
+from minibert.vocab import Vocabulary, read_json
 
 FORMAT_NAME = "minibert-wordpiece"
 FORMAT_VERSION = 1
 VOCAB_FILE = "vocab.txt"
+JSON_FILE = "tokenizer.json"   # in a directory without vocab.txt: a Hugging Face or minibert tokenizer.json
 CONFIG_FILE = "tokenizer_config.json"
 UNK_TOKEN = "[UNK]"
 # HF config key -> default of the five BERT special tokens ([UNK] plus minibert's SPECIAL_TOKENS)
 _SPECIAL_KEYS = {"unk_token": UNK_TOKEN, "pad_token": SPECIAL_TOKENS[0], "cls_token": SPECIAL_TOKENS[1],
                  "sep_token": SPECIAL_TOKENS[2], "mask_token": SPECIAL_TOKENS[3]}
-_CACHE_LIMIT = 1 << 19   # token cache entries before the cache is cleared
 
 # "Chinese characters" as BERT defines them: the CJK Unified Ideographs blocks and their
 # extensions, and the compatibility ideographs. Hangul, kana etc. are words like any other.
@@ -124,21 +134,6 @@ class _CleanTable:
 _clean_tables = {True: _CleanTable(True), False: _CleanTable(False)}
 
 
-class _TokenCache(dict):
-    """whitespace-separated token -> list of ids; a miss computes and stores (cleared when full)."""
-
-    def __init__(self, compute):
-        super().__init__()
-        self._compute = compute
-
-    def __missing__(self, token: str) -> list[int]:
-        ids = self._compute(token)
-        if len(self) >= _CACHE_LIMIT:
-            self.clear()
-        self[token] = ids
-        return ids
-
-
 # ---------------------------------------------------------------------- the tokenizer
 
 class WordPieceTokenizer(Vocabulary):
@@ -151,6 +146,7 @@ class WordPieceTokenizer(Vocabulary):
     the vocabulary. The options mean what they mean in Hugging Face's BertTokenizer.
     """
     _unknown_hint = "not a line of the vocabulary"
+    _cache_per_allowed = True   # an allowed special token written with a control inside is kept whole
 
     def __init__(self, vocab: Iterable[str], do_lower_case: bool = True, strip_accents: bool | None = None,
                  tokenize_chinese_chars: bool = True, never_split: Iterable[str] = (), unk_token: str = UNK_TOKEN,
@@ -191,15 +187,10 @@ class WordPieceTokenizer(Vocabulary):
         self._next = {t[2:]: self._str_id[t] for t in self._str_id if t.startswith("##")}
         self._first_max = max(map(len, self._first), default=0)
         self._next_max = max(map(len, self._next), default=0)
-        self._special_res: dict[frozenset, object] = {}
         self._clean_table = _clean_tables[self.tokenize_chinese_chars]
-        self._cache = _TokenCache(self._token_ids)
+        super().__init__()
 
     # ------------------------------------------------------------------ inspection
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        return dict(self._special)
 
     @property
     def vocab(self) -> list[str]:
@@ -220,46 +211,20 @@ class WordPieceTokenizer(Vocabulary):
 
     # ------------------------------------------------------------------ encoding
 
-    def encode(self, text: str, allowed_special: str | Iterable[str] = "all") -> list[int]:
-        """Token ids of `text` (no [CLS]/[SEP] added).
-
-        allowed_special: "all" (default) turns every special token written in the text into
-        its id, as Hugging Face does; "none" tokenizes special-token strings as ordinary text
-        ("[MASK]" -> "[", "mask", "]"; HF's split_special_tokens=True); a set of strings
-        allows just those.
-        """
-        return self._encode(text, self._allowed_regex(allowed_special))
-
-    def encode_batch(self, texts: Iterable[str], allowed_special: str | Iterable[str] = "all") -> list[list[int]]:
-        """encode() for each text (they share the word cache)."""
-        special_re = self._allowed_regex(allowed_special)
-        return [self._encode(t, special_re) for t in texts]
+    # encode and encode_batch are Vocabulary's: allowed_special "all" (the default) is what
+    # Hugging Face does, "none" is the fast tokenizer's split_special_tokens=True ("[MASK]" ->
+    # "[", "mask", "]"), a set allows just those tokens, in stage 1 and in stages d and e.
 
     def tokenize(self, text: str, allowed_special: str | Iterable[str] = "all") -> list[str]:
         """The token strings of `text` ("un", "##aff", "##able"), for reading."""
         return [self._id_str[i] for i in self.encode(text, allowed_special)]
 
-    def _encode(self, text: str, special_re) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects str, got {type(text).__name__}")
-        out: list[int] = []
-        if special_re is None:
-            self._encode_ordinary(text, out)
-        else:
-            start = 0
-            for m in special_re.finditer(text):
-                self._encode_ordinary(text[start:m.start()], out)
-                out.append(self._special[m.group()])
-                start = m.end()
-            self._encode_ordinary(text[start:], out)
-        return out
-
-    def _encode_ordinary(self, text: str, out: list[int]) -> None:
+    def _encode_ordinary(self, text: str, out: list[int], cache) -> None:
         # stages a-d run on the whole text in C (str.translate, NFC, str.split); each distinct
-        # token they leave is taken through e, f and WordPiece once (_token_ids), then cached.
+        # token they leave is taken through e, f and WordPiece once (_encode_piece), then cached.
         # map + chain keep the per-token loop in C: only cache misses run Python code.
         tokens = self._clean(text).split() if self.do_basic_tokenize else text.split()
-        out.extend(chain.from_iterable(map(self._cache.__getitem__, tokens)))
+        out.extend(chain.from_iterable(map(cache.__getitem__, tokens)))
 
     def _clean(self, text: str) -> str:
         """Stages a-c: drop controls, space out CJK ideographs, NFC."""
@@ -267,27 +232,31 @@ class WordPieceTokenizer(Vocabulary):
             return text.translate(_ASCII_DROP)    # ASCII is already NFC and has no CJK
         return unicodedata.normalize("NFC", self._clean_table.apply(text))
 
-    def _token_ids(self, token: str) -> list[int]:
-        """Ids of one whitespace-separated token of cleaned text (a cache miss)."""
+    def _encode_piece(self, token: str, allowed: frozenset) -> list[int]:
+        """Ids of one whitespace-separated token of cleaned text (a cache miss), when the
+        special tokens `allowed` may be matched."""
         if not self.do_basic_tokenize:
             return self._wordpiece(token)
         ids = []
-        for word in self._words_of_token(token):
+        for word in self._words_of_token(token, self.never_split | allowed if allowed else self.never_split):
             if word in self.never_split:   # kept whole, looked up as it is (HF does the same)
                 ids.append(self._str_id.get(word, self._unk))
             else:
                 ids.extend(self._wordpiece(word))
         return ids
 
-    def _words_of_token(self, token: str) -> list[str]:
-        """Stages e-f on one token: lower-case and strip accents as configured, then split
-        off each punctuation character."""
-        if token in self.never_split:
+    def _words_of_token(self, token: str, keep: frozenset) -> list[str]:
+        """Stages d-f on one token: a token in `keep` (never_split and the allowed special
+        tokens) is one word; else lower-case and strip accents as configured, and unless the
+        token is now in `keep`, split off each punctuation character."""
+        if token in keep:
             return [token]
         if self.do_lower_case:
             token = token.lower()
         if self._strip:
             token = "".join([c for c in unicodedata.normalize("NFD", token) if unicodedata.category(c) != "Mn"])
+        if token in keep:
+            return [token]
         words, start = [], 0
         for i, c in enumerate(token):
             if is_punctuation(c):
@@ -300,7 +269,7 @@ class WordPieceTokenizer(Vocabulary):
     def basic_tokenize(self, text: str) -> list[str]:
         """The words the basic tokenizer makes of `text` (stage 2 of the module docstring),
         before WordPiece; special tokens are not recognised here."""
-        return [w for token in self._clean(text).split() for w in self._words_of_token(token)]
+        return [w for token in self._clean(text).split() for w in self._words_of_token(token, self.never_split)]
 
     def _wordpiece(self, word: str) -> list[int]:
         """Stage 3: greedy longest-match-first segmentation of one word into ids."""
@@ -357,30 +326,13 @@ class WordPieceTokenizer(Vocabulary):
                 "special_tokens": dict(sorted(self._special.items(), key=lambda kv: kv[1])),
                 "vocab": list(self._id_str)}
 
-    def _canonical_json(self) -> str:
-        """The saved text: one key per line, one vocab entry per line."""
-        def dump(x):
-            return json.dumps(x, ensure_ascii=False)
-        lines = []
-        for key, value in self.to_dict().items():
-            if key == "vocab":
-                body = ",\n".join(f"  {dump(v)}" for v in value)
-                lines.append(f' {dump(key)}: [\n{body}\n ]' if value else f" {dump(key)}: []")
-            else:
-                lines.append(f" {dump(key)}: {dump(value)}")
-        return "{\n" + ",\n".join(lines) + "\n}"
-
-    def fingerprint(self) -> str:
-        """Short hex id of the tokenizer (sha256 of its one-file JSON), to key data caches."""
-        return hashlib.sha256(self._canonical_json().encode("utf-8")).hexdigest()[:16]
-
     def save(self, path: str | os.PathLike) -> None:
         """A path ending in .json: the one-file JSON (what a run directory's tokenizer.json
         holds). Otherwise a directory: vocab.txt and tokenizer_config.json, which Hugging Face's
         BertTokenizer(Fast).from_pretrained reads. Files are written atomically."""
         path = Path(path)
         if path.suffix == ".json":
-            atomic_write(path, self._canonical_json() + "\n")
+            super().save(path)
             return
         if any("\n" in t or "\r" in t for t in self._id_str):
             raise ValueError("a token holds a line break, which vocab.txt cannot store; save to a .json file")
@@ -418,13 +370,29 @@ class WordPieceTokenizer(Vocabulary):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WordPieceTokenizer":
-        """Read a directory (vocab.txt, plus tokenizer_config.json when present), a vocab.txt
-        file (its directory's tokenizer_config.json counts too), a Hugging Face tokenizer.json
-        whose model is WordPiece, or a file written by save("....json"); see load_tokenizer."""
-        tok = load_tokenizer(path)
-        if not isinstance(tok, cls):
-            raise ValueError(f"{path} holds a {type(tok).__name__}, not a WordPiece tokenizer")
-        return tok
+        """Read a directory (vocab.txt, plus tokenizer_config.json when present; else its
+        tokenizer.json), a vocab.txt file (its directory's tokenizer_config.json counts too), a
+        Hugging Face tokenizer.json whose model is WordPiece, or a file written by
+        save("....json")."""
+        path = Path(path)
+        if path.is_dir():
+            if (path / VOCAB_FILE).is_file():
+                return cls.from_vocab_file(path / VOCAB_FILE)
+            if (path / JSON_FILE).is_file():
+                return cls.load(path / JSON_FILE)
+            raise FileNotFoundError(f"{path} holds neither {VOCAB_FILE} nor {JSON_FILE}")
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenizer at {path}")
+        if path.suffix == ".json":
+            return cls.from_json(read_json(path), str(path))
+        return cls.from_vocab_file(path)
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = "tokenizer data") -> "WordPieceTokenizer":
+        """A JSON object of the one-file format (save("....json")) or a Hugging Face tokenizer.json."""
+        if d.get("format") == FORMAT_NAME:
+            return cls.from_dict(d, source)
+        return cls.from_hf_tokenizer_json(d, source)
 
     @classmethod
     def from_vocab_file(cls, vocab_txt: str | os.PathLike, config: dict | None = None) -> "WordPieceTokenizer":
@@ -438,7 +406,7 @@ class WordPieceTokenizer(Vocabulary):
             config = {}
             for name in ("special_tokens_map.json", CONFIG_FILE):   # the second wins, as in HF
                 if (vocab_txt.parent / name).is_file():
-                    config.update(_read_json(vocab_txt.parent / name))
+                    config.update(read_json(vocab_txt.parent / name))
         try:
             return cls(vocab, **_options_from_config(config, vocab))
         except ValueError as e:
@@ -469,16 +437,6 @@ class WordPieceTokenizer(Vocabulary):
                    max_input_chars_per_word=model.get("max_input_chars_per_word", 100))
 
 
-def _read_json(path) -> dict:
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return d
-
-
 def _token_name(value):
     """A special token as tokenizer_config.json writes it: a string, or {"content": ...}."""
     return value["content"] if isinstance(value, dict) else value
@@ -498,30 +456,3 @@ def _options_from_config(config: dict, vocab: list[str]) -> dict:
     opts["special_tokens"] = [s for s in names if s in present]
     return opts
 
-
-# ---------------------------------------------------------------------- either kind
-
-def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | WordPieceTokenizer:
-    """The tokenizer at `path`, of the kind the files say:
-      a minibert-bpe JSON file (tokenizer.json of a BPE run)           -> BPETokenizer
-      a minibert-wordpiece JSON, a vocab.txt, a Hugging Face
-      tokenizer.json with a WordPiece model, or a directory with
-      vocab.txt (+ tokenizer_config.json) or tokenizer.json          -> WordPieceTokenizer
-    (It lives here, not in tokenizer.py, because this module imports tokenizer.py.)"""
-    path = Path(path)
-    if path.is_dir():
-        if (path / VOCAB_FILE).is_file():
-            return WordPieceTokenizer.from_vocab_file(path / VOCAB_FILE)
-        if (path / "tokenizer.json").is_file():
-            return load_tokenizer(path / "tokenizer.json")
-        raise FileNotFoundError(f"{path} holds neither {VOCAB_FILE} nor tokenizer.json")
-    if not path.exists():
-        raise FileNotFoundError(f"no tokenizer at {path}")
-    if path.suffix == ".json":
-        d = _read_json(path)
-        if d.get("format") == BPE_FORMAT_NAME:
-            return BPETokenizer.from_dict(d, str(path))
-        if d.get("format") == FORMAT_NAME:
-            return WordPieceTokenizer.from_dict(d, str(path))
-        return WordPieceTokenizer.from_hf_tokenizer_json(d, str(path))
-    return WordPieceTokenizer.from_vocab_file(path)

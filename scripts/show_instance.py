@@ -18,7 +18,7 @@ from minibert.corpus import stdlib_documents  # noqa: E402
 from minibert.instances import PretrainingData, format_instance  # noqa: E402
 from minibert.token_cache import TokenizedCorpus  # noqa: E402
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer  # noqa: E402
-from minibert.wordpiece import load_tokenizer  # noqa: E402
+from minibert.tokenizer_files import load_tokenizer  # noqa: E402
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@
 The last --heldout-bytes of the last file are not trained on; the summary reports the
 compression (UTF-8 bytes per token) on that held-out slice, the vocabulary size and the times.
 --gpt2-dir also writes vocab.json and merges.txt for GPT-2 / Hugging Face code.
-The work is minibert.bpe_train.train_tokenizer; this script parses the arguments.
+The work is minibert.tokenizer.train_tokenizer; this script parses the arguments.
 """
 import argparse
 import json
@@ -16,8 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minibert.bpe import GPT2_PATTERN  # noqa: E402
-from minibert.bpe_train import train_tokenizer  # noqa: E402
-from minibert.tokenizer import SPECIAL_TOKENS  # noqa: E402
+from minibert.tokenizer import SPECIAL_TOKENS, train_tokenizer  # noqa: E402
 
 
 def main(argv=None) -> int:

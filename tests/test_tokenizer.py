@@ -1,5 +1,5 @@
-"""Tests of minibert.tokenizer and minibert.bpe_train: round trips, exact training, exact
-encoding, file formats, the training entry points and the train-and-save program.
+"""Tests of minibert.tokenizer, minibert.bpe_train and minibert.vocab: round trips, exact
+training, exact encoding, file formats, the training entry points and the train-and-save program.
 
 Reference values come from elsewhere: the plain BPE of minibert/bpe.py (recount every pair
 after every merge; rescan every pair when encoding), tiktoken's Rust encoder built from GPT-2's
@@ -18,6 +18,7 @@ import regex
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from minibert import bpe, bpe_train
+from minibert.corpus import heldout_split
 from minibert import tokenizer as tokmod
 from minibert.tokenizer import GPT2_PATTERN, BPETokenizer, bytes_to_token_str, token_str_to_bytes
 
@@ -482,14 +483,14 @@ def test_train_tokenizer(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(SMALL_CORPUS) * 3, encoding="utf-8")
     out = tmp_path / "tok.json"
-    summary = bpe_train.train_tokenizer([corpus], out, vocab_size=400, heldout_bytes=3000,
-                                        gpt2_dir=tmp_path / "gpt2", progress=False)
+    summary = tokmod.train_tokenizer([corpus], out, vocab_size=400, heldout_bytes=3000,
+                                     gpt2_dir=tmp_path / "gpt2", progress=False)
     tok = BPETokenizer.load(out)
     assert tok.vocab_size == summary["vocab_size"] == 400 and tok.special_tokens["[MASK]"] == 3
     assert summary["fingerprint"] == tok.fingerprint()
     # the held-out slice (the file's tail, from a line start) was not trained on, and is measured
     size = corpus.stat().st_size
-    train_bytes, heldout = bpe_train.heldout_split(corpus, 3000)
+    train_bytes, heldout = heldout_split(corpus, 3000)
     assert 0 < size - train_bytes <= 3000 and heldout == corpus.read_bytes()[train_bytes:].decode("utf-8")
     assert tok.merges == bpe.train([corpus.read_bytes()[:train_bytes].decode("utf-8")], 400, BERT_SPECIALS, 2)
     assert summary["heldout_tokens"] == len(tok.encode(heldout))
@@ -497,7 +498,7 @@ def test_train_tokenizer(tmp_path):
     assert BPETokenizer.from_gpt2_files(tmp_path / "gpt2" / "vocab.json", tmp_path / "gpt2" / "merges.txt",
                                         special_tokens=list(tok.special_tokens)).vocab == tok.vocab
     with pytest.raises(FileNotFoundError):
-        bpe_train.train_tokenizer([corpus, tmp_path / "missing.txt"], out, progress=False)
+        tokmod.train_tokenizer([corpus, tmp_path / "missing.txt"], out, progress=False)
 
 
 def test_train_tokenizer_script_runs(tmp_path):

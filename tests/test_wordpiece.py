@@ -31,7 +31,8 @@ from minibert.inference import fill_mask, load_pretrained
 from minibert.interop import save_hf
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 from minibert.train import TrainConfig, pretrain
-from minibert.wordpiece import WordPieceTokenizer, load_tokenizer
+from minibert.tokenizer_files import load_tokenizer
+from minibert.wordpiece import WordPieceTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
