@@ -46,7 +46,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from minibert import backend, distributed, rundir, zero
-from minibert.checkpoint import checkpoint_exists
+from minibert.checkpoint import checkpoint_exists, record_path
 from minibert.corpus import default_corpus, read_documents, split_documents
 from minibert.inference import load_pretrained, load_pretrained_tokenizer
 from minibert.instances import PretrainingData
@@ -302,10 +302,10 @@ def pretrain(tc, model_overrides=None):
 def _pretrain(tc, model_overrides):
     t_start = time.time()
     if not tc.resume and checkpoint_exists(tc.out, "last"):
-        raise ValueError(f"{tc.out} already holds a run (last.json): pass --resume to continue it, "
-                         f"or choose another --out")
+        raise ValueError(f"{tc.out} already holds a run ({record_path(tc.out, 'last')} exists): pass --resume to "
+                         "continue it, or choose another --out")
     if tc.resume and not checkpoint_exists(tc.out, "last"):
-        raise ValueError(f"--resume: no checkpoint {tc.out}/last.json to resume from")
+        raise ValueError(f"--resume: no checkpoint {record_path(tc.out, 'last')} to resume from")
 
     w = distributed.world()
     train_docs, heldout_docs = load_documents(tc)
@@ -380,7 +380,8 @@ def _pretrain(tc, model_overrides):
             if (step % tc.log_every == 0 or step % tc.eval_every == 0 or step % tc.save_every == 0
                     or step == tc.steps or interrupted):
                 if dp.any(not math.isfinite(float(probe))):  # nothing past the last good checkpoint is saved
-                    kept = f"{tc.out}/last.json (step {last_saved})" if last_saved is not None else "none was saved yet"
+                    kept = (f"{record_path(tc.out, 'last')} (step {last_saved})" if last_saved is not None
+                            else "none was saved yet")
                     raise FloatingPointError(
                         f"non-finite loss or gradient at step {step} or before (checked at log, eval and save "
                         f"steps; grad norm {norm}); stopping without saving. The last good checkpoint: {kept}. "
@@ -417,7 +418,7 @@ def _pretrain(tc, model_overrides):
                 save_run_checkpoint(tc, "last", model, opt, step, position, tok, best_loss)
                 last_saved = step
             if interrupted:
-                log(f"interrupted: saved {tc.out}/last.json at step {step}; continue with --resume")
+                log(f"interrupted: saved {record_path(tc.out, 'last')} at step {step}; continue with --resume")
                 raise KeyboardInterrupt
     finally:
         signal.signal(signal.SIGINT, old_handler)
