@@ -299,6 +299,7 @@ class GradientSync:
         self.total = {}  # name -> this rank's full sum for the step
         self.queued = []  # names waiting for the next bucket
         self.buckets = []  # [names, flat, handle, t_start, t_done]
+        self.keys = []  # the model's key order, set by send_rest
         self.timing = {}
 
     def ready(self, grads):
@@ -416,8 +417,10 @@ class DataParallel:
         return clip_grad_norm(grads, max_norm)
 
     def _sum_of_squares_over_ranks(self, shard):
+        """The squared global norm from this rank's shard: every rank's sum of squares, summed."""
         mine = float(sum_of_squares(shard))  # a host wait: the ranks' sum goes through MPI
         return backend.to_device(self.w.sum_host([mine]).reshape(()))  # ()
+
     def any(self, flag):
         """True when flag is true on any rank (e.g. Ctrl-C reached one of them): every rank
         then takes the same branch."""
