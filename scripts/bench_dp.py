@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from minibert import backend, distributed, zero  # noqa: E402
-from minibert.model import PRESETS, BertConfig, BertForPreTraining  # noqa: E402
+from minibert.model import IGNORE_INDEX, PRESETS, BertConfig, BertForPreTraining  # noqa: E402
 from minibert.optim import AdamW  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def make_batch(c, B, T, seed=0):
     """A global batch with 15% of positions labelled and random NSP labels."""
     r = np.random.default_rng(seed)
     ids = r.integers(5, c.vocab_size, size=(B, T))  # (B, T)
-    labels = np.where(r.random((B, T)) < 0.15, r.integers(5, c.vocab_size, size=(B, T)), -100)  # (B, T)
+    labels = np.where(r.random((B, T)) < 0.15, r.integers(5, c.vocab_size, size=(B, T)), IGNORE_INDEX)  # (B, T)
     tt = np.zeros((B, T), dtype=np.int64)
     tt[:, T // 2:] = 1
     return {"input_ids": ids, "token_type_ids": tt, "attention_mask": np.ones((B, T), dtype=np.int64),

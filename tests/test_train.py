@@ -16,6 +16,7 @@ from minibert import backend
 from minibert.checkpoint import load_checkpoint
 from minibert.inference import fill_mask, load_pretrained
 from minibert.interop import save_hf
+from minibert.model import IGNORE_INDEX
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 from minibert.train import TrainConfig, pretrain
 
@@ -299,7 +300,7 @@ def test_gradient_accumulation_and_hf_export(tmp_path, corpus, trained_tokenizer
         hf_nsp = hf.eval()(torch.tensor([ids])).seq_relationship_logits.numpy()
     T = len(ids)
     batch = {"input_ids": np.array([ids]), "token_type_ids": np.zeros((1, T), np.int64),
-             "attention_mask": np.ones((1, T), np.int64), "labels": np.full((1, T), -100),
+             "attention_mask": np.ones((1, T), np.int64), "labels": np.full((1, T), IGNORE_INDEX),
              "next_sentence_label": np.zeros(1, np.int64)}
     ours = backend.to_host(m.predict(batch)["nsp_logits"])
     np.testing.assert_allclose(ours, hf_nsp, rtol=1e-4, atol=1e-5)
