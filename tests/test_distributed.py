@@ -212,12 +212,17 @@ KW = dict(lr=1e-2, weight_decay=0.1, no_decay=lambda name, p: p.ndim == 2)  # no
 
 
 def draw(seed, n_grads, n_ranks):
-    """float64 host params and, per step, every rank's local gradients (random, never ones)."""
+    """float64 params and, per step, every rank's local gradients (random, never ones)."""
     r = np.random.default_rng(seed)
-    params = {k: r.standard_normal(s) for k, s in SHAPES.items()}
-    grads = [[{k: r.standard_normal(s) * r.uniform(0.1, 3.0) for k, s in SHAPES.items()} for _ in range(n_ranks)]
-             for _ in range(n_grads)]
+    params = {k: backend.to_device(r.standard_normal(s)) for k, s in SHAPES.items()}
+    grads = [[{k: backend.to_device(r.standard_normal(s) * r.uniform(0.1, 3.0)) for k, s in SHAPES.items()}
+              for _ in range(n_ranks)] for _ in range(n_grads)]
     return params, grads
+
+
+def equal(a, b):
+    """Every array of dict a bitwise equal to b's."""
+    return all(np.array_equal(backend.to_host(a[k]), backend.to_host(b[k])) for k in b)
 
 
 def plain_run(params, grads, steps):
@@ -245,19 +250,19 @@ def check_zero1_hand_off(w):
     p, opt = sharded(w, params)
     for s in range(2):
         opt.step(opt.reduce_scatter(grads[s][w.rank]))
-    assert all(np.array_equal(p[k], ref[k]) for k in p), "the sharded run is not the plain one"
+    assert equal(p, ref), "the sharded run is not the plain one"
     tensors, meta = opt.state_dict()
     ref_tensors, ref_meta = ref_opt.state_dict()
     assert meta["no_decay"] == ref_meta["no_decay"] == ["emb", "w"]
     if w.rank == 0:
-        assert all(np.array_equal(tensors[k], ref_tensors[k]) for k in ref_tensors)
+        assert equal(tensors, ref_tensors)
     p2, opt2 = sharded(w, params)  # the state round trip: the third step continues bitwise
     opt2.load_state_dict(tensors if w.rank == 0 else ref_tensors, meta)  # (rank 0 alone gets the tensors)
     ref3, _ = plain_run(params, grads, 3)
     for k in p2:  # in place: the optimizer holds views of them
         p2[k][...] = p[k]
     opt2.step(opt2.reduce_scatter(grads[2][w.rank]))
-    assert all(np.array_equal(p2[k], ref3[k]) for k in p2)
+    assert equal(p2, ref3)
     with pytest.raises(ValueError):
         opt2.load_state_dict(ref_tensors, dict(meta, no_decay=["w"]))
 
@@ -270,13 +275,13 @@ def check_zero1_hand_off(w):
     unreduced = {k: grads[0][w.rank][k].reshape(-1)[a:b] for k, (a, b) in opt.own.items()}
     opt.step(unreduced)
     if w.size > 1:
-        assert not all(np.array_equal(p[k], plain_run(params, grads, 1)[0][k]) for k in p)
+        assert not equal(p, plain_run(params, grads, 1)[0])
     p, opt = sharded(w, params)
     stale = opt.reduce_scatter(grads[0][w.rank])
     opt.step(stale)
     opt.reduce_scatter(grads[1][w.rank])
     opt.step(stale)  # the previous step's shard, not the one just reduced
-    assert not all(np.array_equal(p[k], ref[k]) for k in p)
+    assert not equal(p, ref)
 
     # DataParallel: reduce returns the shard, clip_grad_norm clips it on the global norm
     p, opt = sharded(w, params)
@@ -284,9 +289,9 @@ def check_zero1_hand_off(w):
     summed = {k: sum(g[k] for g in grads[0]) for k in SHAPES}
     norm = clip_grad_norm(summed, 1.0)
     shard = dp.reduce({k: v.copy() for k, v in grads[0][w.rank].items()})
-    assert dp.clip_grad_norm(shard, 1.0) == pytest.approx(norm, rel=1e-13) and norm > 1.0
+    assert float(dp.clip_grad_norm(shard, 1.0)) == pytest.approx(float(norm), rel=1e-13) and norm > 1.0
     for k, (a, b) in opt.own.items():
-        np.testing.assert_allclose(shard[k], summed[k].reshape(-1)[a:b], rtol=1e-13)
+        np.testing.assert_allclose(backend.to_host(shard[k]), backend.to_host(summed[k].reshape(-1)[a:b]), rtol=1e-13)
 
 
 def check_plain_hand_off(w):
@@ -300,11 +305,11 @@ def check_plain_hand_off(w):
     params, grads = draw(1, 1, w.size)
     dp = distributed.DataParallel(w, AdamW({k: v.copy() for k, v in params.items()}))
     local = dp.backward(Model(), {k: v.copy() for k, v in grads[0][w.rank].items()}, None, 1.0, last=True)
-    assert all(np.array_equal(local[k], grads[0][w.rank][k]) for k in SHAPES)  # still this rank's
+    assert equal(local, grads[0][w.rank])  # still this rank's
     with pytest.raises(ValueError):
         dp.reduce({k: v.copy() for k, v in local.items()})
     summed = dp.reduce(local)
-    assert all(np.array_equal(summed[k], sum(g[k] for g in grads[0])) for k in SHAPES)
+    assert equal(summed, {k: sum(g[k] for g in grads[0]) for k in SHAPES})
     with pytest.raises(ValueError):
         dp.reduce(local)  # once: its sum has been taken
 
