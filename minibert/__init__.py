@@ -6,7 +6,8 @@
 
 Modules, in the order data flows through them (README.md has the tour):
     corpus -> bpe / bpe_train / tokenizer, wordpiece -> token_cache -> instances   the training signal
-    backend, kernels (cpu_kernels) -> layers, losses -> model, classifier, gradcheck     the network
+    backend, host, philox, kernels (cpu_kernels, cuda_kernels) -> layers, losses -> model, classifier,
+      gradcheck                                                            the network
     optim -> checkpoint, rundir, atomic -> metrics, distributed, train, finetune   training
     task_data, compare, inference, interop                                 using models
 """

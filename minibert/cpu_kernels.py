@@ -1,8 +1,8 @@
 """The host's fused kernels: float32 loops compiled by Numba, one pass over memory each.
 
-minibert/kernels.py calls these behind its op names on the host (NumPy backend) in
-float32; its plain array twins stay the reference, and tests/test_kernels.py compares the
-two. Why loops: a chain of NumPy ops streams the whole array through memory once per op
+minibert/kernels.py (and philox.py, for dropout's random numbers) calls these behind its
+op names on the host (NumPy backend) in float32; its plain array twins stay the reference,
+and tests/test_cpu_kernels.py compares the two. Why loops: a chain of NumPy ops streams the whole array through memory once per op
 and uses one core; a compiled loop reads each element once, keeps a row's statistics in
 registers, and the rows (or elements) are shared between the host's two threads.
 
@@ -11,16 +11,17 @@ registers, and the rows (or elements) are shared between the host's two threads.
     layernorm_forward / _backward   layernorm_plain / layernorm_backward_plain
     softmax_forward / _backward     softmax_plain (softmax_lse_plain) / softmax_backward_plain
     adamw                           adamw_update_plain
-    philox_uniform                  backend.philox_uniform_plain (bit for bit)
+    philox_uniform32 / 64           philox.philox_uniform_plain (bit for bit)
     dropout32                       kernels.dropout_plain (bit for bit)
     dropout_backward32              kernels.dropout_backward_plain (bit for bit)
 
 exp32 is the one piece of hand-written math: a float32 exp that LLVM can vectorize (a call
 to libm's expf in the loop cannot be), so the exp-heavy loops (GELU, softmax) run on SIMD
-lanes. Its relative error is a few float32 ulps (tests/test_kernels.py measures it).
+lanes. Its relative error is a few float32 ulps (tests/test_cpu_kernels.py measures it).
 
-Importing this module imports Numba; kernels.py does so only when Numba is installed and
-`kernels.use_numba` is True, and falls back to the plain array code otherwise. Compiled
+Importing this module imports Numba; host.compiled_loops() does so only when Numba is
+installed and `host.use_numba` is True (MINIBERT_NUMBA=0 starts it False), and the callers
+fall back to the plain array code otherwise. Compiled
 code is cached beside this file (__pycache__), so only the first run pays the compile.
 """
 import math
@@ -29,7 +30,7 @@ import numpy as np
 from numba import njit
 
 # Each kernel works on a range [lo, hi) of rows (or elements) and releases the GIL, and
-# kernels.py shares the range between the host's two Python threads (backend.split_run),
+# kernels.py shares the range between the host's two Python threads (host.split_run),
 # the pool the GEMMs already use. Not Numba's parallel=True: its thread pools spin between
 # loops (measured: OpenMP's and the workqueue's waiting threads made the GEMMs that
 # followed 5-10x slower on 2 cores).
@@ -238,7 +239,7 @@ def adamw(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, step_size, eps_
 
 # ----------------------------------------------------------------------------------------
 # Philox-4x32-10 uniforms keyed per row (dropout), equal bit for bit to
-# backend.philox_uniform_plain and the device kernel: element j of row b takes word j % 4
+# philox.philox_uniform_plain and the device kernel: element j of row b takes word j % 4
 # (float32: 24 bits) of counter (j // 4, first_row + b, draw, 0), or words 2 (j % 2) and
 # 2 (j % 2) + 1 (float64: 53 bits) of counter (j // 2, first_row + b, draw, 0)
 

@@ -11,7 +11,7 @@ slices add up to exactly the single-process step:
               process computes (to floating-point reassociation). Averaging per-rank means,
               as PyTorch DDP does, would weight a rank's P_r positions by 1 / (N P_r): a
               different loss whenever the slices hold different numbers of masked tokens.
-    dropout   masks are keyed per sequence (backend.rng: (seed, step, micro, draw, row)),
+    dropout   masks are keyed per sequence (philox.rng: (seed, step, micro, draw, row)),
               so a sequence gets the same mask on whichever rank holds it.
     gradients summed over ranks (all-reduce), in a few large contiguous buckets started as
               soon as their layer's backward is done, while the backward continues into the
@@ -42,7 +42,7 @@ import traceback
 import numpy as np  # host side: flat buffers of figures
 from threadpoolctl import threadpool_limits
 
-from minibert import backend
+from minibert import backend, philox
 from minibert.model import IGNORE_INDEX
 from minibert.optim import accumulate, clip_grad_norm, sum_of_squares
 from minibert.zero import ShardedAdamW, optimizer_state_bytes
@@ -362,7 +362,7 @@ class DataParallel:
 
         dp = DataParallel(world(), opt)
         batch, counts, first_row = dp.slice(global_batch)
-        out, cache = model.forward(batch, rng=backend.rng(key, first_row), global_counts=counts)
+        out, cache = model.forward(batch, rng=philox.rng(key, first_row), global_counts=counts)
         grads = dp.backward(model, cache, grads, 1 / accum, last=micro == accum - 1)  # this rank's
         grads = dp.reduce(grads)                    # summed over ranks (ZeRO-1: this rank's shard)
         norm = dp.clip_grad_norm(grads, max_norm)   # the global norm, clipping what reduce returned

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np  # host side only: seeded initialisation and parameter checks
 
-from minibert import backend
+from minibert import backend, philox
 from minibert.layers import (
     ENCODER_LAYER_PARAMS, MASK_VALUE, dropout_backward, dropout_forward, embedding_backward,
     embedding_forward, encoder_layer_backward, encoder_layer_forward, layernorm_backward, layernorm_forward,
@@ -193,14 +193,14 @@ class BertBase:
 
     def dropout_rng(self, train, rng=None):
         """The random stream of a forward's dropout masks: None when there is no dropout
-        (evaluation or zero rates), rng when given, else the model's own: backend.rng keyed
+        (evaluation or zero rates), rng when given, else the model's own: philox.rng keyed
         by (seed, number of such forwards so far), one counter-based stream per sequence."""
         c = self.config
         if not train or (c.dropout == 0.0 and c.attention_dropout == 0.0):
             return None
         if rng is None:
             self._dropout_calls += 1
-            rng = backend.rng((self.seed, self._dropout_calls))
+            rng = philox.rng((self.seed, self._dropout_calls))
         return rng
 
     def loss_and_grads(self, batch, train=True, rng=None):

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from minibert import backend, interop, rundir
+from minibert import backend, interop, philox, rundir
 from minibert.checkpoint import checkpoint_exists, record_path
 from minibert.classifier import BertForSequenceClassification
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
@@ -382,7 +382,7 @@ def _finetune(fc):
         order = length_grouped_batches(enc_train, fc.batch_size, np.random.default_rng((fc.seed, epoch)))
         for batch in batches(enc_train, y_train, fc.batch_size, pad, order):
             lr = lr_at(step, fc.lr, warmup, total)
-            out, cache = model.forward(batch, train=True, rng=backend.rng((fc.seed, step)))
+            out, cache = model.forward(batch, train=True, rng=philox.rng((fc.seed, step)))
             grads = model.backward(cache)
             norm = clip_grad_norm(grads, fc.grad_clip)
             if not math.isfinite(norm) or not math.isfinite(float(out["loss"])):

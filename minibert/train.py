@@ -17,7 +17,7 @@ One training step (AdamW with linear warmup then linear decay, Devlin et al. 201
 
 Exact resume. Everything random is a function of counters: dropout masks of micro-batch m of
 step s come from the stream (seed, s, m), each sequence's from its own counter within it
-(backend.rng); the instances and masks of data epoch e come from
+(philox.rng); the instances and masks of data epoch e come from
 (seed, e). A checkpoint therefore holds all the state there is: params, AdamW moments and
 step count, the step, the data position (epoch, next batch) and the seed. Resuming from it
 replays exactly the steps an uninterrupted run would take, so the final parameters are
@@ -45,7 +45,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 
-from minibert import backend, distributed, rundir, zero
+from minibert import backend, distributed, philox, rundir, zero
 from minibert.checkpoint import checkpoint_exists, record_path
 from minibert.corpus import default_corpus, read_documents, split_documents
 from minibert.inference import load_pretrained, load_pretrained_tokenizer
@@ -355,7 +355,7 @@ def _pretrain(tc, model_overrides):
                 next_position, batch = next(batches)
                 # this process's rows of the global batch (all of it for one process); see distributed.py
                 batch, counts, first_row = dp.slice(batch)
-                out, cache = model.forward(batch, train=True, rng=backend.rng((tc.seed, step, micro), first_row),
+                out, cache = model.forward(batch, train=True, rng=philox.rng((tc.seed, step, micro), first_row),
                                            global_counts=counts)
                 # this process's mean over micro-batches (after the last one, its sum over
                 # processes is on the way)

@@ -82,8 +82,8 @@ def machine_info():
 def host_loop_target():
     """What minibert's compiled host loops (minibert/cpu_kernels.py) are compiled for: Numba's
     target CPU and its widest vector instructions, or why there are no compiled loops."""
-    from minibert import kernels
-    if not kernels.use_numba:
+    from minibert import host
+    if not host.use_numba:
         return "off (MINIBERT_NUMBA=0)"
     try:
         import llvmlite.binding as llvm

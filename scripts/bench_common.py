@@ -144,11 +144,11 @@ def build_minibert(c):
 def minibert_training_step(c):
     """step(i): one forward, backward and AdamW update of minibert for config c with dropout
     keyed by (seed, i), no synchronisation; returns the loss (a device scalar on CuPy)."""
-    from minibert import backend
+    from minibert import philox
     model, opt, batch = build_minibert(c)
 
     def step(i):
-        out, cache = model.forward(batch, rng=backend.rng((c.seed, i)))
+        out, cache = model.forward(batch, rng=philox.rng((c.seed, i)))
         opt.step(model.backward(cache))
         return out["loss"]
     return step
@@ -158,14 +158,14 @@ def minibert_timed_step(c):
     """step(): one training step of minibert for config c, timed in parts: forward (with the
     loss read back, the one host sync), backward and AdamW, each waited for; returns the loss
     and the three times in seconds."""
-    from minibert import backend
+    from minibert import backend, philox
     model, opt, batch = build_minibert(c)
     count = [0]
 
     def step():
         count[0] += 1
         t0 = time.perf_counter()
-        out, cache = model.forward(batch, rng=backend.rng((c.seed, count[0])))
+        out, cache = model.forward(batch, rng=philox.rng((c.seed, count[0])))
         loss = float(out["loss"])  # the one host sync
         t1 = time.perf_counter()
         grads = model.backward(cache)

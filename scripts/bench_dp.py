@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from minibert import backend, distributed, zero  # noqa: E402
+from minibert import distributed, philox, zero  # noqa: E402
 from minibert.model import IGNORE_INDEX, PRESETS, BertConfig, BertForPreTraining  # noqa: E402
 from minibert.optim import AdamW  # noqa: E402
 
@@ -59,7 +59,7 @@ def worker(a):
         w.barrier()
         t0 = time.perf_counter()
         b, counts, first = dp.slice(batch)
-        out, cache = model.forward(b, rng=backend.rng((0, i, 0), first), global_counts=counts)
+        out, cache = model.forward(b, rng=philox.rng((0, i, 0), first), global_counts=counts)
         if a.no_overlap and w.size > 1:
             # wait for the slower rank first, so that the sum's time is communication alone
             g = model.backward(cache)

@@ -1,7 +1,7 @@
 """The host's compiled float32 loops (minibert/cpu_kernels.py, Numba) against their plain
 twins in kernels.py and independent float64 references.
 
-Each test runs the op twice through its kernels.py name: with kernels.use_numba on (the
+Each test runs the op twice through its kernels.py name: with host.use_numba on (the
 compiled loop, its rows shared between the host's two threads) and off (the array code),
 and holds both to a float64 reference computed here. The dropout generator must equal the
 plain Philox twin bit for bit; exp32 must never return a subnormal."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from minibert import backend, kernels
+from minibert import backend, host, kernels, philox
 
 cpu_kernels = pytest.importorskip("minibert.cpu_kernels")  # needs Numba
 pytestmark = pytest.mark.skipif(backend.name != "numpy", reason="host kernels")
@@ -20,14 +20,14 @@ F32_TINY = np.finfo(np.float32).tiny
 
 def both(fn):
     """fn() with the compiled loops on, then off: (fast, plain)."""
-    old = kernels.use_numba
+    old = host.use_numba
     try:
-        kernels.use_numba = True
+        host.use_numba = True
         fast = fn()
-        kernels.use_numba = False
+        host.use_numba = False
         plain = fn()
     finally:
-        kernels.use_numba = old
+        host.use_numba = old
     return fast, plain
 
 
@@ -193,7 +193,7 @@ def test_adamw_fast_equals_plain_within_rounding():
 @pytest.mark.parametrize("shape", [(3, 5), (7, 2, 9), (40, 4, 33, 33), (1,), (6, 1), (5, 64)])
 def test_philox_compiled_equals_plain_bit_for_bit(shape, dtype):
     key = np.array([0x12345678, 0x9ABCDEF0], np.uint32)
-    fast, plain = both(lambda: kernels.philox_uniform(shape, dtype, key, 3, 11))
+    fast, plain = both(lambda: philox.philox_uniform(shape, dtype, key, 3, 11))
     assert fast.dtype == plain.dtype == dtype and fast.shape == shape
     assert np.array_equal(fast, plain)
     assert 0.0 <= fast.min() and fast.max() < 1.0
@@ -204,7 +204,7 @@ def test_dropout_compiled_equals_plain_bit_for_bit(shape):
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
 
     def run():
-        s = backend.rng((4, 2), first_row=5)
+        s = philox.rng((4, 2), first_row=5)
         s.random((2, 3), np.float32)  # an earlier dropout site: the draw number moves on
         out, keep = kernels.dropout(x, 0.1, s)
         return out, keep, s.draws

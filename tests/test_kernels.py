@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import erf as np_erf, ndtr
 
-from minibert import backend, kernels, layers
+from minibert import backend, cuda_kernels, host, kernels, layers, philox
 from minibert.gradcheck import check_gradients
 
 gpu = pytest.mark.skipif(not backend.cupy_available(), reason="CuPy with a CUDA GPU is not available")
@@ -136,16 +136,16 @@ def test_matmul_and_pair_split_over_threads_equal_matmul(M, K, N, seed):
 
 
 @settings(max_examples=20, deadline=None)
-@given(n=st.integers(1, 3 * backend.BLOCK), seed=st.integers(0, 10**6))
+@given(n=st.integers(1, 3 * host.BLOCK), seed=st.integers(0, 10**6))
 def test_blockwise_equals_whole_array(n, seed):
     x = backend.to_device(np.random.default_rng(seed).standard_normal(n).astype(np.float32) * 3)
     whole = kernels.normal_cdf_float32(x)
-    np.testing.assert_array_equal(backend.to_host(backend.blockwise(kernels.normal_cdf_float32, x)),
+    np.testing.assert_array_equal(backend.to_host(host.blockwise(kernels.normal_cdf_float32, x)),
                                   backend.to_host(whole))
 
 
 @settings(max_examples=12, deadline=None)
-@given(n=st.integers(1, 2 * backend.BLOCK + 7), dtype=st.sampled_from([np.float32, np.float64]),
+@given(n=st.integers(1, 2 * host.BLOCK + 7), dtype=st.sampled_from([np.float32, np.float64]),
        seed=st.integers(0, 10**6))
 def test_gelu_exact_matches_its_plain_twin(n, dtype, seed):
     """Whichever variant the current backend picks, against the plain formula in float64."""
@@ -360,7 +360,7 @@ def test_fused_dropout_equals_plain_bit_for_bit(on_cupy, shape, dtype):
     x = xp.asarray(np.random.default_rng(1).standard_normal(shape).astype(dtype))
 
     def run(f):
-        s = backend.rng((4, 2), first_row=5)
+        s = philox.rng((4, 2), first_row=5)
         s.random((2, 3), dtype)  # an earlier dropout site: the draw number moves on
         out, keep = f(x, 0.1, s)
         return xp.asnumpy(out), xp.asnumpy(keep), s.draws
@@ -384,7 +384,7 @@ def test_device_batched_matmul_reads_views_where_they_lie(on_cupy, dtype):
     qkv = xp.asarray(r.standard_normal((B, T, 3, A, D)), dtype=dtype)
     heads = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, A, T, D) view: batch axes with two strides
     h = backend.batched_operand(heads)
-    assert backend._gemm_layout(heads[0]) is None and backend._gemm_layout(h[0]) is not None
+    assert cuda_kernels.gemm_layout(heads[0]) is None and cuda_kernels.gemm_layout(h[0]) is not None
     q, k, v = h[0], h[1], h[2]
     p = xp.asarray(r.standard_normal((B, A, T, T)), dtype=dtype)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)

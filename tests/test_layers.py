@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import erf as np_erf
 
-from minibert import backend, layers, losses
+from minibert import backend, layers, losses, philox
 from minibert.gradcheck import check_gradients
 
 SETTINGS = settings(max_examples=15, deadline=None)
@@ -116,7 +116,7 @@ def test_dropout(p, seed):
     rng = np.random.default_rng(seed)
     x = arr(rng, 3, 4, 5)
     # the same seed redraws the same mask, so f is a fixed function for the finite differences
-    fwd = lambda x: layers.dropout_forward(x, p, backend.rng(seed))
+    fwd = lambda x: layers.dropout_forward(x, p, philox.rng(seed))
     out = check_op(fwd, layers.dropout_backward, dict(x=x))
     kept = host(out) != 0
     np.testing.assert_allclose(host(out)[kept], host(x)[kept] / (1 - p), rtol=1e-12)
@@ -124,8 +124,8 @@ def test_dropout(p, seed):
 
 def test_dropout_rate_and_seed():
     x = backend.xp.ones((200, 500))
-    a, _ = layers.dropout_forward(x, 0.1, backend.rng(3))
-    b, _ = layers.dropout_forward(x, 0.1, backend.rng(3))
+    a, _ = layers.dropout_forward(x, 0.1, philox.rng(3))
+    b, _ = layers.dropout_forward(x, 0.1, philox.rng(3))
     assert (host(a) == host(b)).all()  # seeded
     frac = float((host(a) == 0).mean())
     assert abs(frac - 0.1) < 5 * math.sqrt(0.1 * 0.9 / x.size)
@@ -139,7 +139,7 @@ def test_dropout_backward_never_returns_dout(p, train):
     op on dx can never corrupt the caller's dout."""
     dout = arr(np.random.default_rng(0), 3, 4)
     before = host(dout).copy()
-    _, cache = layers.dropout_forward(dout, p, backend.rng(1) if train else None)
+    _, cache = layers.dropout_forward(dout, p, philox.rng(1) if train else None)
     (dx,) = layers.dropout_backward(dout, cache)
     assert dx is not dout and not np.shares_memory(host(dx), host(dout))
     dx += 1.0
@@ -170,7 +170,7 @@ def test_attention(case, p_drop):
     inputs = dict(x=arr(rng, B, T, H), w_qkv=arr(rng, H, 3 * H), b_qkv=arr(rng, 3 * H), w_o=arr(rng, H, H), b_o=arr(rng, H))
 
     def fwd(x, w_qkv, b_qkv, w_o, b_o):
-        return layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, A, p_drop, backend.rng(seed) if p_drop else None)
+        return layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, A, p_drop, philox.rng(seed) if p_drop else None)
 
     # eps 1e-4: a fully padded row's scores sit near MASK_VALUE = -1e4, where float64's
     # spacing (~2e-12) over a 1e-6 step would swamp the difference quotient
@@ -212,7 +212,7 @@ def test_encoder_layer(case, p_drop, act):
     x = arr(rng, B, T, H)
 
     def f_out():
-        r = backend.rng(seed) if p_drop else None
+        r = philox.rng(seed) if p_drop else None
         return layers.encoder_layer_forward(x, bias, p, A, 1e-5, act, p_drop, p_drop, r)
 
     out, cache = f_out()
@@ -270,7 +270,7 @@ def test_encoder_layer_defaults_are_exact_gelu_and_no_dropout():
     np.testing.assert_array_equal(out, exact)
     assert not np.array_equal(out, tanh)
     # a stream alone turns no dropout on: the rates default to 0
-    streamed = backend.to_host(layers.encoder_layer_forward(x, bias, p, 2, 1e-5, rng=backend.rng(3))[0])
+    streamed = backend.to_host(layers.encoder_layer_forward(x, bias, p, 2, 1e-5, rng=philox.rng(3))[0])
     np.testing.assert_array_equal(out, streamed)
 
 
@@ -292,7 +292,7 @@ def test_attention_dropout_rate_defaults_to_zero():
     w_qkv, b_qkv = backend.to_device(r.standard_normal((H, 3 * H))), backend.to_device(r.standard_normal(3 * H))
     w_o, b_o = backend.to_device(r.standard_normal((H, H))), backend.to_device(r.standard_normal(H))
     plain = layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, 2)[0]
-    streamed = layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, 2, rng=backend.rng(4))[0]
+    streamed = layers.attention_forward(x, bias, w_qkv, b_qkv, w_o, b_o, 2, rng=philox.rng(4))[0]
     np.testing.assert_array_equal(backend.to_host(plain), backend.to_host(streamed))
 
 
@@ -301,7 +301,7 @@ def test_dropout_refuses_a_rate_of_one():
     config refuses it. Found by mutation testing."""
     x = backend.to_device(np.ones((2, 3)))
     with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
-        layers.dropout_forward(x, 1.0, backend.rng(0))
+        layers.dropout_forward(x, 1.0, philox.rng(0))
 
 
 def test_attention_backward_holds_at_most_two_score_sized_temporaries():
@@ -318,7 +318,7 @@ def test_attention_backward_holds_at_most_two_score_sized_temporaries():
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     bias = np.zeros((B, 1, 1, T), np.float32)
     _, cache = layers.attention_forward(f32(B, T, H), bias, f32(H, 3 * H), f32(3 * H), f32(H, H), f32(H), A, 0.1,
-                                        backend.rng(1))
+                                        philox.rng(1))
     dout = f32(B, T, H)
     layers.attention_backward(dout, cache)  # warm: compiled loops loaded, pools started
     score = B * A * T * T * 4  # bytes of one (B, A, T, T) float32 array

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import make_batch, tiny_config
-from minibert import backend
+from minibert import backend, philox
 from minibert.gradcheck import check_directional, check_gradients
 from minibert.model import (BertConfig, BertForMaskedLM, BertForPreTraining, BertModel, masked_lm_param_shapes,
                             pretraining_model, pretraining_param_shapes)
@@ -23,8 +23,8 @@ def test_model_gradients_every_param(B, T, heads, dropout, act, seed):
             model.params[k] += backend.to_device(rng.standard_normal(model.params[k].shape) * 0.1)
     batch = make_batch(rng, B, T, c.vocab_size)
     # a fixed dropout stream makes the loss a fixed function for finite differences
-    f = lambda: model.loss_and_grads(batch, rng=backend.rng(seed))[0]
-    _, grads = model.loss_and_grads(batch, rng=backend.rng(seed))
+    f = lambda: model.loss_and_grads(batch, rng=philox.rng(seed))[0]
+    _, grads = model.loss_and_grads(batch, rng=philox.rng(seed))
     assert grads.keys() == model.params.keys()
     check_gradients(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, max_coords=6, seed=seed)
     check_directional(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, seed=seed)
@@ -70,9 +70,9 @@ def test_dropout_train_vs_eval():
     batch = make_batch(rng, 2, 6, 23)
     l_eval1 = model.loss_and_grads(batch, train=False)[0]
     l_eval2 = model.loss_and_grads(batch, train=False)[0]
-    l_a = model.loss_and_grads(batch, rng=backend.rng(5))[0]
-    l_b = model.loss_and_grads(batch, rng=backend.rng(5))[0]
-    l_c = model.loss_and_grads(batch, rng=backend.rng(6))[0]
+    l_a = model.loss_and_grads(batch, rng=philox.rng(5))[0]
+    l_b = model.loss_and_grads(batch, rng=philox.rng(5))[0]
+    l_c = model.loss_and_grads(batch, rng=philox.rng(6))[0]
     assert l_eval1 == l_eval2 and l_a == l_b and l_a != l_c and l_a != l_eval1
 
 
@@ -174,10 +174,10 @@ def test_masked_lm_gradients_every_param():
     c = tiny_config(dropout=0.1, attention_dropout=0.1, hidden_act="gelu_tanh")
     model = _perturbed(BertForMaskedLM(c, seed=11), rng)
     batch = make_batch(rng, 3, 5, c.vocab_size, n_masked=2)
-    f = lambda: model.loss_and_grads(batch, rng=backend.rng(11))[0]
-    loss, grads = model.loss_and_grads(batch, rng=backend.rng(11))
+    f = lambda: model.loss_and_grads(batch, rng=philox.rng(11))[0]
+    loss, grads = model.loss_and_grads(batch, rng=philox.rng(11))
     assert grads.keys() == model.params.keys() and "pool.w" not in grads
-    out = model.forward(batch, rng=backend.rng(11))[0]
+    out = model.forward(batch, rng=philox.rng(11))[0]
     assert loss == float(out["mlm_loss"])  # the loss is the MLM loss alone
     check_gradients(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, max_coords=6, seed=11)
     check_directional(f, model.params, grads, eps=1e-5, rtol=1e-5, atol=1e-7, seed=11)
@@ -353,7 +353,7 @@ def test_a_given_rng_draws_the_dropout_masks(cls):
     model = cls(c, seed=20)
     batch = make_batch(np.random.default_rng(20), 2, 6, c.vocab_size, n_masked=2)
     key = "sequence_output" if cls is BertModel else "loss"
-    run = lambda s: backend.to_host(model.forward(batch, rng=backend.rng(s))[0][key])
+    run = lambda s: backend.to_host(model.forward(batch, rng=philox.rng(s))[0][key])
     np.testing.assert_array_equal(run(5), run(5))
     assert not np.array_equal(run(5), run(6))
 
@@ -421,13 +421,13 @@ def test_every_layer_drops_at_its_own_rates_in_training(p_drop, p_attn):
 
 
 def test_the_own_dropout_stream_is_keyed_by_seed_and_forward_count():
-    """Without an rng, the n-th training forward draws its masks from backend.rng((seed, n)),
+    """Without an rng, the n-th training forward draws its masks from philox.rng((seed, n)),
     as BertBase.dropout_rng says: each step new masks, the same on every run."""
     c = tiny_config(dropout=0.3, attention_dropout=0.3)
     model = BertForPreTraining(c, seed=25)
     batch = make_batch(np.random.default_rng(25), 2, 6, c.vocab_size, n_masked=2)
     own = [float(model.forward(batch)[0]["loss"]) for _ in range(3)]
-    keyed = [float(model.forward(batch, rng=backend.rng((25, n)))[0]["loss"]) for n in (1, 2, 3)]
+    keyed = [float(model.forward(batch, rng=philox.rng((25, n)))[0]["loss"]) for n in (1, 2, 3)]
     assert own == keyed and len(set(own)) == 3
     assert float(model.forward(batch, train=False)[0]["loss"]) == float(model.predict(batch)["loss"])
 
