@@ -1,8 +1,8 @@
 """The device side: the CUDA sources of minibert's fused kernels, each beside its launch.
 
 kernels.py (and backend.py's scatter-add and batched GEMM) call these on the CuPy backend
-only; every launch takes CuPy arrays and returns CuPy arrays, and each kernel computes what
-its plain twin in kernels.py (or backend.py) computes:
+only; every launch works on CuPy arrays, and each kernel computes what its plain twin in
+kernels.py (or backend.py) computes:
 
     launch                               kernel                               plain twin
     layernorm_forward / _backward        one block of _THREADS per row        kernels.layernorm_plain / _backward_plain
