@@ -11,8 +11,11 @@ minibert must equal the slow tokenizer on every text. The fast one disagrees wit
 on a few kinds of text (the fast one does no NFC normalisation, lower-cases character by
 character so a final capital sigma becomes "σ" not "ς", and has its own Unicode tables);
 minibert follows the slow one there, and the test checks that every disagreement is of those
-kinds. The reference tests skip without `tokenizers` and `transformers` (the parity extra);
-the hand-made-vocabulary tests run everywhere.
+kinds. Two Hypothesis tests on a vocabulary made for them draw what the slow tokenizer's basic
+tokenizer looks at twice: special tokens written with characters that cleaning drops or NFC
+composes, and never_split words that match only once lower-cased. The reference tests skip
+without `tokenizers` and `transformers` (the parity extra); the hand-made-vocabulary tests run
+everywhere.
 """
 import json
 import os
@@ -20,6 +23,7 @@ import random
 import subprocess
 import sys
 import unicodedata
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -96,6 +100,16 @@ def has_surrogate(text):
 
 # ---------------------------------------------------------------------- the reference tokenizers
 
+def slow_class():
+    """The slow (pure-Python) BertTokenizer class; skips the test without transformers."""
+    transformers = pytest.importorskip("transformers")
+    try:   # transformers 5 names the pure-Python one BertTokenizerLegacy; in 4.x it is BertTokenizer
+        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
+    except ImportError:
+        Slow = transformers.BertTokenizer
+    return Slow
+
+
 @pytest.fixture(scope="module")
 def training_texts():
     docs = stdlib_documents(packages={"json", "email", "collections", "argparse", "csv"})
@@ -116,11 +130,7 @@ def trio(request, training_texts, tmp_path_factory):
     trainer.train_from_iterator(training_texts, vocab_size=3000, show_progress=False)
     trainer.save_model(str(directory))
     (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower}))
-    try:   # transformers 5 names the pure-Python one BertTokenizerLegacy; in 4.x it is BertTokenizer
-        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
-    except ImportError:
-        Slow = transformers.BertTokenizer
-    slow = Slow(str(directory / "vocab.txt"), do_lower_case=lower)
+    slow = slow_class()(str(directory / "vocab.txt"), do_lower_case=lower)
     fast = transformers.BertTokenizerFast.from_pretrained(str(directory))
     mine = WordPieceTokenizer.load(directory)
     assert mine.do_lower_case == lower
@@ -231,11 +241,7 @@ def test_options_and_files_round_trip(trio, tmp_path):
 def test_strip_accents_option_equals_slow(training_texts, tmp_path):
     """strip_accents=False with lower-casing keeps accents; True without lower-casing strips them."""
     tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
-    try:
-        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as Slow
-    except ImportError:
-        Slow = transformers.BertTokenizer
+    Slow = slow_class()
     trainer = tokenizers.BertWordPieceTokenizer(lowercase=False, strip_accents=False)
     trainer.train_from_iterator(training_texts[:200] + SCRIPTS * 20, vocab_size=1500, show_progress=False)
     trainer.save_model(str(tmp_path))
@@ -260,6 +266,110 @@ def test_never_split_and_no_chinese_split_equal_slow(trio, tmp_path, drawn):
     ref = Slow(str(vocab), **options)
     texts = drawn[:400] + ["Foo foo FOO ΟΔΟΣ. ΟΔΟΣ naïve the The 中文字符"]
     assert [other.encode(t) for t in texts] == [hf_ids(ref, t) for t in texts]
+
+
+# ---------------------------------------------------------------------- specials and never_split inside the basic tokenizer
+#
+# The slow BertTokenizer passes its special tokens to the basic tokenizer as never_split, and the
+# basic tokenizer checks never_split on each whitespace token twice: after cleaning, CJK spacing
+# and NFC (so "[MA\u200bSK]" and "[MAS\u212a]", Kelvin sign, are "[MASK]" again), and after
+# lower-casing and accent stripping (so "FOO!" with never_split ["foo!"] is one word). The
+# vocabulary below has specials of its own ("[É]", "<Å>", "<eos>") with characters NFC composes
+# and letters lower-casing reaches, and never_split words with punctuation inside.
+
+DISGUISE_SPECIALS = BERT_SPECIALS + ["[É]", "<Å>", "<eos>"]
+NEVER_SPLIT = ["foo!", "<end>", "naïve.", "naive.", "Bar?", "[x]"]
+DROPPED = ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\u200b", "\u200d", "\ufeff", "\ufffd", "\ue000", "\U000e0041",
+           "\U000f0000", "\u0378", "\U0001d173", "\ud800"]   # C* (control, format, private, unassigned, surrogate), U+FFFD
+NFC_TWINS = {"K": ["\u212a"], "Å": ["\u212b", "A\u030a"], "É": ["E\u0301"], "é": ["e\u0301"], "å": ["a\u030a"]}
+CONTEXT = ["", " ", "  ", "\t", "\n", "a ", " b", "!", "x", "é ", " [MASK] ", "\u200b", " foo! "]
+
+
+@pytest.fixture(scope="module")
+def disguise_vocab(tmp_path_factory):
+    letters = "abcdefghijklmnopqrstuvwxyzéåïABEFKMNOSX"
+    vocab = (DISGUISE_SPECIALS + ["foo!", "<end>", "[", "]", "<", ">", "!", ".", "?", "mask", "foo", "end", "bar", "eos"]
+             + list(letters) + ["##" + c for c in letters])
+    path = tmp_path_factory.mktemp("disguise") / "vocab.txt"
+    path.write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module", params=[(True, None), (False, None), (False, True), (True, False)],
+                ids=["uncased", "cased", "cased-strip", "uncased-keep-accents"])
+def disguise_pair(request, disguise_vocab):
+    """(minibert, slow HF) on the vocabulary above, with its specials and never_split."""
+    lower, strip = request.param
+    options = dict(do_lower_case=lower, strip_accents=strip, never_split=NEVER_SPLIT)
+    slow = slow_class()(str(disguise_vocab), additional_special_tokens=DISGUISE_SPECIALS[5:], **options)
+    assert set(slow.all_special_tokens) == set(DISGUISE_SPECIALS)
+    vocab = disguise_vocab.read_text(encoding="utf-8").splitlines()
+    return WordPieceTokenizer(vocab, special_tokens=DISGUISE_SPECIALS, **options), slow
+
+
+@st.composite
+def disguised(draw, words):
+    """One of `words` with dropped characters inside it, letters written as their NFC twins,
+    perhaps in other case, between drawn context."""
+    word = draw(st.sampled_from(words))
+    out = []
+    for c in word:
+        out.append(draw(st.sampled_from([c, *NFC_TWINS.get(c, [])])))
+        out += draw(st.lists(st.sampled_from(DROPPED), max_size=2))
+    text = "".join(out)
+    text = draw(st.sampled_from([text, text.upper(), text.lower(), text.title()]))
+    return draw(st.sampled_from(CONTEXT)) + text + draw(st.sampled_from(CONTEXT))
+
+
+def check_cached_equals_cold(tok, texts, mode):
+    """encode twice, around encodes with the other modes, and once more from a cold cache: the same ids."""
+    first = [tok.encode(t, allowed_special=mode) for t in texts]
+    for other in ("all", "none", {"[MASK]"}):
+        [tok.encode(t, allowed_special=other) for t in texts]
+    assert [tok.encode(t, allowed_special=mode) for t in texts] == first
+    tok.clear_cache()
+    assert [tok.encode(t, allowed_special=mode) for t in texts] == first
+    return first
+
+
+@settings(max_examples=250, deadline=None)
+@given(data=st.data())
+def test_hypothesis_special_token_after_cleaning_and_nfc_equals_slow(disguise_pair, data):
+    mine, slow = disguise_pair
+    texts = [data.draw(disguised(DISGUISE_SPECIALS)) for _ in range(3)]
+    texts.append("".join(texts))
+    assert check_cached_equals_cold(mine, texts, "all") == [hf_ids(slow, t) for t in texts]
+    # "none" (the fast tokenizer's split_special_tokens) recognises no special token, not even here:
+    # the same ids as a tokenizer that has none
+    plain = WordPieceTokenizer(mine.vocab, special_tokens=[], do_lower_case=mine.do_lower_case,
+                               strip_accents=mine.strip_accents, never_split=mine.never_split)
+    assert check_cached_equals_cold(mine, texts, "none") == [plain.encode(t) for t in texts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_hypothesis_never_split_after_lower_casing_equals_slow(disguise_pair, data):
+    mine, slow = disguise_pair
+    texts = [data.draw(disguised(NEVER_SPLIT + ["foo", "end"])) for _ in range(3)]
+    texts.append(" ".join(texts))
+    assert check_cached_equals_cold(mine, texts, "all") == [hf_ids(slow, t) for t in texts]
+
+
+def test_disguised_special_tokens_and_never_split_examples(disguise_pair):
+    """The cases the two tests above are drawn for, spelled out, against the slow tokenizer."""
+    mine, slow = disguise_pair
+    mask, e_special = mine.token_to_id("[MASK]"), mine.token_to_id("[É]")
+    assert mine.encode("a [MA\u200bSK] b")[1:-1] == [mask]           # a format character inside
+    assert mine.encode("[MAS\u212a]") == [mask]                        # Kelvin sign: NFC makes it K
+    assert mine.encode("[E\u0301]") == [e_special]                     # E + acute: NFC makes it É
+    assert mask not in mine.encode("x[MA\x00SK]")                      # not a whole token: split as text
+    assert mask not in mine.encode("[MA\u200bSK]", allowed_special="none")
+    if mine.do_lower_case:
+        assert mine.encode("<EOS>") == [mine.token_to_id("<eos>")]     # lower-cased, then a special token
+        assert mine.encode("FOO!") == [mine.token_to_id("foo!")]       # lower-cased, then never_split: one word
+    for text in ["a [MA\u200bSK] b", "[MAS\u212a]", "[E\u0301]", "x[MA\x00SK]", "<EOS>", "FOO!", "Bar? BAR?",
+                 "NAÏVE. Naïve.", "<END>", "[X]"]:
+        assert mine.encode(text) == hf_ids(slow, text), text
 
 
 # ---------------------------------------------------------------------- a hand-made vocabulary (no HF needed)
@@ -293,6 +403,21 @@ def test_special_tokens_and_surface(small):
         small.token_to_id("nope")
     with pytest.raises(ValueError):
         small.decode([99])
+
+
+def test_specials_and_never_split_are_looked_for_again_after_cleaning_and_lower_casing(small):
+    # a special token with a character inside that cleaning drops, or that NFC makes a letter
+    for text in ["[MA\u200bSK]", "[\x00MASK]", "[MAS\u212a]", "[MASK\ufeff]"]:
+        assert small.tokenize(text) == ["[MASK]"], text
+        # the same text with no special token allowed: ordinary text, whatever the cache holds
+        assert small.tokenize(text, allowed_special="none") == ["[", "mask", "]"], text
+        assert small.tokenize(text, allowed_special={"[SEP]"}) == ["[", "mask", "]"], text
+        assert small.tokenize(text) == ["[MASK]"], text
+    assert small.tokenize("a[MA\u200bSK]") == ["a", "[", "mask", "]"]   # only a whole token is one
+    # never_split after lower-casing: "CAFE!" is the never_split word "cafe!", which is not in the vocabulary
+    tok = WordPieceTokenizer(small.vocab, never_split=["cafe!"])
+    assert tok.tokenize("CAFE! Café! cafe !") == ["[UNK]", "[UNK]", "cafe", "!"]
+    assert small.tokenize("CAFE!") == ["cafe", "!"]
 
 
 def test_cased_keeps_accents_and_case():
@@ -356,17 +481,33 @@ def test_pretrain_fill_mask_and_finetune_take_a_vocab_txt(tmp_path):
     assert t.fingerprint() == WordPieceTokenizer.load(vocab).fingerprint()
     (top,) = fill_mask(m, t, "The parser [MASK] the buffer.", top_k=3)
     assert len(top) == 3 and all(isinstance(w, str) and 0 <= p <= 1 for w, p in top)
-    # fine-tuning from the run, and from a Hugging Face directory that carries its vocab.txt
-    rows = [{"text": f"the queue {w} the buffer", "label": w} for w in ["reads", "writes"] * 16]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ft = dict(train=str(tmp_path / "train.jsonl"), epochs=1, batch_size=8, max_length=16, log_every=100)
+    # fine-tuning from the run, and from a Hugging Face directory that carries its vocab.txt: the
+    # verb is the label, and the held-out rows are 70% "writes", so a model that has not learned
+    # to read the verb scores at most the majority's 0.7. (40 epochs of 3 steps take about a
+    # second; 3 pretraining seeds x 8 fine-tuning seeds all scored 1.0.)
+    train_rows, val_rows = sentence_rows(["reads", "writes"] * 12, 1), sentence_rows(["writes"] * 14 + ["reads"] * 6, 2)
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    majority = max(Counter(r["label"] for r in val_rows).values()) / len(val_rows)
+    ft = dict(train=str(tmp_path / "train.jsonl"), validation=str(tmp_path / "val.jsonl"), epochs=40, lr=1e-2,
+              batch_size=8, max_length=16, log_every=1000)
     _, tok_ft, res = finetune(FinetuneConfig(init=str(out), out=str(tmp_path / "ft"), **ft))
-    assert isinstance(tok_ft, WordPieceTokenizer) and "acc" in res
+    assert isinstance(tok_ft, WordPieceTokenizer) and res["validation_examples"] == len(val_rows)
+    assert res["acc"] >= majority + 0.2, (res["acc"], majority)
     hf_dir = tmp_path / "hf"
     save_hf(m, str(hf_dir))
     t.save(hf_dir)                            # vocab.txt + tokenizer_config.json beside config.json
-    _, tok_hf, _ = finetune(FinetuneConfig(init=str(hf_dir), hf=True, out=str(tmp_path / "ft_hf"), **ft))
+    _, tok_hf, res_hf = finetune(FinetuneConfig(init=str(hf_dir), hf=True, out=str(tmp_path / "ft_hf"), **ft))
     assert tok_hf.fingerprint() == t.fingerprint()
+    assert res_hf["acc"] >= majority + 0.2, (res_hf["acc"], majority)
+
+
+def sentence_rows(labels, seed):
+    """A classification row per label: a sentence of the corpus's words whose verb is the label."""
+    rng = random.Random(seed)
+    subjects = ["the parser", "a socket", "the queue", "this function"]
+    objects = ["the next item", "a byte string", "the buffer", "a new list"]
+    return [{"text": f"{rng.choice(subjects)} {w} {rng.choice(objects)}", "label": w} for w in labels]
 
 
 def test_pretrain_script_takes_tokenizer_vocab_txt(tmp_path):
