@@ -6,6 +6,7 @@ after every merge; rescan every pair when encoding), tiktoken's Rust encoder bui
 files, Hugging Face `tokenizers`, and the reference merges in ../shared/fixtures. Tests that
 need those skip cleanly when they are absent.
 """
+import hashlib
 import json
 import random
 import subprocess
@@ -18,8 +19,9 @@ import regex
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from minibert import bpe, bpe_train
-from minibert.corpus import heldout_split
 from minibert import tokenizer as tokmod
+from minibert import vocab as vocabmod
+from minibert.corpus import heldout_split
 from minibert.tokenizer import GPT2_PATTERN, BPETokenizer, bytes_to_token_str, token_str_to_bytes
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -128,6 +130,19 @@ def test_special_token_ids_and_policy(small_tok):
     assert small_tok.encode_batch(EDGE_TEXTS) == [small_tok.encode(t) for t in EDGE_TEXTS]
 
 
+
+def test_piece_cache_cleared_when_full_gives_the_same_ids(small_tok, monkeypatch):
+    texts = EDGE_TEXTS + SMALL_CORPUS[:5]
+    cold = []
+    for t in texts:
+        small_tok.clear_cache()
+        cold.append(small_tok.encode(t))
+    monkeypatch.setattr(vocabmod, "_CACHE_LIMIT", 3)   # cleared every third new piece
+    small_tok.clear_cache()
+    assert [small_tok.encode(t) for t in texts] == cold
+    assert small_tok.encode_batch(texts, workers=1) == cold
+    assert 0 < max(map(len, small_tok._caches.values())) <= 3
+    small_tok.clear_cache()
 
 def test_encode_batch_in_worker_processes_equals_one_by_one(small_tok, monkeypatch):
     monkeypatch.setattr(tokmod, "_PARALLEL_ENCODE_CHARS", 1)  # split even a small batch
@@ -416,6 +431,16 @@ def test_save_load_round_trip(small_tok, tmp_path):
     assert BPETokenizer.load(path).pattern == r"\S+|\s+"
     assert custom.fingerprint() != small_tok.fingerprint() and len(custom.fingerprint()) == 16
 
+
+
+def test_saved_bytes_and_fingerprint_do_not_change(small_tok, tmp_path):
+    """Checkpoints and token caches store the tokenizer's fingerprint, so the saved text must
+    never change: these are the values the code gave before both tokenizers shared
+    vocab.Vocabulary's writer (commit 8a706ba)."""
+    small_tok.save(tmp_path / "tok.json")
+    saved = (tmp_path / "tok.json").read_bytes()
+    assert hashlib.sha256(saved).hexdigest() == "3cd1a3929b1bb44ea0544a49244498cf0bca9255a623776a167baef45be55070"
+    assert small_tok.fingerprint() == hashlib.sha256(saved[:-1]).hexdigest()[:16] == "a000a111e8a131fe"
 
 @needs_gpt2
 def test_save_load_keeps_foreign_id_layout(gpt2_tok, tmp_path):

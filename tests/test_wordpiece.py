@@ -17,6 +17,7 @@ composes, and never_split words that match only once lower-cased. The reference 
 without `tokenizers` and `transformers` (the parity extra); the hand-made-vocabulary tests run
 everywhere.
 """
+import hashlib
 import json
 import os
 import random
@@ -444,6 +445,18 @@ def test_fingerprint_and_load_tokenizer_picks_the_kind(small, tmp_path):
     with pytest.raises(ValueError, match="unknown token"):
         WordPieceTokenizer(["a", "b"])
 
+
+
+def test_saved_bytes_and_fingerprint_do_not_change(small, tmp_path):
+    """Run directories store the tokenizer's fingerprint, so the one-file JSON must never change
+    (never_split, a list, stays on one line; the vocabulary has one entry a line): these are the
+    values the code gave before both tokenizers shared vocab.Vocabulary's writer (commit 8a706ba)."""
+    tok = WordPieceTokenizer(small.vocab, never_split=["the", "a!"])
+    tok.save(tmp_path / "wp.json")
+    saved = (tmp_path / "wp.json").read_bytes()
+    assert hashlib.sha256(saved).hexdigest() == "0ce959a9b2ab559b617934308bb218b9e2e929a7169c15c21e32748cac80909a"
+    assert tok.fingerprint() == hashlib.sha256(saved[:-1]).hexdigest()[:16] == "782c20efe765c98e"
+    assert small.fingerprint() == "7a8359b75ac82bad"
 
 # ---------------------------------------------------------------------- the programs take a vocab.txt
 
