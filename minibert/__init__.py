@@ -5,7 +5,8 @@
     loss, grads = model.loss_and_grads(batch)
 
 Modules, in the order data flows through them (README.md has the tour):
-    corpus -> bpe / bpe_train / tokenizer, wordpiece -> token_cache -> instances   the training signal
+    corpus -> bpe, bpe_train -> vocab -> tokenizer, wordpiece -> tokenizer_files -> token_cache
+      -> instances                                                         the training signal
     backend, host, philox, kernels (cpu_kernels, cuda_kernels) -> layers, losses -> model, classifier,
       gradcheck                                                            the network
     optim -> checkpoint, rundir, atomic -> metrics, distributed, train, finetune   training
