@@ -193,12 +193,6 @@ class BPETokenizer(Vocabulary):
             return _encode_parallel(self, texts, mode, workers)
         return [self._encode(t, mode) for t in texts]
 
-    def _encode(self, text: str, mode) -> list[int]:
-        try:
-            return super()._encode(text, mode)
-        except UnicodeEncodeError:   # from piece.encode("utf-8"): the error names the position in the whole text
-            raise surrogate_error(text) from None
-
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes the ids stand for; ValueError for an id outside the vocabulary."""
         ids = ids if isinstance(ids, list) else list(ids)

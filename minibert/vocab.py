@@ -9,7 +9,8 @@ A subclass builds its tables and then calls `Vocabulary.__init__`; from there on
     to the subclass's `_encode_ordinary(text, out, cache)`, which splits it into pieces
     (pre-tokens, whitespace-separated words) and takes each piece's ids from `cache`, a
     `PieceCache` over the subclass's `_encode_piece`: a piece costs Python code once, then a
-    dict look-up;
+    dict look-up. A piece that cannot be encoded as UTF-8 (a lone surrogate, which the BPE
+    tokenizer meets; WordPiece's cleaning drops them) is a ValueError naming its index;
   - the saved file: one JSON object (the subclass's `to_dict`) written canonically, one key
     per line and one entry per line for the long lists (`_one_per_line`), so the same
     tokenizer always gives the same bytes; `fingerprint` is the start of their SHA-256, which
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from minibert.atomic import atomic_write
-from minibert.bpe import special_regex
+from minibert.bpe import special_regex, surrogate_error
 
 _CACHE_LIMIT = 1 << 19   # piece cache entries before the cache is cleared
 
@@ -117,15 +118,18 @@ class Vocabulary:
             raise TypeError(f"encode expects str, got {type(text).__name__}")
         special_re, cache = mode
         out: list[int] = []
-        if special_re is None:
-            self._encode_ordinary(text, out, cache)
-        else:
-            start = 0
-            for m in special_re.finditer(text):
-                self._encode_ordinary(text[start:m.start()], out, cache)
-                out.append(self._special[m.group()])
-                start = m.end()
-            self._encode_ordinary(text[start:], out, cache)
+        try:
+            if special_re is None:
+                self._encode_ordinary(text, out, cache)
+            else:
+                start = 0
+                for m in special_re.finditer(text):
+                    self._encode_ordinary(text[start:m.start()], out, cache)
+                    out.append(self._special[m.group()])
+                    start = m.end()
+                self._encode_ordinary(text[start:], out, cache)
+        except UnicodeEncodeError:   # a piece with a lone surrogate has no UTF-8 (BPE): name its index in the text
+            raise surrogate_error(text) from None
         return out
 
     def _mode(self, allowed_special):
