@@ -13,12 +13,13 @@ A subclass builds its tables and then calls `Vocabulary.__init__`; from there on
     tokenizer meets; WordPiece's cleaning drops them) is a ValueError naming its index;
   - the saved file: one JSON object (the subclass's `to_dict`) written canonically, one key
     per line and one entry per line for the long lists (`_one_per_line`), so the same
-    tokenizer always gives the same bytes; `fingerprint` is the start of their SHA-256, which
-    checkpoints and data caches store to recognise their tokenizer.
+    tokenizer always gives the same bytes; `fingerprint` is the first 16 hex digits of their
+    SHA-256, which checkpoints and data caches store to recognise their tokenizer.
 
-A piece's ids may depend on which special tokens are allowed (WordPiece keeps a word that
-cleaning turns into one whole): such a subclass sets `_cache_per_allowed`, and each allowed set
-gets its own cache, so an encode with "none" never reuses an id found with "all".
+A piece's ids may depend on which special tokens are allowed (WordPiece keeps whole a token
+that its cleaning turns into an allowed special token): such a subclass sets
+`_cache_per_allowed`, and each allowed set gets its own cache, so an encode with "none" never
+reuses ids found with "all".
 """
 from __future__ import annotations
 

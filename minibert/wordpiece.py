@@ -34,8 +34,9 @@ These are the steps of Hugging Face's slow BertTokenizer (BertTokenizerLegacy in
 recognised in the raw text (1) and again in the cleaned and lower-cased tokens (d, e).
 
 `encode` is the one BPETokenizer has too (vocab.Vocabulary.encode, which does stage 1): it
-gives the ids of the text only, and the programs add [CLS] and [SEP] themselves (task_data.encode_example builds pairs with token types; inference adds them
-for fill-mask), so both tokenizers are used alike.
+gives the ids of the text only, and the programs add [CLS] and [SEP] themselves
+(task_data.encode_example builds pairs with token types; inference adds them for fill-mask),
+so both tokenizers are used alike.
 
 Where the slow and fast Hugging Face tokenizers disagree, this one follows the slow one
 (tests/test_wordpiece.py lists the cases: the fast one does no NFC (c), lower-cases
@@ -146,7 +147,7 @@ class WordPieceTokenizer(Vocabulary):
     the vocabulary. The options mean what they mean in Hugging Face's BertTokenizer.
     """
     _unknown_hint = "not a line of the vocabulary"
-    _cache_per_allowed = True   # an allowed special token written with a control inside is kept whole
+    _cache_per_allowed = True   # a token that stage d or e makes an allowed special token is kept whole
 
     def __init__(self, vocab: Iterable[str], do_lower_case: bool = True, strip_accents: bool | None = None,
                  tokenize_chinese_chars: bool = True, never_split: Iterable[str] = (), unk_token: str = UNK_TOKEN,

@@ -269,7 +269,7 @@ def test_never_split_and_no_chinese_split_equal_slow(trio, tmp_path, drawn):
     assert [other.encode(t) for t in texts] == [hf_ids(ref, t) for t in texts]
 
 
-# ---------------------------------------------------------------------- specials and never_split inside the basic tokenizer
+# ---------------------------------------------------------------------- specials and never_split, looked for twice
 #
 # The slow BertTokenizer passes its special tokens to the basic tokenizer as never_split, and the
 # basic tokenizer checks never_split on each whitespace token twice: after cleaning, CJK spacing
@@ -280,8 +280,9 @@ def test_never_split_and_no_chinese_split_equal_slow(trio, tmp_path, drawn):
 
 DISGUISE_SPECIALS = BERT_SPECIALS + ["[É]", "<Å>", "<eos>"]
 NEVER_SPLIT = ["foo!", "<end>", "naïve.", "naive.", "Bar?", "[x]"]
+# what cleaning drops: category C* (control, format, private use, unassigned, surrogate) and U+FFFD
 DROPPED = ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\u200b", "\u200d", "\ufeff", "\ufffd", "\ue000", "\U000e0041",
-           "\U000f0000", "\u0378", "\U0001d173", "\ud800"]   # C* (control, format, private, unassigned, surrogate), U+FFFD
+           "\U000f0000", "\u0378", "\U0001d173", "\ud800"]
 NFC_TWINS = {"K": ["\u212a"], "Å": ["\u212b", "A\u030a"], "É": ["E\u0301"], "é": ["e\u0301"], "å": ["a\u030a"]}
 CONTEXT = ["", " ", "  ", "\t", "\n", "a ", " b", "!", "x", "é ", " [MASK] ", "\u200b", " foo! "]
 
@@ -289,8 +290,8 @@ CONTEXT = ["", " ", "  ", "\t", "\n", "a ", " b", "!", "x", "é ", " [MASK] ", "
 @pytest.fixture(scope="module")
 def disguise_vocab(tmp_path_factory):
     letters = "abcdefghijklmnopqrstuvwxyzéåïABEFKMNOSX"
-    vocab = (DISGUISE_SPECIALS + ["foo!", "<end>", "[", "]", "<", ">", "!", ".", "?", "mask", "foo", "end", "bar", "eos"]
-             + list(letters) + ["##" + c for c in letters])
+    words = ["foo!", "<end>", "[", "]", "<", ">", "!", ".", "?", "mask", "foo", "end", "bar", "eos"]
+    vocab = DISGUISE_SPECIALS + words + list(letters) + ["##" + c for c in letters]
     path = tmp_path_factory.mktemp("disguise") / "vocab.txt"
     path.write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
     return path
