@@ -49,17 +49,11 @@ def _is_paths(source):
             and all(isinstance(p, (str, os.PathLike)) for p in source))
 
 
-def _encode_sentences(tokenizer, sentences, specials):
+def _encode_sentences(tokenizer, sentences):
     """Token ids of each sentence. Text that merely looks like a special token ("[SEP]" in a
-    docstring) is encoded as plain text, never as the special id."""
-    plain = [i for i, s in enumerate(sentences) if not any(sp in s for sp in specials)]
-    out = [None] * len(sentences)
-    for i, ids in zip(plain, tokenizer.encode_batch([sentences[i] for i in plain])):
-        out[i] = ids
-    for i, s in enumerate(sentences):
-        if out[i] is None:
-            out[i] = tokenizer.encode(s, allowed_special="none")
-    return out
+    docstring, or a "[MA\u200bSK]" that WordPiece's cleaning would make "[MASK]") is encoded
+    as plain text, never as the special id: allowed_special="none"."""
+    return tokenizer.encode_batch(sentences, allowed_special="none")
 
 
 class TokenizedCorpus:
@@ -149,7 +143,6 @@ class TokenizedCorpus:
     @staticmethod
     def _write(tmp, source, tokenizer, format, chunk_sentences, key):
         dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
-        specials = list(tokenizer.special_tokens)
         docs = iter_documents(source, format) if _is_paths(source) else iter(source)
         sent_lens = []  # numpy arrays, one per chunk
         doc_counts = array("q")  # kept sentences per document
@@ -167,7 +160,7 @@ class TokenizedCorpus:
                 if not sentences:
                     break
                 # a chunk holds whole documents, about chunk_sentences sentences
-                encoded = _encode_sentences(tokenizer, sentences, specials)
+                encoded = _encode_sentences(tokenizer, sentences)
                 lens = np.fromiter((len(e) for e in encoded), np.int64, len(encoded))  # (S_chunk,)
                 flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype, int(lens.sum()))  # (tokens,)
                 if flat.size and int(flat.max()) >= tokenizer.vocab_size:

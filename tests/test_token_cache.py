@@ -7,6 +7,7 @@ import pytest
 
 from minibert.corpus import Document
 from minibert.token_cache import TokenizedCorpus
+from minibert.wordpiece import WordPieceTokenizer
 
 from data_helpers import special_ids, synthetic_documents, train_tokenizer
 
@@ -24,9 +25,9 @@ class CountingTokenizer:
         self.encoded += 1
         return self.tok.encode(text, allowed_special=allowed_special)
 
-    def encode_batch(self, texts):
+    def encode_batch(self, texts, allowed_special="none"):
         self.encoded += len(texts)
-        return self.tok.encode_batch(texts)
+        return self.tok.encode_batch(texts, allowed_special=allowed_special)
 
 
 def document_tokens(corpus, d):
@@ -97,6 +98,17 @@ def test_special_token_text_is_plain_text(tok, tmp_path):
             Document(("Alpha beta gamma.",), "y")]
     c = TokenizedCorpus.build(docs, tok, tmp_path)
     assert not np.isin(np.asarray(c.tokens), list(special_ids(tok))).any()
+
+
+def test_special_token_text_is_plain_text_for_wordpiece_too(tmp_path):
+    # WordPiece recognises a special token again once cleaning has dropped a character inside it
+    # ("[MA\u200bSK]" is "[MASK]" to encode), so the cache must not take encode's default either
+    wp = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[", "]", "mask", "sep", "use", "."])
+    assert wp.encode("use [MA\u200bSK] .")[1] == wp.token_to_id("[MASK]")
+    docs = [Document(("Use [MA\u200bSK] .", "Use [SEP] [MASK] ."), "x"), Document(("Use [\x00SEP] .",), "y")]
+    c = TokenizedCorpus.build(docs, wp, tmp_path)
+    assert not np.isin(np.asarray(c.tokens), list(wp.special_tokens.values())).any()
+    assert list(c.tokens[:5]) == wp.encode("use [ mask ] .")
 
 
 def test_empty_corpus_is_a_clear_error(tok, tmp_path):
