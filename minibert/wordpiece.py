@@ -12,8 +12,8 @@ every text.
        b. put spaces around CJK ideographs (tokenize_chinese_chars), so each is a word;
        c. NFC-normalise, so "e" + U+0301 and "é" are one character either way;
        d. split on whitespace into tokens. A token that is in never_split or is one of the
-          allowed special tokens is kept whole from here on: "[MA\u200bSK]" is "[MASK]" once
-          a cleaned it, and so is "[MAS\u212a]" (Kelvin sign) once c made it a K;
+          allowed special tokens is kept whole from here on: "[MA\u200bSK]" is "[MASK]" after
+          a, and so is "[MAS\u212a]" after c (NFC makes the Kelvin sign a K);
        e. do_lower_case: lower-case, then (unless strip_accents is False) strip accents:
           NFD, then drop the combining marks (category Mn), "Café" -> "cafe". Without
           do_lower_case, strip_accents=True strips accents only. A token that is now in
