@@ -414,7 +414,7 @@ def format_instance(data, tokenizer, row, epoch=0):
              "",
              f"  {'pos':>3}  seg  {'input':<18} {'label (original)':<18} choice"]
     for r in rows:
-        label = show(r["label"]) if r["choice"] else "-100"
+        label = show(r["label"]) if r["choice"] else str(IGNORE_INDEX)
         lines.append(f"  {r['pos']:>3}  {r['segment']:>3}  {show(r['input']):<18} {label:<18} "
                      f"{MASK_CHOICES[r['choice']] if r['choice'] else ''}".rstrip())
     return "\n".join(lines)

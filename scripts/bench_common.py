@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from minibert.model import PRESETS as TRAIN_PRESETS  # noqa: E402
+from minibert.model import IGNORE_INDEX, PRESETS as TRAIN_PRESETS  # noqa: E402
 
 # L layers, H hidden, A heads, I intermediate; V and T default to 8192 and 128.
 # The presets table beside BertConfig (minibert/model.py) is the source; BertConfig's field names
@@ -84,7 +84,7 @@ def make_batch(c):
     ids = np.where(mask == 1, ids, 0)
     sep = (lengths * rng.uniform(0.3, 0.7, B)).astype(np.int64)  # (B,) where sentence B starts
     types = ((np.arange(T)[None] >= sep[:, None]) & (mask == 1)).astype(np.int64)  # (B, T)
-    labels = np.full((B, T), -100)  # (B, T)
+    labels = np.full((B, T), IGNORE_INDEX)  # (B, T)
     for b in range(B):
         k = min(c.max_predictions, max(1, int(round(0.15 * lengths[b]))))
         pos = rng.choice(lengths[b], size=k, replace=False)
@@ -112,7 +112,7 @@ def step_flops(c, P):
 
 
 def n_labels(batch):
-    return int((batch["labels"] != -100).sum())
+    return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 # ----------------------------------------------------------------------------------------
