@@ -36,8 +36,8 @@ from minibert import backend
 from minibert.layers import dropout_backward, dropout_forward, linear_backward, linear_forward
 from minibert.losses import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from minibert.encoder import (
-    BertBase, EncoderCache, check_grads, check_params, encoder_backward, encoder_forward, encoder_param_shapes,
-    init_params, to_device_batch,
+    BertBase, EncoderCache, check_grads, encoder_backward, encoder_forward, encoder_param_shapes, init_params,
+    to_device_batch, with_pooler,
 )
 from minibert.model import validate_batch
 
@@ -103,11 +103,7 @@ class BertForSequenceClassification(BertBase):
         Any head of the checkpoint the encoder came from is left behind by the reader
         (rundir.read_pretrained_encoder, interop.load_hf_encoder_params)."""
         _check_num_labels(num_labels)
-        params = dict(encoder_params)
-        if "pool.w" not in params:
-            H = config.hidden_size
-            params.update(init_params({"pool.w": (H, H), "pool.b": (H,)}, config, [int(seed), 2]))
-        check_params(params, encoder_param_shapes(config), config.dtype)
+        params = with_pooler(config, encoder_params, seed)
         params.update(init_classifier(config, int(num_labels), seed))
         return cls(config, num_labels, seed=seed, params=params)
 

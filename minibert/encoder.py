@@ -11,7 +11,8 @@ Data flow, with the shape letters of minibert/layers.py (B batch, T tokens, H hi
 This is BERT's encoder (Devlin et al. 2019, section 3: the Transformer encoder of Vaswani
 et al. 2017 with learned positions and token types), as in transformers' BertModel.
 The models on top of it, each with its heads, are in model.py (BertForPreTraining,
-BertForMaskedLM, BertModel) and classifier.py (BertForSequenceClassification).
+BertForMaskedLM, BertModel), classifier.py (BertForSequenceClassification),
+token_classifier.py, question_answering.py and multiple_choice.py.
 
 Parameters live in a flat dict name -> array; gradients come back as a dict with the same
 keys and shapes. The word embedding's gradient from the input lookup is returned here; a
@@ -66,6 +67,26 @@ def init_params(shapes, c, seed):
         else:
             a = rng.normal(0.0, c.initializer_range, size=shape)
         params[name] = backend.to_device(a, dtype=c.dtype)
+    return params
+
+
+def with_pooler(c, encoder_params, seed):
+    """A new dict of the encoder params with a pooler: the given one, or (an encoder read
+    from a BertForMaskedLM has none) a fresh one, N(0, initializer_range) from the stream
+    [seed, 2], as transformers draws a missing pooler. Checked against the config."""
+    params = dict(encoder_params)
+    if "pool.w" not in params:
+        H = c.hidden_size
+        params.update(init_params({"pool.w": (H, H), "pool.b": (H,)}, c, [int(seed), 2]))
+    check_params(params, encoder_param_shapes(c), c.dtype)
+    return params
+
+
+def without_pooler(c, encoder_params):
+    """A new dict of the encoder params less any pooler (a head on the sequence output has
+    no use for it; transformers drops it too), checked against the config."""
+    params = {k: v for k, v in encoder_params.items() if not k.startswith("pool.")}
+    check_params(params, encoder_param_shapes(c, pooler=False), c.dtype)
     return params
 
 

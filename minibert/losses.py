@@ -10,6 +10,9 @@ Both BERT objectives are a mean cross-entropy over rows of logits:
 Shapes: logits (R, K), targets (R,) integer class ids; R rows, K classes.
 Regression heads (BertForSequenceClassification with one output) use the mean squared
 error pair below: pred, target (R,).
+The task heads that label some rows and not others (a token tagger's -100 positions, a
+question-answering window's out-of-range answers) use cross_entropy_ignore: the mean over
+the rows whose target is not ignore_index, torch's CrossEntropyLoss(ignore_index=...).
 """
 from minibert import backend, kernels
 
@@ -45,6 +48,30 @@ def cross_entropy_backward(dloss, cache):
     dlogits = probs.copy()  # (R, K)
     dlogits[xp.arange(R), targets] -= 1.0
     dlogits *= dloss / count
+    return (dlogits,)
+
+
+def cross_entropy_ignore_forward(logits, targets, ignore_index):
+    """Mean cross-entropy over the R' rows whose target is not ignore_index, as torch's
+    CrossEntropyLoss(ignore_index=...) computes it. logits (R, K), targets (R,).
+
+    R' == 0 gives loss 0 and a zero gradient, as cross_entropy_forward does for no rows;
+    torch gives the same zero gradient and a NaN loss (a mean over no elements)."""
+    xp = backend.xp
+    keep = xp.flatnonzero(targets != ignore_index)  # (R',) rows that carry a target
+    loss, c_ce = cross_entropy_forward(logits[keep], targets[keep])  # (), cache over (R', K)
+    # backward scatters the kept rows' gradient back among R rows
+    return loss, (keep, logits.shape, c_ce)
+
+
+def cross_entropy_ignore_backward(dloss, cache):
+    xp = backend.xp
+    keep, shape, c_ce = cache
+    # forward: loss = cross_entropy(logits[keep], targets[keep]): the kept rows get that
+    # gradient, the ignored rows none
+    (dkept,) = cross_entropy_backward(dloss, c_ce)  # (R', K)
+    dlogits = xp.zeros(shape, dtype=dkept.dtype)  # (R, K)
+    dlogits[keep] = dkept  # plain assignment: flatnonzero never repeats a row
     return (dlogits,)
 
 
