@@ -47,7 +47,7 @@ class Example:
     label: str | float | None = None  # a label name (classification) or a number (regression)
 
 
-def _rows(path):
+def read_rows(path):
     """(row number, dict) for each row of a CSV, TSV or JSON-lines file, and its columns."""
     ext = os.path.splitext(path)[1].lower()
     if ext in (".csv", ".tsv"):
@@ -87,7 +87,7 @@ def read_examples(path, text_column="text", pair_column="text_pair", label_colum
     (strings) for classification and converted to floats for regression."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path!r} not found")
-    rows, columns = _rows(path)
+    rows, columns = read_rows(path)
     need = [text_column] + ([label_column] if require_label else [])
     for col in need:
         if col not in columns:
