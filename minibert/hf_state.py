@@ -10,9 +10,14 @@ unexpected weights:
     BertForMaskedLM                encoder, MLM head (no pooler, no NSP) model.BertForMaskedLM
     BertModel                      encoder, pooler; keys without "bert." model.BertModel
     BertForSequenceClassification  encoder, pooler, classifier (C, H)    classifier.BertForSequenceClassification
+    BertForTokenClassification     encoder, classifier (C, H), no pooler token_classifier.BertForTokenClassification
+    BertForQuestionAnswering       encoder, qa_outputs (2, H), no pooler question_answering.BertForQuestionAnswering
+    BertForMultipleChoice          encoder, pooler, classifier (1, H)    multiple_choice.BertForMultipleChoice
 
-`kind_of(state)` tells the kind from the weights a state dict holds (the heads, by one
-weight each: HEADS).
+`kind_of(state, architectures)` tells the kind from the weights a state dict holds (the
+heads, by one weight each: HEADS). The weights cannot tell a multiple-choice head from a
+one-label (regression) sequence classifier: both are a pooler and a (1, H) classifier; there
+config.json's "architectures" decides.
 
 Parameter mapping, minibert name -> Hugging Face name (l is the layer index, and the HF
 encoder layer prefix is bert.encoder.layer.{l}). minibert's linear weights are (in, out),
@@ -35,7 +40,8 @@ weight (marked T) is transposed on the way across. Embedding tables are (rows, H
     mlm.ln.w, mlm.ln.b         cls.predictions.transform.LayerNorm.weight, .bias
     mlm.bias  (V,)             cls.predictions.bias
     nsp.w (H, 2), nsp.b        cls.seq_relationship.weight (T), .bias
-    cls.w (H, C), cls.b        classifier.weight (T), .bias
+    cls.w (H, C), cls.b        classifier.weight (T), .bias   (sequence, token; (H, 1) for choice)
+    qa.w (H, 2), qa.b          qa_outputs.weight (T), .bias   (column 0 start, 1 end)
 
 The MLM decoder is tied: HF's cls.predictions.decoder.weight *is* the word embedding and
 cls.predictions.decoder.bias *is* cls.predictions.bias. transformers 5.x leaves both out
@@ -60,6 +66,9 @@ from minibert.encoder import encoder_param_shapes
 from minibert.model import (
     BertForMaskedLM, BertForPreTraining, BertModel, masked_lm_param_shapes, pretraining_param_shapes,
 )
+from minibert.multiple_choice import BertForMultipleChoice, multiple_choice_param_shapes
+from minibert.question_answering import BertForQuestionAnswering, question_answering_param_shapes
+from minibert.token_classifier import BertForTokenClassification, token_classifier_param_shapes
 
 # checkpoint kind (the transformers class) -> (minibert class, what its files hold)
 HF_KINDS = {
@@ -67,14 +76,22 @@ HF_KINDS = {
     "BertForMaskedLM": (BertForMaskedLM, "encoder and MLM head, no pooler or NSP head"),
     "BertModel": (BertModel, "encoder and pooler, no head"),
     "BertForSequenceClassification": (BertForSequenceClassification, "encoder, pooler and a classifier"),
+    "BertForTokenClassification": (BertForTokenClassification, "encoder and a classifier at every token, no pooler"),
+    "BertForQuestionAnswering": (BertForQuestionAnswering, "encoder and a start/end head (qa_outputs), no pooler"),
+    "BertForMultipleChoice": (BertForMultipleChoice, "encoder, pooler and a one-score classifier per choice"),
 }
+# the kinds whose head size is the checkpoint's number of labels (classifier.weight's rows)
+LABELLED_KINDS = ("BertForSequenceClassification", "BertForTokenClassification")
 # the heads, by the HF weight that shows each is there; what each is called in an error; what each kind needs
 HEADS = {"mlm": "cls.predictions.bias", "nsp": "cls.seq_relationship.weight", "pooler": "bert.pooler.dense.weight",
-         "classifier": "classifier.weight"}
+         "classifier": "classifier.weight", "qa": "qa_outputs.weight"}
 HEAD_NAMES = {"mlm": "MLM head (cls.predictions.*)", "nsp": "NSP head (cls.seq_relationship.weight)",
-              "pooler": "pooler (bert.pooler.dense.weight)", "classifier": "classifier (classifier.weight)"}
+              "pooler": "pooler (bert.pooler.dense.weight)", "classifier": "classifier (classifier.weight)",
+              "qa": "question-answering head (qa_outputs.weight)"}
 KIND_HEADS = {"BertForPreTraining": ("mlm", "nsp", "pooler"), "BertForMaskedLM": ("mlm",),
-              "BertModel": ("pooler",), "BertForSequenceClassification": ("pooler", "classifier")}
+              "BertModel": ("pooler",), "BertForSequenceClassification": ("pooler", "classifier"),
+              "BertForTokenClassification": ("classifier",), "BertForQuestionAnswering": ("qa",),
+              "BertForMultipleChoice": ("pooler", "classifier")}
 
 # tensors in HF files that hold no parameter: buffers older transformers versions saved
 _IGNORED_KEYS = ("bert.embeddings.position_ids",)
@@ -125,6 +142,8 @@ def _name_map(num_layers, heads=True):
             "nsp.b": ("cls.seq_relationship.bias", False),
             "cls.w": ("classifier.weight", True),
             "cls.b": ("classifier.bias", False),
+            "qa.w": ("qa_outputs.weight", True),
+            "qa.b": ("qa_outputs.bias", False),
         })
     return m
 
@@ -166,8 +185,11 @@ def param_shapes(kind, config, num_labels=None):
         raise ValueError(f"unknown checkpoint kind {kind!r}: minibert reads {sorted(HF_KINDS)}")
     if kind == "BertForSequenceClassification":
         return classifier_param_shapes(config, num_labels)
+    if kind == "BertForTokenClassification":
+        return token_classifier_param_shapes(config, num_labels)
     return {"BertForPreTraining": pretraining_param_shapes, "BertForMaskedLM": masked_lm_param_shapes,
-            "BertModel": encoder_param_shapes}[kind](config)
+            "BertModel": encoder_param_shapes, "BertForQuestionAnswering": question_answering_param_shapes,
+            "BertForMultipleChoice": multiple_choice_param_shapes}[kind](config)
 
 
 def _canonical_state(state, check_tied=True):
@@ -259,6 +281,8 @@ def _head_of(hf_name):
         return "pooler"
     if hf_name.startswith("classifier."):
         return "classifier"
+    if hf_name.startswith("qa_outputs."):
+        return "qa"
     return None
 
 
@@ -268,10 +292,18 @@ def heads_of(state):
     return {h for h, n in HEADS.items() if n in names}
 
 
-def kind_of(state):
-    """The richest checkpoint kind an HF state dict holds all the weights of."""
+def kind_of(state, architectures=()):
+    """The richest checkpoint kind an HF state dict holds all the weights of. A pooler with a
+    (1, H) classifier is BertForMultipleChoice when `architectures` (config.json's) names it,
+    else a one-label BertForSequenceClassification."""
     heads = heads_of(state)
+    if "qa" in heads:
+        return "BertForQuestionAnswering"
     if "classifier" in heads:
+        if "pooler" not in heads:
+            return "BertForTokenClassification"
+        if "BertForMultipleChoice" in architectures and np.shape(state[HEADS["classifier"]])[0] == 1:
+            return "BertForMultipleChoice"
         return "BertForSequenceClassification"
     if "mlm" in heads:
         return "BertForPreTraining" if {"nsp", "pooler"} <= heads else "BertForMaskedLM"

@@ -6,13 +6,14 @@ unpickled: a directory with only pytorch_model.bin (a pickle, which can run any 
 loaded) is refused with the one-line conversion to safetensors. Sharded checkpoints
 (model.safetensors.index.json) are read too. The weights map to minibert's parameters as
 hf_state.py describes; each checkpoint kind (hf_state.HF_KINDS: BertForPreTraining,
-BertForMaskedLM, BertModel, BertForSequenceClassification) is read into the minibert class
-of the same name and written back so that the transformers class loads it with no missing
+BertForMaskedLM, BertModel, BertForSequenceClassification, BertForTokenClassification,
+BertForQuestionAnswering, BertForMultipleChoice) is read into the minibert class of the same name and written back so that the transformers class loads it with no missing
 or unexpected weights.
 
 `load_hf_model(path)` tells the kind from the weights in the files, not from config.json's
 "architectures" (bert-base-uncased says BertForMaskedLM and carries the NSP head and pooler
-too: it loads as BertForPreTraining). Asked for a kind whose head the files lack, it says
+too: it loads as BertForPreTraining); "architectures" only tells a multiple-choice head from a
+one-label sequence classifier, whose weights are alike. Asked for a kind whose head the files lack, it says
 which head is missing; a richer checkpoint loads as a poorer kind (its extra heads dropped,
 as transformers does with a warning). `load_hf(path)` is the BertForPreTraining loader.
 
@@ -32,8 +33,8 @@ from minibert.atomic import atomic_write
 from minibert.checkpoint import checkpoint_exists
 from minibert.classifier import BertForSequenceClassification
 from minibert.hf_state import (
-    DECODER_W, HEAD_NAMES, HF_KINDS, KIND_HEADS, from_hf_state_dict, heads_of, kind_of, kind_of_model,
-    to_hf_state_dict,
+    DECODER_W, HEAD_NAMES, HF_KINDS, KIND_HEADS, LABELLED_KINDS, from_hf_state_dict, heads_of, kind_of,
+    kind_of_model, to_hf_state_dict,
 )
 from minibert.model import BertConfig, pretraining_model
 
@@ -184,7 +185,7 @@ def load_hf_model(path, dtype="float32", kind=None):
     or of KIND, which must not need a head the files lack (ValueError naming it)."""
     hf_config, config = _read_config(path, dtype)
     state = _read_weights(path)
-    heads, found = heads_of(state), kind_of(state)
+    heads, found = heads_of(state), kind_of(state, hf_config.get("architectures") or ())
     kind = kind or found
     if kind not in HF_KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}: minibert reads {sorted(HF_KINDS)}")
@@ -196,8 +197,9 @@ def load_hf_model(path, dtype="float32", kind=None):
         raise ValueError(f"{path}: tie_word_embeddings is false and there is no {DECODER_W}; "
                          "minibert ties the MLM decoder to the word embeddings")
     num_labels = None
-    if kind == "BertForSequenceClassification":
+    if kind in LABELLED_KINDS:
         num_labels = int(state["classifier.weight"].shape[0])
+    if kind == "BertForSequenceClassification":
         if hf_config.get("problem_type") == "multi_label_classification":
             raise ValueError(f"{path}: problem_type multi_label_classification is not supported (minibert's "
                              "classifier is single-label, or regression with one label)")
@@ -205,13 +207,13 @@ def load_hf_model(path, dtype="float32", kind=None):
         params = from_hf_state_dict(state, config, kind=kind, num_labels=num_labels)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    if kind == "BertForSequenceClassification":
-        return BertForSequenceClassification(config, num_labels, params=params)
+    if kind in LABELLED_KINDS:
+        return HF_KINDS[kind][0](config, num_labels, params=params)
     return HF_KINDS[kind][0](config, params=params)
 
 
 def hf_label_names(path):
-    """The label names of an HF classifier directory (config.json's id2label, in id order), or None."""
+    """The label names of an HF classifier or token-classifier directory (config.json's id2label, in id order), or None."""
     hf_config, _ = _read_config(path, "float32")
     id2label = hf_config.get("id2label")
     return [id2label[str(i)] for i in range(len(id2label))] if id2label else None
@@ -226,17 +228,16 @@ def load_hf(path, dtype="float32"):
 
 def save_hf(model, path, label_names=None):
     """Write config.json and model.safetensors that the transformers class of the model's
-    kind (BertForPreTraining, BertForMaskedLM, BertModel, BertForSequenceClassification)
-    .from_pretrained(path) loads with no missing or unexpected weights. The tied decoder
-    weight and bias are left out, as transformers itself saves them. label_names: a
-    classifier's, for id2label. Each file is written atomically (atomic.atomic_write), the
-    weights first."""
+    kind (hf_state.HF_KINDS) .from_pretrained(path) loads with no missing or unexpected
+    weights. The tied decoder weight and bias are left out, as transformers itself saves
+    them. label_names: a classifier's or a token classifier's, for id2label. Each file is
+    written atomically (atomic.atomic_write), the weights first."""
     kind = kind_of_model(model)
     os.makedirs(path, exist_ok=True)
     state = to_hf_state_dict(model)
     # transformers checks the format tag
     atomic_write(os.path.join(path, WEIGHTS_FILE), safetensors.numpy.save(state, metadata={"format": "pt"}))
-    if kind == "BertForSequenceClassification" and label_names is None:
+    if kind in LABELLED_KINDS and label_names is None:
         label_names = [f"LABEL_{i}" for i in range(model.num_labels)]
     d = config_to_hf(model.config, [kind], label_names)
     if kind == "BertForSequenceClassification":
