@@ -13,6 +13,8 @@ from minibert.qa_data import (
     write_json,
 )
 from minibert.qa_metrics import exact_match, f1, normalize_answer, squad_scores
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+from minibert.wordpiece import WordPieceTokenizer
 
 # ----------------------------------------------------------------------------------------
 # EM and F1, by hand
@@ -279,3 +281,29 @@ def test_round_trip_scores_100(tmp_path):
     assert squad_scores(gold_answers(examples), preds, version_2=True)["exact"] == 100.0
     write_json(tmp_path / "predictions.json", preds)
     assert json.loads((tmp_path / "predictions.json").read_text()) == preds
+
+
+def real_tokenizers():
+    bpe = BPETokenizer.train_from_iterator([CONTEXT] * 5, 300, special_tokens=SPECIAL_TOKENS, progress=False)
+    wp = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "super", "bowl", "50", "was", "won", "by",
+                             "the", "den", "##ver", "bro", "##ncos", "at", "levi", "'", "s", "stadium", ".", "who",
+                             "where", "?"])
+    return {"bpe": bpe, "wordpiece": wp}
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_real_tokenizers_find_the_answers(kind):
+    """With the tokenizers' own offsets (tok.encode_with_offsets): gold positions, as logits,
+    give back each answer's text exactly, over several windows."""
+    tok = real_tokenizers()[kind]
+    if not hasattr(tok, "encode_with_offsets"):
+        pytest.skip("the tokenizers have no encode_with_offsets yet")
+    answers = ["Denver Broncos", "Levi's Stadium", "Super Bowl 50", "50", "Stadium."]
+    examples = [QAExample(f"q{k}", "Who won?", CONTEXT, [(a, CONTEXT.index(a))]) for k, a in enumerate(answers)]
+    feats = encode_squad(tok, examples, max_length=16, doc_stride=6)
+    assert len(feats) > 2 * len(examples)
+    start, end = np.zeros((len(feats), 16)), np.zeros((len(feats), 16))
+    for i, f in enumerate(feats):
+        start[i, f.start_position] = end[i, f.end_position] = 10
+    preds, _ = postprocess_qa(examples, feats, start, end, version_2=True)
+    assert preds == {f"q{k}": a for k, a in enumerate(answers)}

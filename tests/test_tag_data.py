@@ -16,6 +16,7 @@ from minibert.tag_data import (
 )
 from minibert.tag_metrics import check_tag, convert_tags, entities, entity_scores
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+from minibert.wordpiece import WordPieceTokenizer
 
 # ----------------------------------------------------------------------------------------
 # entities and scores, by hand
@@ -239,6 +240,10 @@ def test_words_encode_as_the_sentence_does():
     f = encode_tagged(tok, TaggedSentence(words), {}, 512)
     assert f.input_ids[1:-1] == tok.encode(" ".join(words))
     assert f.labels == [IGNORE_INDEX] * len(f.input_ids)  # no gold tags
+    wp = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "u", ".", "s", "official", "##s", "said",
+                             "the", "fox", "doesn", "'", "t", ",", "1", "200", "?"])
+    f = encode_tagged(wp, TaggedSentence(words), {}, 512)
+    assert f.input_ids[1:-1] == wp.encode(" ".join(words)) and wp.token_to_id("[UNK]") in f.input_ids
 
 
 def test_batch():
