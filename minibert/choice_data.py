@@ -42,6 +42,8 @@ def read_choices(path, require_label=True):
     if not rows:
         raise ValueError(f"{path}: no examples in the file")
     jsonl = os.path.splitext(path)[1].lower() not in (".csv", ".tsv")
+    if require_label and "label" not in columns:
+        raise ValueError(f"{path}: no column 'label' (columns: {columns})")
     if not jsonl:
         numbers = sorted(int(m.group(1)) for c in columns if (m := _ENDING.match(c)))
         if not numbers or numbers != list(range(len(numbers))):

@@ -152,10 +152,12 @@ def encode_squad(tok, examples, max_length=384, doc_stride=128, max_question_len
     when the question leaves no room for context, or a context longer than one window
     cannot be cut with doc_stride (doc_stride >= the window)."""
     cls_id, sep_id = tok.token_to_id(SPECIAL_TOKENS[1]), tok.token_to_id(SPECIAL_TOKENS[2])
-    features = []
+    features, context, encoded = [], None, None
     for i, e in enumerate(examples):
         q = tok.encode(e.question.lstrip(), allowed_special="none")[:max_question_length]
-        c, offsets = tok.encode_with_offsets(e.context, allowed_special="none")
+        if e.context != context:  # a paragraph's questions come together: its context is encoded once
+            context, encoded = e.context, tok.encode_with_offsets(e.context, allowed_special="none")
+        c, offsets = encoded
         L = max_length - len(q) - 3
         if L < 1:
             raise ValueError(f"{where}: question {e.id!r}: max_length {max_length} leaves no room for context "

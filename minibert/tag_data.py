@@ -142,10 +142,10 @@ def tag_names_from(sentences):
 # label alignment and batches
 
 
-def encode_tagged(tok, sentence, tag_index, max_length):
+def encode_tagged(tok, sentence, tag_index, max_length, where="data"):
     """TagFeature of one sentence: [CLS] sub-tokens [SEP], each word's tag id at its first
-    sub-token (tag_index: tag name -> id; an unknown tag is a ValueError), truncated to
-    max_length tokens."""
+    sub-token (tag_index: tag name -> id; an unknown tag is a ValueError naming `where`),
+    truncated to max_length tokens."""
     if max_length < 3:
         raise ValueError(f"max_length {max_length} leaves no room for a word next to [CLS] and [SEP]")
     cls_id, sep_id = tok.token_to_id(SPECIAL_TOKENS[1]), tok.token_to_id(SPECIAL_TOKENS[2])
@@ -159,7 +159,8 @@ def encode_tagged(tok, sentence, tag_index, max_length):
         if sentence.tags is not None:
             tag = sentence.tags[w]
             if tag not in tag_index:
-                raise ValueError(f"tag {tag!r} is not one of the model's tags {sorted(tag_index)}")
+                raise ValueError(f"{where}: word {w + 1}: tag {tag!r} is not one of the model's tags "
+                                 f"{sorted(tag_index)}")
             label = tag_index[tag]
         ids += pieces
         labels += [label] + [IGNORE_INDEX] * (len(pieces) - 1)
@@ -169,10 +170,10 @@ def encode_tagged(tok, sentence, tag_index, max_length):
     return TagFeature(ids + [sep_id], labels + [IGNORE_INDEX], word_ids + [None])
 
 
-def encode_tagged_sentences(tok, sentences, tag_names, max_length):
-    """A TagFeature per sentence."""
+def encode_tagged_sentences(tok, sentences, tag_names, max_length, where="data"):
+    """A TagFeature per sentence (tag ids: positions in tag_names)."""
     index = {t: i for i, t in enumerate(tag_names)}
-    return [encode_tagged(tok, s, index, max_length) for s in sentences]
+    return [encode_tagged(tok, s, index, max_length, f"{where}: sentence {k + 1}") for k, s in enumerate(sentences)]
 
 
 def tag_batch(features, idx, pad_id):

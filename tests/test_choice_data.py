@@ -40,6 +40,8 @@ def test_read_jsonl(tmp_path):
     ("a.csv", "sent1,ending0,ending1,label\nx,y,z,2\n", r"a.csv: row 2: label '2' is not an ending's index in 0\.\.1"),
     ("a.csv", "sent1,ending0,ending1,label\nx,y,z,one\n", r"a.csv: row 2: label 'one' is not an ending's index"),
     ("a.csv", "sent1,ending0,ending1,label\nx,y,z,\n", r"a.csv: row 2: no label"),
+    ("a.csv", "sent1,ending0,ending1\nx,y,z\n", r"a.csv: no column 'label' \(columns: \['sent1', 'ending0', 'ending1'\]\)"),
+    ("a.jsonl", '{"context": "c", "endings": ["a", "b"]}\n', r"a.jsonl: no column 'label'"),
     ("a.csv", "sent1,ending0,ending1,label\nx,y\n", r"a.csv: row 2: a value is missing"),
     ("a.jsonl", '{"context": "c", "endings": ["a", "b"], "label": 0}\n{"context": "c", "endings": ["a"], "label": 0}\n',
      r"a.jsonl: row 2: 1 endings, the rows before it 2"),

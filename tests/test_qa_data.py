@@ -213,6 +213,7 @@ def test_batch():
     tok = FakeTokenizer(piece=10)
     feats = encode_squad(tok, [QAExample("a", "Who?", CONTEXT, [("Denver", CONTEXT.index("Denver"))]),
                                QAExample("b", "Who?", "Nobody", [])])
+    assert [o for o in feats[1].offsets if o is not None] == [(0, 6)]  # its own context, "Nobody"
     b = qa_batch(feats, [0, 1], pad_id=0)
     assert b["input_ids"].shape == b["token_type_ids"].shape == b["attention_mask"].shape == (2, len(feats[0].input_ids))
     assert b["start_positions"].tolist() == [feats[0].start_position, 0] and b["end_positions"][1] == 0

@@ -225,8 +225,8 @@ def test_first_sub_token_gets_the_label():
     f = encode_tagged(tok, s, {t: i for i, t in enumerate(names)}, max_length=6)
     assert f.word_ids == [None, 0, 0, 1, 1, None] and f.labels == [I, 0, I, 1, I, I]
     assert word_tags(f, [2, 0, 2, 1, 2, 2], names, 4) == ["B-PER", "I-PER", "O", "O"]  # the unseen words: O
-    with pytest.raises(ValueError, match="tag 'B-LOC' is not one of the model's tags"):
-        encode_tagged(tok, TaggedSentence(["x"], ["B-LOC"]), {"O": 0}, 8)
+    with pytest.raises(ValueError, match="dev.conll: sentence 2: word 1: tag 'B-LOC' is not one of the model's tags"):
+        encode_tagged_sentences(tok, [s, TaggedSentence(["x"], ["B-LOC"])], names, 8, where="dev.conll")
     with pytest.raises(ValueError, match="max_length 2"):
         encode_tagged(tok, s, {"O": 0}, 2)
 
