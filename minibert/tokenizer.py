@@ -44,6 +44,7 @@ from minibert import bpe_train
 from minibert.atomic import atomic_write
 from minibert.corpus import heldout_split
 from minibert.bpe import GPT2_PATTERN, bytes_to_token_str, has_surrogate, surrogate_error, token_str_to_bytes
+from minibert.offsets import byte_spans
 from minibert.vocab import Vocabulary, read_json
 
 # BERT's special tokens, in the order of their ids when a tokenizer is trained with them
@@ -207,6 +208,12 @@ class BPETokenizer(Vocabulary):
     def _encode_ordinary(self, text: str, out: list[int], cache) -> None:
         # map + chain keep the per-pre-token loop in C; only cache misses run Python code.
         out.extend(chain.from_iterable(map(cache.__getitem__, self._pat.findall(text))))
+
+    def _offsets_ordinary(self, text: str, start: int, allowed: frozenset, ids: list, offsets: list) -> None:
+        for m in self._pat.finditer(text):   # each pre-token's ids, and the characters their bytes are of
+            piece_ids = self._encode_piece(m.group(), allowed)
+            ids += piece_ids
+            offsets += byte_spans(m.group(), start + m.start(), [len(self._id_bytes[i]) for i in piece_ids])
 
     def _encode_piece(self, piece: str, allowed: frozenset) -> list[int]:
         """Ids of one pre-token (a cache miss); they do not depend on the allowed special tokens."""

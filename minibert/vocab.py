@@ -56,8 +56,10 @@ class Vocabulary:
 
     A subclass sets self._id_str, self._str_id and self._special, then calls
     Vocabulary.__init__(self); it defines `_encode_piece(piece, allowed)` (allowed: the
-    frozenset of special tokens encode may match), `_encode_ordinary(text, out, cache)` and
-    `to_dict()`."""
+    frozenset of special tokens encode may match), `_encode_ordinary(text, out, cache)`,
+    `_offsets_ordinary(text, start, allowed, ids, offsets)` (appends the ids of
+    _encode_ordinary and the span of each in the whole text, where `text` starts at index
+    `start`) and `to_dict()`."""
     _unknown_hint = "not in the vocabulary"  # what a KeyError adds about the token strings
     _one_per_line = ("vocab",)      # keys of to_dict whose lists are saved one entry per line
     _cache_per_allowed = False      # whether a piece's ids depend on the allowed special tokens
@@ -133,9 +135,33 @@ class Vocabulary:
             raise surrogate_error(text) from None
         return out
 
-    def _mode(self, allowed_special):
-        """(the regex that cuts out the special tokens encode may match, or None; the piece
-        cache to use), memoised per allowed set."""
+    def encode_with_offsets(self, text: str, allowed_special: str | Iterable[str] = "all"
+                            ) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids of encode(text, allowed_special) and, for each, the (start, end) characters of
+        `text` it stands for (str indices, end exclusive): Hugging Face `tokenizers`'
+        offset_mapping. A special token spans its string; the subclass's
+        `_offsets_ordinary` gives the rest (offsets.py says how). Slower than encode: it
+        follows every character and uses no cache."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode_with_offsets expects str, got {type(text).__name__}")
+        special_re, _ = self._mode(allowed_special)
+        allowed = self._allowed(allowed_special) if self._cache_per_allowed else frozenset()
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        start = 0
+        try:
+            for m in special_re.finditer(text) if special_re is not None else ():
+                self._offsets_ordinary(text[start:m.start()], start, allowed, ids, offsets)
+                ids.append(self._special[m.group()])
+                offsets.append((m.start(), m.end()))
+                start = m.end()
+            self._offsets_ordinary(text[start:], start, allowed, ids, offsets)
+        except UnicodeEncodeError:   # as in _encode
+            raise surrogate_error(text) from None
+        return ids, offsets
+
+    def _allowed(self, allowed_special) -> frozenset:
+        """The special tokens that allowed_special ("all", "none" or a set) allows."""
         if isinstance(allowed_special, str):
             if allowed_special == "all":
                 allowed = frozenset(self._special)
@@ -148,6 +174,12 @@ class Vocabulary:
             unknown = allowed - set(self._special)
             if unknown:
                 raise ValueError(f"allowed_special has tokens that are not special tokens: {sorted(unknown)!r}")
+        return allowed
+
+    def _mode(self, allowed_special):
+        """(the regex that cuts out the special tokens encode may match, or None; the piece
+        cache to use), memoised per allowed set."""
+        allowed = self._allowed(allowed_special)
         if allowed not in self._modes:
             key = allowed if self._cache_per_allowed else frozenset()
             if key not in self._caches:

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Iterable
 
 from minibert.atomic import atomic_write
+from minibert.offsets import Aligned, aligned, checked, lower, nfc, nfd, spans_of_lengths, split_words, text_of
 from minibert.tokenizer import SPECIAL_TOKENS
 from minibert.vocab import Vocabulary, read_json
 
@@ -266,6 +267,38 @@ class WordPieceTokenizer(Vocabulary):
         words.append(token[start:])
         # joined and split again, as HF does: drops the empty words (and any whitespace)
         return " ".join(words).split()
+
+    def _offsets_ordinary(self, text: str, start: int, allowed: frozenset, ids: list, offsets: list) -> None:
+        """The ids of _encode_ordinary, each spanning the characters its piece came from: the
+        stages run on an offsets.Aligned text (a-c, d, then _aligned_words for e-f)."""
+        a = aligned(text, start)
+        if self.do_basic_tokenize:
+            a = [x for c, t in a if not is_dropped(c)
+                 for x in ([(" ", t), (c, t), (" ", t)] if self.tokenize_chinese_chars and is_cjk(c) else [(c, t)])]
+            a = checked(nfc(a), self._clean(text))
+        keep = self.never_split | allowed
+        for token in split_words(a):
+            words = self._aligned_words(token, keep) if self.do_basic_tokenize else [token]
+            for word in words:
+                w = text_of(word)
+                kept = self.do_basic_tokenize and w in self.never_split   # as in _encode_piece
+                word_ids = [self._str_id.get(w, self._unk)] if kept else self._wordpiece(w)
+                ids += word_ids   # a piece's length is its string's, less "##" after the first
+                offsets += spans_of_lengths(word, [len(self._id_str[i]) - 2 * (k > 0) for k, i in enumerate(word_ids)])
+
+    def _aligned_words(self, token: Aligned, keep: frozenset) -> list[Aligned]:
+        """_words_of_token on an aligned token: the same words (checked), with their sources."""
+        s = text_of(token)
+        words = self._words_of_token(s, keep)
+        if s not in keep:
+            if self.do_lower_case:
+                token = lower(token)
+            if self._strip:
+                token = [(c, t) for c, t in nfd(token) if unicodedata.category(c) != "Mn"]
+        found = [token] if text_of(token) in keep else split_words(token, is_punctuation)
+        if [text_of(w) for w in found] == words:
+            return found
+        return [checked(token, w) for w in words]   # not reached while the stages above mirror it
 
     def basic_tokenize(self, text: str) -> list[str]:
         """The words the basic tokenizer makes of `text` (stage 2 of the module docstring),
