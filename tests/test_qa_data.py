@@ -186,6 +186,10 @@ def test_answer_positions_by_hand():
     # a part of a token: the answer "enver Bronc" still maps to the tokens holding it
     e2 = QAExample("b", "Who won?", CONTEXT, [("enver Bronc", start + 1)])
     assert (encode_squad(tok, [e2], max_length=64)[0].start_position, ) == (12,)
+    # an answer starting on the space before "Denver": run_qa.py's rule (the last token starting at
+    # or before it) picks "the", token 11
+    e4 = QAExample("d", "Who won?", CONTEXT, [(" Denver", start - 1)])
+    assert (encode_squad(tok, [e4])[0].start_position, encode_squad(tok, [e4])[0].end_position) == (11, 12)
     # unanswerable and outside-the-window answers point at [CLS]
     e3 = QAExample("c", "Who won?", CONTEXT, [], is_impossible=True)
     assert (encode_squad(tok, [e3])[0].start_position, encode_squad(tok, [e3])[0].end_position) == (0, 0)

@@ -12,7 +12,7 @@ from fake_tokenizer import FakeTokenizer
 from minibert.model import IGNORE_INDEX
 from minibert.tag_data import (
     TaggedSentence, conll_text, encode_tagged, encode_tagged_sentences, read_tagged, tag_batch, tag_names_from,
-    word_tags, write_conll,
+    word_tags, write_conll, write_tag_jsonl,
 )
 from minibert.tag_metrics import check_tag, convert_tags, entities, entity_scores
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
@@ -268,3 +268,5 @@ def test_predictions_as_conll(tmp_path):
     with pytest.raises(ValueError, match="sentence 2: 1 words but 2 predicted tags"):
         write_conll(tmp_path / "bad.conll", sentences, [["O", "O"], ["O", "O"]])
     assert not (tmp_path / "bad.conll").exists()
+    write_tag_jsonl(tmp_path / "pred.jsonl", sentences, predicted)
+    assert [s.tags for s in read_tagged(str(tmp_path / "pred.jsonl"))] == predicted
