@@ -301,8 +301,6 @@ def test_real_tokenizers_find_the_answers(kind):
     """With the tokenizers' own offsets (tok.encode_with_offsets): gold positions, as logits,
     give back each answer's text exactly, over several windows."""
     tok = real_tokenizers()[kind]
-    if not hasattr(tok, "encode_with_offsets"):
-        pytest.skip("the tokenizers have no encode_with_offsets yet")
     answers = ["Denver Broncos", "Levi's Stadium", "Super Bowl 50", "50", "Stadium."]
     examples = [QAExample(f"q{k}", "Who won?", CONTEXT, [(a, CONTEXT.index(a))]) for k, a in enumerate(answers)]
     feats = encode_squad(tok, examples, max_length=16, doc_stride=6)
