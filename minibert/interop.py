@@ -7,8 +7,9 @@ loaded) is refused with the one-line conversion to safetensors. Sharded checkpoi
 (model.safetensors.index.json) are read too. The weights map to minibert's parameters as
 hf_state.py describes; each checkpoint kind (hf_state.HF_KINDS: BertForPreTraining,
 BertForMaskedLM, BertModel, BertForSequenceClassification, BertForTokenClassification,
-BertForQuestionAnswering, BertForMultipleChoice) is read into the minibert class of the same name and written back so that the transformers class loads it with no missing
-or unexpected weights.
+BertForQuestionAnswering, BertForMultipleChoice) is read into the minibert class of the same
+name and written back so that the transformers class loads it with no missing or unexpected
+weights.
 
 `load_hf_model(path)` tells the kind from the weights in the files, not from config.json's
 "architectures" (bert-base-uncased says BertForMaskedLM and carries the NSP head and pooler
@@ -213,7 +214,8 @@ def load_hf_model(path, dtype="float32", kind=None):
 
 
 def hf_label_names(path):
-    """The label names of an HF classifier or token-classifier directory (config.json's id2label, in id order), or None."""
+    """The label names of an HF classifier or token classifier directory (config.json's
+    id2label, in id order), or None."""
     hf_config, _ = _read_config(path, "float32")
     id2label = hf_config.get("id2label")
     return [id2label[str(i)] for i in range(len(id2label))] if id2label else None

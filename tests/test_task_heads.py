@@ -268,14 +268,26 @@ def test_from_encoder_keeps_the_encoder_and_draws_a_seeded_head():
     assert np.array_equal(host(mc.params["pool.w"]), host(enc["pool.w"]))
     for m in (tok, qa, mc):
         assert np.array_equal(host(m.params["layers.1.ffn.w_fc"]), host(enc["layers.1.ffn.w_fc"]))
-    assert tok.params["cls.w"].shape == (8, 4) and qa.params["qa.w"].shape == (8, 2) and mc.params["cls.w"].shape == (8, 1)
-    assert not host(tok.params["cls.b"]).any() and not host(qa.params["qa.b"]).any() and not host(mc.params["cls.b"]).any()
+    for m, w, shape in ((tok, "cls.w", (8, 4)), (qa, "qa.w", (8, 2)), (mc, "cls.w", (8, 1))):
+        assert m.params[w].shape == shape and not host(m.params[w[:-1] + "b"]).any()  # zero bias
     again = BertForTokenClassification.from_encoder(c, BertModel(c, seed=8).params, num_labels=4, seed=3)
     assert np.array_equal(host(tok.params["cls.w"]), host(again.params["cls.w"]))  # the head's own stream
     # an encoder without a pooler (a BertForMaskedLM's): multiple choice draws one
     bare = {k: v for k, v in enc.items() if not k.startswith("pool.")}
     drawn = BertForMultipleChoice.from_encoder(c, bare, seed=3)
-    assert float(abs(drawn.params["pool.w"]).max()) > 0 and not np.array_equal(host(drawn.params["pool.w"]), host(enc["pool.w"]))
+    assert float(abs(drawn.params["pool.w"]).max()) > 0
+    assert not np.array_equal(host(drawn.params["pool.w"]), host(enc["pool.w"]))
+
+
+def test_heads_are_drawn_as_transformers_draws_them():
+    """Head weights ~ N(0, initializer_range), biases 0, from the seed's head stream."""
+    c = tiny_config(hidden_size=256, intermediate_size=8, initializer_range=0.05)
+    heads = {"cls.w": BertForTokenClassification(c, 40, seed=1).params["cls.w"],  # 10,240 draws
+             "qa.w": BertForQuestionAnswering(c, seed=1).params["qa.w"]}  # 512 draws
+    for (k, w), within in zip(heads.items(), (0.03, 0.12)):
+        w = host(w)
+        assert abs(w.mean()) < 5 * 0.05 / np.sqrt(w.size) and abs(w.std() / 0.05 - 1) < within, k
+    assert not np.array_equal(host(BertForQuestionAnswering(c, seed=2).params["qa.w"]), host(heads["qa.w"]))
 
 
 @pytest.mark.parametrize("kind, mutate, message", [

@@ -119,7 +119,8 @@ def run_both(kind, hf, model, batch, upstream=False, seed=5):
     hf_grads = {k: p.grad.numpy() for k, p in hf.named_parameters()}
     mb = hf_state.to_hf_state_dict(model, grads)
     assert mb.keys() == hf_grads.keys(), sorted(set(mb) ^ set(hf_grads))
-    zero = exactly_zero_grads(hf_grads, {"attention_mask": batch["attention_mask"].reshape(-1, batch["attention_mask"].shape[-1])})
+    mask = batch["attention_mask"]
+    zero = exactly_zero_grads(hf_grads, {"attention_mask": mask.reshape(-1, mask.shape[-1])})  # (B*C, T) for choices
     if not upstream and kind in SHIFT_BIASES:
         zero.update(SHIFT_BIASES[kind])
     for k in hf_grads:
