@@ -1,7 +1,8 @@
 """Parity of the task heads with transformers' BertForTokenClassification,
 BertForQuestionAnswering and BertForMultipleChoice: same weights, same batch, dropout off:
 logits, loss and every gradient to relative 1e-9 in float64 and 1e-4 in float32, for the
-loss's gradient and for a random upstream gradient on the logits. Then each kind crosses
+loss's gradient and for a random upstream gradient on the logits, on fixed shapes and (float64)
+on drawn ones. Then each kind crosses
 the boundary both ways: transformers saves, minibert.interop loads (telling the kind from
 the files), minibert saves, and the same transformers class loads it with no missing,
 unexpected or mismatched weights.
@@ -17,6 +18,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from conftest import make_batch  # noqa: E402
 from test_parity import exactly_zero_grads, rel_err  # noqa: E402
@@ -40,16 +43,18 @@ UPSTREAM = {"logits": "dlogits", "start_logits": "dstart_logits", "end_logits": 
 # biases whose loss gradient is 0 in exact arithmetic: each shifts every position's (every
 # choice's) logit alike, which the softmax ignores: the head's bias, and for question
 # answering the last LayerNorm's bias too (it adds b @ qa.w to every position)
-SHIFT_BIASES = {"BertForQuestionAnswering": ("qa_outputs.bias", f"bert.encoder.layer.{L - 1}.output.LayerNorm.bias"),
-                "BertForMultipleChoice": ("classifier.bias",)}
+def shift_biases(kind, layers):
+    if kind == "BertForQuestionAnswering":
+        return {"qa_outputs.bias", f"bert.encoder.layer.{layers - 1}.output.LayerNorm.bias"}
+    return {"classifier.bias"} if kind == "BertForMultipleChoice" else set()
 
 
-def hf_head(kind, dtype="float64", seed=0):
+def hf_head(kind, dtype="float64", seed=0, num_labels=None, hidden=H, heads=A, layers=L):
     """A transformers model of class KIND, every parameter random, dropout off."""
     cfg = transformers.BertConfig(
-        vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=A, intermediate_size=I,
+        vocab_size=V, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=I,
         max_position_embeddings=MAXPOS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        pad_token_id=0, num_labels=NUM_LABELS[kind], attn_implementation="eager")
+        pad_token_id=0, num_labels=num_labels or NUM_LABELS[kind], attn_implementation="eager")
     torch.manual_seed(seed)
     model = getattr(transformers, kind)(cfg)
     with torch.no_grad():
@@ -64,7 +69,7 @@ def hf_head(kind, dtype="float64", seed=0):
 def minibert_of(hf, kind, dtype):
     state = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
     config = interop.config_from_hf(hf.config.to_dict(), dtype)
-    num_labels = NUM_LABELS[kind] if kind == "BertForTokenClassification" else None
+    num_labels = hf.config.num_labels if kind == "BertForTokenClassification" else None
     params = hf_state.from_hf_state_dict(state, config, kind=kind, num_labels=num_labels)
     cls = MINIBERT_CLASS[kind]
     return cls(config, num_labels, params=params) if num_labels else cls(config, params=params)
@@ -77,16 +82,29 @@ def no_pad_id(batch, rng):
     return batch
 
 
+def drawn_batch(kind, rng, B, T, C):
+    """A batch of B rows (B questions of C choices) of T tokens; token labels in [0, C) at
+    about half the positions; start and end positions drawn from -2 to T + 2."""
+    if kind == "BertForMultipleChoice":
+        flat = no_pad_id(make_batch(rng, B * C, T, V, lengths=rng.integers(1, T + 1, B * C), hf=True), rng)
+        batch = {k: flat[k].reshape(B, C, T) for k in ("input_ids", "token_type_ids", "attention_mask")}
+        batch["labels"] = rng.integers(0, C, B)
+        return batch
+    batch = no_pad_id(make_batch(rng, B, T, V, lengths=rng.integers(1, T + 1, B), num_labels=2, hf=True), rng)
+    del batch["labels"]
+    if kind == "BertForTokenClassification":
+        batch["labels"] = np.where(rng.random((B, T)) < 0.5, rng.integers(0, C, (B, T)), -100)
+    else:
+        batch["start_positions"], batch["end_positions"] = rng.integers(-2, T + 3, B), rng.integers(-2, T + 3, B)
+    return batch
+
+
 def batch_for(kind, rng, case="mixed"):
     """case "mixed": labels at some real and some padded positions, answers inside, before
     (clamped to [CLS]) and past the window (ignored); "none": no token labelled, every start
     outside the window (every end inside)."""
     if kind == "BertForMultipleChoice":
-        B, C, T = 3, 4, 7
-        flat = no_pad_id(make_batch(rng, B * C, T, V, lengths=rng.integers(1, T + 1, B * C), hf=True), rng)
-        batch = {k: flat[k].reshape(B, C, T) for k in ("input_ids", "token_type_ids", "attention_mask")}
-        batch["labels"] = rng.integers(0, C, B)
-        return batch
+        return drawn_batch(kind, rng, 3, 7, 4)
     B, T = 5, 9
     batch = no_pad_id(make_batch(rng, B, T, V, lengths=[9, 6, 2, 7, 4], num_labels=2, hf=True), rng)
     del batch["labels"]
@@ -121,8 +139,8 @@ def run_both(kind, hf, model, batch, upstream=False, seed=5):
     assert mb.keys() == hf_grads.keys(), sorted(set(mb) ^ set(hf_grads))
     mask = batch["attention_mask"]
     zero = exactly_zero_grads(hf_grads, {"attention_mask": mask.reshape(-1, mask.shape[-1])})  # (B*C, T) for choices
-    if not upstream and kind in SHIFT_BIASES:
-        zero.update(SHIFT_BIASES[kind])
+    if not upstream:
+        zero |= shift_biases(kind, hf.config.num_hidden_layers)
     for k in hf_grads:
         if k in zero:  # rounding noise on both sides, measured against a weight gradient beside it
             w = k.replace("key.bias", "value.weight") if "key.bias" in k else k.replace("bias", "weight")
@@ -143,6 +161,23 @@ def test_logits_loss_and_every_gradient_match(kind, dtype, upstream):
     bad = {k: e for k, e in errs.items() if not e <= TOL[dtype]}
     assert not bad, f"{kind} {dtype}: relative errors above {TOL[dtype]}: {bad}"
     print(f"{kind} {dtype} upstream={upstream}: max relative error {max(errs.values()):.2e} over {len(errs)}")
+
+
+@settings(max_examples=9, deadline=None)
+@given(kind=st.sampled_from(KINDS), B=st.integers(1, 3), T=st.integers(1, 8), C=st.integers(1, 4),
+       shape=st.sampled_from([(3, 1, 1), (4, 2, 2), (6, 3, 1), (8, 4, 2)]), upstream=st.booleans(),
+       seed=st.integers(0, 10**6))
+def test_drawn_shapes_match_in_float64(kind, B, T, C, shape, upstream, seed):
+    """Drawn batch, sequence and label (or choice) counts and model shapes (hidden, heads, layers)."""
+    hidden, heads, layers = shape
+    hf = hf_head(kind, seed=seed % 1000, num_labels=C if kind == "BertForTokenClassification" else None,
+                 hidden=hidden, heads=heads, layers=layers)
+    model = minibert_of(hf, kind, "float64")
+    errs, _, _ = run_both(kind, hf, model, drawn_batch(kind, np.random.default_rng(seed), B, T, C), upstream)
+    if np.isnan(errs.get("loss", 0.0)):  # nothing kept: transformers' NaN, minibert's 0 (tested below)
+        del errs["loss"]
+    bad = {k: e for k, e in errs.items() if not e <= 1e-9}
+    assert not bad, f"{kind}: relative errors above 1e-9: {bad}"
 
 
 def test_a_wrong_head_is_caught():
