@@ -13,20 +13,21 @@ stripped), so its offsets follow each character through those changes: an `Align
 a list of (character, sources), `sources` the indices of the original characters it came from.
 Each step below makes the same string as the `str`/`unicodedata` call it mirrors (checked; a step
 that cannot follow a character gives every character the span of the whole input, rather than a
-wrong string), and a token's span is (first source of its first character, last source of its
-last character + 1; the first and the last where a composed character has several), as
-`tokenizers` takes (first alignment's start, last alignment's end).
+wrong string). A token's span is (the first source of its first character, the last source of
+its last character + 1), as `tokenizers` takes (first alignment's start, last alignment's end);
+a composed character counts its lowest and highest sources.
   - dropping and splitting keep each character's sources;
-  - lower-casing gives every character it makes its source's sources ("İ" -> "i\u0307", both
+  - lower-casing gives every character it makes its source's sources ("İ" -> "i\\u0307", both
     from "İ"), as `tokenizers` does, unless they were one per decomposed part (see NFC);
   - NFD (`nfd_as_tokenizers`) as the `tokenizers` crate aligns it: each character's decomposition
     is its first part (which takes the next original character) then added parts (which take the
     original character taken last); canonical reordering moves parts with their kind, not with
     their source, so a reordered mark takes the source of the position it lands in;
-  - NFC (`nfc`) composes that NFD; a composed character keeps the sources of all its parts, one per
-    part, so a later NFD (`nfd`, accent stripping after lower-casing) gives each part its own source
-    back: "cafe\u0301" stripped is "cafe" at (0, 4), the combining accent dropped with its source,
-    as in `tokenizers` (which does no NFC: the slow BertTokenizer does, and so does minibert).
+  - NFC (`nfc`): text already in NFC is left as it is, which is what `tokenizers` (no NFC) sees;
+    else that NFD is composed, and a composed character keeps the sources of its parts, one per
+    part, so a later NFD (`nfd`, accent stripping after lower-casing) gives each part its own
+    source back: "cafe\\u0301" stripped is "cafe" at (0, 4), the combining accent dropped with its
+    own source, as in `tokenizers`. (The slow BertTokenizer does NFC, and so does minibert.)
 """
 from __future__ import annotations
 
@@ -107,6 +108,8 @@ def lower(a: Aligned) -> Aligned:
     is one source per character made, as from a composed character)."""
     s = text_of(a)
     low = s.lower()   # the whole string at once: a final capital sigma becomes "ς" only here
+    if s.isascii():
+        return [(x, t) for x, (_, t) in zip(low, a)]
     out, i = [], 0
     for c, t in a:
         n = len(c.lower())
@@ -132,7 +135,7 @@ def _reorder(items: list, key: Callable) -> list:
 def nfd_as_tokenizers(a: Aligned) -> Aligned:
     """NFD of characters with one source each, aligned as the `tokenizers` crate aligns it
     (module docstring): first parts take the next source, added parts the last one taken."""
-    parts = [(d, j > 0) for c, _ in a for j, d in enumerate(unicodedata.normalize("NFD", c))]
+    parts = [(d, j > 0) for c, _ in a for j, d in enumerate(c if c < "\x80" else unicodedata.normalize("NFD", c))]
     sources = iter([t for _, t in a])
     out, last = [], a[0][1] if a else ()
     for d, added in _reorder(parts, lambda p: p[0]):
@@ -145,6 +148,8 @@ def nfd_as_tokenizers(a: Aligned) -> Aligned:
 def nfd(a: Aligned) -> Aligned:
     """NFD of an aligned string; a composed character with one source per part (`nfc`) gives
     each part its own source back, and reordering moves a part with its source."""
+    if text_of(a).isascii():
+        return a
     parts = []
     for c, t in a:
         d = unicodedata.normalize("NFD", c)
@@ -153,16 +158,18 @@ def nfd(a: Aligned) -> Aligned:
 
 
 def nfc(a: Aligned) -> Aligned:
-    """NFC: canonical composition of `nfd_as_tokenizers(a)`; a composed character keeps the
-    sources of its parts, in order."""
-    if text_of(a).isascii():
+    """NFC. A string already in NFC is left as it is, each character its own source (what
+    `tokenizers`, which does no NFC, sees); else canonical composition of `nfd_as_tokenizers(a)`,
+    a composed character keeping the sources of its parts, one per part."""
+    if unicodedata.is_normalized("NFC", text_of(a)):
         return a
     out: Aligned = []
     starter, last_class = None, -1   # index in out of the last starter; class of the last character after it
     for c, t in nfd_as_tokenizers(a):
         cls = unicodedata.combining(c)
-        # c composes with the last starter if nothing stands between them, or only characters of lower class
-        if starter is not None and (last_class == -1 or last_class < cls):
+        # c composes with the last starter if nothing stands between them, or only characters of
+        # lower class (and no composition has an ASCII second part)
+        if starter is not None and (last_class == -1 or last_class < cls) and c >= "\x80":
             both = unicodedata.normalize("NFC", out[starter][0] + c)
             if len(both) == 1:
                 out[starter] = (both, out[starter][1] + t)

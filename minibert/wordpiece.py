@@ -272,12 +272,17 @@ class WordPieceTokenizer(Vocabulary):
         """The ids of _encode_ordinary, each spanning the characters its piece came from: the
         stages run on an offsets.Aligned text (a-c, d, then _aligned_words for e-f)."""
         a = aligned(text, start)
+        tokens = split_words(a)
         if self.do_basic_tokenize:
-            a = [x for c, t in a if not is_dropped(c)
-                 for x in ([(" ", t), (c, t), (" ", t)] if self.tokenize_chinese_chars and is_cjk(c) else [(c, t)])]
-            a = checked(nfc(a), self._clean(text))
+            self._clean_table.apply(text)   # now holds what stages a-b make of each character of text they change
+            table = self._clean_table.table
+            a = [(x, t) for c, t in a for x in table.get(ord(c), c) or ()]
+            tokens = [nfc(token) for token in split_words(a)]   # NFC leaves whitespace alone: token by token
+            cleaned = self._clean(text).split()
+            if [text_of(token) for token in tokens] != cleaned:   # not reached: a safety net
+                tokens = [checked(a, w) for w in cleaned]
         keep = self.never_split | allowed
-        for token in split_words(a):
+        for token in tokens:
             words = self._aligned_words(token, keep) if self.do_basic_tokenize else [token]
             for word in words:
                 w = text_of(word)
@@ -287,7 +292,8 @@ class WordPieceTokenizer(Vocabulary):
                 offsets += spans_of_lengths(word, [len(self._id_str[i]) - 2 * (k > 0) for k, i in enumerate(word_ids)])
 
     def _aligned_words(self, token: Aligned, keep: frozenset) -> list[Aligned]:
-        """_words_of_token on an aligned token: the same words (checked), with their sources."""
+        """The words of _words_of_token with their sources: the token lower-cased and stripped as
+        there, cut where the words are (its characters in order, less whitespace)."""
         s = text_of(token)
         words = self._words_of_token(s, keep)
         if s not in keep:
@@ -295,10 +301,13 @@ class WordPieceTokenizer(Vocabulary):
                 token = lower(token)
             if self._strip:
                 token = [(c, t) for c, t in nfd(token) if unicodedata.category(c) != "Mn"]
-        found = [token] if text_of(token) in keep else split_words(token, is_punctuation)
-        if [text_of(w) for w in found] == words:
-            return found
-        return [checked(token, w) for w in words]   # not reached while the stages above mirror it
+        found, i = [], 0
+        for w in words:
+            while i < len(token) and token[i][0].isspace():
+                i += 1
+            found.append(checked(token[i:i + len(w)], w))
+            i += len(w)
+        return found
 
     def basic_tokenize(self, text: str) -> list[str]:
         """The words the basic tokenizer makes of `text` (stage 2 of the module docstring),

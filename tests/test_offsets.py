@@ -217,6 +217,18 @@ def hf_inner(hf, text):
     return e.ids, e.offsets
 
 
+def assert_offsets_equal(mine, text, ids, offsets, hf_offsets):
+    """Offsets equal where the ids do. One exception: the fast tokenizer's Unicode tables are
+    older than Python's (it keeps unassigned characters, which the slow one's cleaning drops, and
+    does not know newer combining marks, which accent stripping drops), so on a text with a
+    character that Unicode 3.2 did not assign its [UNK] may cover other characters with the
+    same ids; there only the other tokens are compared."""
+    if any(unicodedata.ucd_3_2_0.category(c) == "Cn" for c in text):
+        unk = mine.token_to_id("[UNK]")
+        offsets, hf_offsets = [[o for i, o in zip(ids, offs) if i != unk] for offs in (offsets, hf_offsets)]
+    assert offsets == hf_offsets
+
+
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=drawn_text)
 def test_wordpiece_offsets_equal_tokenizers_where_ids_agree(wp_pair, text):
@@ -226,7 +238,7 @@ def test_wordpiece_offsets_equal_tokenizers_where_ids_agree(wp_pair, text):
     check_spans(text, ids, offsets)
     hf_ids, hf_offsets = hf_inner(hf, text)
     if hf_ids == ids:   # else the fast tokenizer made other tokens (no NFC, no final sigma, other tables)
-        assert offsets == hf_offsets
+        assert_offsets_equal(mine, text, ids, offsets, hf_offsets)
 
 
 def test_wordpiece_ids_agree_on_most_texts(wp_pair):
@@ -235,7 +247,8 @@ def test_wordpiece_ids_agree_on_most_texts(wp_pair):
     texts = draw_texts(500, 3)
     agree = [t for t in texts if hf_inner(hf, t)[0] == mine.encode(t)]
     assert len(agree) > 0.6 * len(texts), len(agree)
-    assert all(mine.encode_with_offsets(t)[1] == hf_inner(hf, t)[1] for t in agree)
+    for t in agree:
+        assert_offsets_equal(mine, t, *mine.encode_with_offsets(t), hf_inner(hf, t)[1])
     normalised = [t for t in agree if unicodedata.normalize("NFC", t) != t or any(c in t for c in CONTROLS)]
     assert len(normalised) > 50   # texts that NFC or cleaning change are among those compared
 
@@ -332,8 +345,12 @@ def test_alignment_helpers_make_the_unicodedata_strings(text):
                            (lower(nfc(a)), unicodedata.normalize("NFC", text).lower())]:
         assert text_of(step) == expected
         assert all(0 <= s < len(text) for _, t in step for s in t)
-    # NFD after NFC gives each part the source NFD alone gives it (what accent stripping needs)
-    assert nfd(nfc(a)) == nfd_as_tokenizers(a)
+    # NFD after a composing NFC gives each part the source NFD alone gives it (what accent
+    # stripping needs), and the sources stay in order
+    if not unicodedata.is_normalized("NFC", text):
+        assert nfd(nfc(a)) == nfd_as_tokenizers(a)
+    starts = [min(t) for _, t in nfc(a)]
+    assert starts == sorted(starts)
 
 
 @settings(max_examples=200, deadline=None)
