@@ -11,6 +11,9 @@ A subclass builds its tables and then calls `Vocabulary.__init__`; from there on
     `PieceCache` over the subclass's `_encode_piece`: a piece costs Python code once, then a
     dict look-up. A piece that cannot be encoded as UTF-8 (a lone surrogate, which the BPE
     tokenizer meets; WordPiece's cleaning drops them) is a ValueError naming its index;
+  - `encode_with_offsets`: the same ids and each one's (start, end) characters of the text, cut
+    the same way; the subclass's `_offsets_ordinary` follows each part's characters
+    (offsets.py);
   - the saved file: one JSON object (the subclass's `to_dict`) written canonically, one key
     per line and one entry per line for the long lists (`_one_per_line`), so the same
     tokenizer always gives the same bytes; `fingerprint` is the first 16 hex digits of their

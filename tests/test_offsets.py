@@ -267,11 +267,11 @@ def test_wordpiece_equals_bert_fast_tokenizer(wp_vocab, tmp_path):
 
 @settings(max_examples=100, deadline=None)
 @given(text=drawn_text, mode=st.sampled_from(["all", "none", frozenset({"[MASK]"})]))
-def test_wordpiece_ids_equal_encode_in_every_mode(wp_pair, text, mode):
-    mine, _ = wp_pair
-    ids, offsets = mine.encode_with_offsets(text, allowed_special=mode)
-    assert ids == mine.encode(text, allowed_special=mode)
-    check_spans(text, ids, offsets)
+def test_ids_equal_encode_in_every_mode(wp_pair, small_bpe, text, mode):
+    for tok in (wp_pair[0], small_bpe):
+        ids, offsets = tok.encode_with_offsets(text, allowed_special=mode)
+        assert ids == tok.encode(text, allowed_special=mode)
+        check_spans(text, ids, offsets)
 
 
 # A hand-made vocabulary: the worked examples need no reference.
@@ -307,6 +307,15 @@ def test_wordpiece_worked_examples(lower_case):
         # no accent stripping: NFC composes "e" + U+0301, and the composed "é" spans both
         assert pieces("cafe\u0301") == [("café", "cafe\u0301")]
         assert pieces("Café") == [("[UNK]", "Café")]   # an unknown word spans the whole word
+
+
+def test_wordpiece_special_tokens_and_never_split_found_after_cleaning():
+    tok = WordPieceTokenizer(HAND_VOCAB + ["foo!"], never_split=["foo!"])
+    text = "x [MA\u200bSK] FOO! x"   # cleaning makes "[MASK]", lower-casing "foo!": each one word
+    ids, offsets = tok.encode_with_offsets(text)
+    assert ids == tok.encode(text)
+    assert [(tok.id_to_token(i), text[s:e]) for i, (s, e) in zip(ids, offsets)] == \
+        [("x", "x"), ("[MASK]", "[MA\u200bSK]"), ("foo!", "FOO!"), ("x", "x")]
 
 
 def test_wordpiece_without_basic_tokenize():
