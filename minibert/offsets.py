@@ -86,18 +86,15 @@ def checked(a: Aligned, expected: str) -> Aligned:
     return [(c, whole) for c in expected]
 
 
-def split_words(a: Aligned, is_punctuation: Callable[[str], bool] = lambda c: False) -> list[Aligned]:
-    """The words of `a` split on whitespace (str.split), each punctuation character a word of its own."""
+def split_words(a: Aligned) -> list[Aligned]:
+    """The whitespace-separated words of `a` (as str.split makes them)."""
     words, word = [], []
     for c, t in a:
-        if c.isspace() or is_punctuation(c):
-            if word:
-                words.append(word)
-                word = []
-            if not c.isspace():
-                words.append([(c, t)])
-        else:
+        if not c.isspace():
             word.append((c, t))
+        elif word:
+            words.append(word)
+            word = []
     if word:
         words.append(word)
     return words
