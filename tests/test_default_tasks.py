@@ -1,0 +1,209 @@
+"""The default tagging and QA tasks: their documents are the corpus's and split as pretraining
+split them, every tag and every answer is rechecked here independently of the code that made
+it (parameters from the def by a plain ast walk, and by inspect.signature where the module
+imports cleanly; answers read back from the context), the rules by hand, the files read back."""
+import ast
+import importlib
+import inspect
+import re
+import sys
+
+import pytest
+
+from minibert import default_tasks as dt
+from minibert.corpus import Document, default_corpus
+from minibert.qa_data import read_squad
+from minibert.tag_data import read_tagged
+
+PARAM = "B-PARAM"
+IMPORTABLE = ("json.decoder", "json.encoder", "textwrap", "difflib", "fnmatch", "shlex", "string",
+              "email.utils", "posixpath", "calendar", "fractions", "ipaddress", "urllib.parse", "shutil")
+
+
+@pytest.fixture(scope="module")
+def functions():
+    return dt.documented_functions()
+
+
+@pytest.fixture(scope="module")
+def def_params(functions):
+    """{(path, def line): the name of every ast.arg below the def's arguments (a lambda's in a
+    default value left out)}."""
+    trees, out = {}, {}
+    for fn in functions:
+        if fn.path not in trees:
+            with open(fn.path, "rb") as f:
+                tree = ast.parse(f.read())
+            trees[fn.path] = {n.lineno: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        node = trees[fn.path][fn.lineno]
+        inner = {id(a) for lam in ast.walk(node.args) if isinstance(lam, ast.Lambda) for a in ast.walk(lam)}
+        out[fn.path, fn.lineno] = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg) and id(a) not in inner}
+    return out
+
+
+def fn_of(sentences, params):
+    return dt.DocumentedFunction(Document(tuple(sentences), "m", "m.f"), "m.py", 1, tuple(params))
+
+
+def test_functions_are_corpus_documents_with_their_defs(functions, def_params):
+    corpus = set(default_corpus("all"))
+    assert 3000 < len(functions) < 8000
+    assert all(fn.document in corpus for fn in functions)
+    for fn in functions:
+        assert set(fn.params) == def_params[fn.path, fn.lineno]
+
+
+def test_deterministic(functions):
+    tags, qa = dt.default_tag_task(), dt.default_qa_task()
+    dt._functions_cache.clear()  # read the library again
+    assert dt.documented_functions() == functions
+    assert dt.default_tag_task() == tags and dt.default_qa_task() == qa
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2])
+def test_split_is_pretrainings(functions, fraction):
+    """Held out exactly the functions whose docstring pretraining held out, none on both sides."""
+    heldout_docs = set(default_corpus("heldout", heldout_fraction=fraction))
+    train_docs = set(default_corpus("train", heldout_fraction=fraction))
+    assert not heldout_docs & train_docs
+    tag_train, tag_held = dt.default_tag_task(fraction)
+    qa_train, qa_held = dt.default_qa_task(fraction)
+    held = [fn for fn in functions if fn.document in heldout_docs]
+    assert all(fn.document in train_docs for fn in functions if fn.document not in heldout_docs)
+    assert tag_held == [s for fn in held for s in dt.tag_sentences(fn)]
+    assert qa_held == [e for fn in held for e in dt.qa_examples(fn)]
+    assert len(tag_train) + len(tag_held) == sum(len(dt.tag_sentences(fn)) for fn in functions)
+    assert not {e.context for e in qa_train} & {e.context for e in qa_held}
+
+
+def test_every_tagged_word_is_a_parameter(functions, def_params):
+    n_tagged = 0
+    for fn in functions:
+        text = "".join(fn.document.text.split())
+        for s in dt.tag_sentences(fn):
+            assert 1 <= len(s.words) <= dt.MAX_WORDS and len(s.tags) == len(s.words)
+            assert "".join(s.words) in text  # the words are the docstring's characters, cut
+            assert set(s.tags) <= {PARAM, "O"}
+            for w, t in zip(s.words, s.tags):
+                if t == PARAM:
+                    n_tagged += 1
+                    assert w in def_params[fn.path, fn.lineno] and w not in ("self", "cls") and len(w) > 1
+                else:
+                    assert w not in def_params[fn.path, fn.lineno] or len(w) == 1 or w in ("self", "cls") \
+                        or re.search(rf"(?<=\.){re.escape(w)}\b", fn.document.text)
+    assert n_tagged > 3000
+
+
+def test_tagged_words_are_in_the_signature(functions):
+    """inspect.signature of the live function, where its module imports cleanly."""
+    checked = 0
+    for fn in functions:
+        if fn.document.source not in IMPORTABLE:
+            continue
+        obj = importlib.import_module(fn.document.source)
+        try:
+            for part in fn.document.name[len(fn.document.source) + 1:].split("."):
+                obj = getattr(obj, part)
+            params = set(inspect.signature(inspect.unwrap(obj)).parameters)
+        except (AttributeError, TypeError, ValueError):  # nested, a property, a builtin twin
+            continue
+        if getattr(obj, "__code__", None) is None or obj.__code__.co_firstlineno > fn.lineno:
+            continue  # decorated (the line is the decorator's) or redefined: not this def
+        for s in dt.tag_sentences(fn):
+            checked += s.tags.count(PARAM)
+            assert {w for w, t in zip(s.words, s.tags) if t == PARAM} <= params, fn.document.name
+    assert checked > 100
+
+
+def test_tagging_rule_by_hand():
+    (s,) = dt.tagged_pieces(["Open `path` in mode, as os.path does; self.name is a name."],
+                            ["self", "path", "name", "a", "mode"])
+    tags = dict(zip(s.words, s.tags))
+    assert s.words[:5] == ["Open", "`", "path", "`", "in"]
+    assert [w for w, t in zip(s.words, s.tags) if t == PARAM] == ["path", "mode", "name"]  # the second "name"
+    assert tags["a"] == "O" and tags["self"] == "O"
+    long = dt.tagged_pieces(["x " * 70, "tail mode."], ["mode"], max_words=64)
+    assert [len(p.words) for p in long] == [64, 9]  # a long sentence is cut, its rest packed with the next
+    kept = dt.tag_sentences(fn_of(["Nothing here.", "Uses mode."] + ["y " * 60], ["mode"]))
+    assert [p.words for p in kept] == [["Nothing", "here", ".", "Uses", "mode", "."]]
+    negative = dt.tag_sentences(fn_of(["Does things."], ["self", "mode"]))
+    assert [p.tags for p in negative] == [["O", "O", "O"]]  # the one negative of a function
+    assert dt.tag_sentences(fn_of(["Does things."], ["self"])) == []  # nothing it could name
+
+
+def test_qa_rules_by_hand():
+    assert dt.return_question("f", "Return the path of the file, or None.")[0] == "What does `f` return?"
+    cases = {
+        "Return the path of the file, or None.": "the path of the file",
+        "Returns a list (possibly empty) of names.": "a list",
+        "Return UTC time compatible with time.gmtime().": "UTC time compatible with time.gmtime()",
+        "Return True if the object is a class (ABC).": "the object is a class (ABC)",
+        ":returns: The text if found.": "The text",
+    }
+    for sentence, answer in cases.items():
+        _, a, b = dt.return_question("f", sentence)
+        assert sentence[a:b] == answer
+    assert dt.return_question("f", "Return True if x; else False.")[0] == "When does `f` return True?"
+    assert dt.return_question("f", "Return True.") is None
+    assert dt.return_question("f", "Returning home.") is None
+    params = {"self", "name", "mode"}
+    cases = {
+        "name -- the file to open": ("name", "the file to open"),
+        "name - the file. More text": ("name", "the file"),
+        "name: the file mode: how to open it": ("name", "the file"),
+        ":param str name: the file,": ("name", "the file"),
+        "**mode: how.": ("mode", "how"),
+    }
+    for sentence, (p, answer) in cases.items():
+        q, question, a, b = dt.param_question(sentence, params)
+        assert (q, question, sentence[a:b]) == (p, f"What is `{p}`?", answer)
+    assert dt.param_question("self: the object", params) is None
+    assert dt.param_question("other -- not a parameter", params) is None
+    p, _, a, b = dt.prose_question("The optional `name` is the file to open, or None.", params)
+    assert (p, "The optional `name` is the file to open, or None."[a:b]) == ("name", "the file to open")
+    assert dt.prose_question("If name is a string, open it.", params) is None
+    examples = dt.qa_examples(fn_of(["Open a file.", "Return the handle.", "name -- the file",
+                                     "Return nothing.", "The name is a path."], ["name"]))
+    assert [(e.question, e.answers) for e in examples] == [
+        ("What does `f` return?", [("the handle", 20)]), ("What is `name`?", [("the file", 40)])]
+
+
+def test_every_answer_is_a_span_of_its_context(functions, def_params):
+    train, held = dt.default_qa_task()
+    examples = train + held
+    assert len({e.id for e in examples}) == len(examples)
+    by_id = {f"{fn.document.name}:{fn.lineno}": fn for fn in functions}
+    for e in examples:
+        ((text, start),) = e.answers
+        assert e.context[start:start + len(text)] == text and text == text.strip()
+        assert 1 <= len(text.split()) <= dt.MAX_ANSWER_WORDS and not e.is_impossible
+        fn = by_id[e.id.split(":param:")[0] if ":param:" in e.id else e.id.removesuffix(":return")]
+        assert e.context == fn.document.text and e.title == fn.document.name
+        if ":param:" in e.id:
+            p = e.id.split(":param:")[1]
+            assert p in def_params[fn.path, fn.lineno] and e.question == f"What is `{p}`?"
+            assert re.search(rf"\b{re.escape(p)}\b", e.context)
+
+
+def test_sizes():
+    """The standard library's count: sane on any Python; Python 3.11's exact sizes in finetuning.md."""
+    tag_train, tag_held = dt.default_tag_task()
+    qa_train, qa_held = dt.default_qa_task()
+    assert 2500 < len(tag_train) < 8000 and 80 < len(tag_held) < 600
+    assert 1200 < len(qa_train) < 4000 and 40 < len(qa_held) < 300
+    negatives = sum(PARAM not in s.tags for s in tag_train)
+    assert 0.15 < negatives / len(tag_train) < 0.5  # some negatives, bounded
+    if sys.version_info[:2] == (3, 11):
+        assert (len(tag_train), len(tag_held), len(qa_train), len(qa_held)) == (4390, 213, 2085, 114)
+
+
+def test_files_read_back(tmp_path):
+    counts = dt.write_default_tasks(tmp_path)
+    tag_train, tag_held = dt.default_tag_task()
+    qa_train, qa_held = dt.default_qa_task()
+    assert read_tagged(tmp_path / "tags.train.conll") == tag_train
+    assert read_tagged(tmp_path / "tags.heldout.conll") == tag_held
+    assert read_squad(tmp_path / "qa.train.json") == (qa_train, False)
+    assert read_squad(tmp_path / "qa.heldout.json") == (qa_held, False)
+    assert counts == {"tags.train.conll": len(tag_train), "qa.train.json": len(qa_train),
+                      "tags.heldout.conll": len(tag_held), "qa.heldout.json": len(qa_held)}
