@@ -182,11 +182,13 @@ def default_tag_task(heldout_fraction=0.05, max_words=MAX_WORDS):
 # question answering: what a function returns, what its parameters are
 
 
-_RETURN = re.compile(r"(?:Returns?\s+|:returns?:\s*)(.+?)(?=[,;:]|\s\(|\s(?:if|when|unless|because|where|which)\s|\.?$)")
+# an object or a description ends at a clause: , ; : " (" if when unless because where which, or the end
+_CLAUSE_END = r"[,;:]|\s\(|\s(?:if|when|unless|because|where|which)\s|\.?$"
+_RETURN = re.compile(r"(?:Returns?\s+|:returns?:\s*)(.+?)" + f"(?={_CLAUSE_END})")
 _CONDITION = re.compile(r"\s(?:if|when)\s+(.+?)(?=[,;]|\.?$)")
 _BOOLEANS = ("True", "False", "true", "false")
 _PROSE = re.compile(r"(?<![.\w])[`'\"]*(\w+)[`'\"]*\s+(?:is|must be|should be)\s+((?:a|an|the|either)\s.+?)"
-                    r"(?=[,;:]|\s\(|\s(?:if|when|unless|because|where|which)\s|\.\s|\.?$)")
+                    rf"(?=\.\s|{_CLAUSE_END})")
 _CONDITIONAL = ("if", "whether", "when", "unless", "while")
 _PARAM = re.compile(r"(?::(?:param|parameter|arg|argument|key|keyword)\s+(?:[^:\s]+\s+)*?\*{0,2}(\w+):\s+"
                     r"|\*{0,2}(\w+)\s*(?:--?|:)\s+)")

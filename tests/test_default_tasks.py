@@ -5,8 +5,10 @@ imports cleanly; answers read back from the context), the rules by hand, the fil
 import ast
 import importlib
 import inspect
+import importlib.util
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from minibert.corpus import Document, default_corpus
 from minibert.qa_data import read_squad
 from minibert.tag_data import read_tagged
 
+ROOT = Path(__file__).resolve().parent.parent
 PARAM = "B-PARAM"
 IMPORTABLE = ("json.decoder", "json.encoder", "textwrap", "difflib", "fnmatch", "shlex", "string",
               "email.utils", "posixpath", "calendar", "fractions", "ipaddress", "urllib.parse", "shutil")
@@ -34,7 +37,8 @@ def def_params(functions):
         if fn.path not in trees:
             with open(fn.path, "rb") as f:
                 tree = ast.parse(f.read())
-            trees[fn.path] = {n.lineno: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            defs = (ast.FunctionDef, ast.AsyncFunctionDef)
+            trees[fn.path] = {n.lineno: n for n in ast.walk(tree) if isinstance(n, defs)}
         node = trees[fn.path][fn.lineno]
         inner = {id(a) for lam in ast.walk(node.args) if isinstance(lam, ast.Lambda) for a in ast.walk(lam)}
         out[fn.path, fn.lineno] = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg) and id(a) not in inner}
@@ -198,7 +202,14 @@ def test_sizes():
 
 
 def test_files_read_back(tmp_path):
-    counts = dt.write_default_tasks(tmp_path)
+    """write_default_tasks (scripts/make_default_tasks.py) writes what the readers read back."""
+    spec = importlib.util.spec_from_file_location("make_default_tasks", ROOT / "scripts" / "make_default_tasks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--out", str(tmp_path)]) == 0
+    counts = dt.write_default_tasks(tmp_path / "again")
+    for name in counts:
+        assert (tmp_path / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     tag_train, tag_held = dt.default_tag_task()
     qa_train, qa_held = dt.default_qa_task()
     assert read_tagged(tmp_path / "tags.train.conll") == tag_train
