@@ -27,23 +27,25 @@ function's parameters? The model sees the docstring only, never the signature.
 QA (qa_examples, default_qa_task), SQuAD v1.1 style (every question answerable): the context
 is the docstring's text as pretraining read it (Document.text), the answer a span of one of
 its sentences, its answer_start the character where it begins. With f the function's name:
-  - Return: the first sentence that begins "Return ", "Returns ", ":return: " or
-    ":returns: " and gives an answer. Its object, what follows the verb up to the first ",", ";", ":", " (",
-    " if ", " when ", " unless ", " because ", " where ", " which " or the sentence's end,
-    answers "What does `f` return?". When the object is True or False (either case) and
-    " if " or " when " follows, the question is "When does `f` return True?" (as written)
-    and the answer the condition, up to the first "," or ";" or the sentence's end.
+  - Return: the first sentence that begins "Return ", "Returns ", ":return: " or ":returns: "
+    (not "Return value is") and gives an answer. Its object, what follows the verb up to the
+    first clause end (",", ";", ":", " (", ". ", " if ", " when ", " unless ", " because ",
+    " where ", " which ", or the sentence's end), answers "What does `f` return?". When the
+    object is True or False (either case) and " if " or " when " follows, the question is
+    "When does `f` return True?" (as written) and the answer the condition, up to the
+    first "," or ";" or the sentence's end.
   - Parameter: a sentence that begins as a parameter's description, "p -- text", "p - text",
     "p: text" or ":param p: text" (also "*p", "**p", ":param type p:"), p a parameter of the
     function other than self and cls: "What is `p`?", answered by the text up to the first
-    ". ", the next such description of another parameter (lists written without line
-    breaks), or the sentence's end.
+    ". ", the next reST field (" :return:"), the next such description of another parameter
+    (lists written without line breaks), or the sentence's end.
   - Prose: otherwise, the first clause "p is a ...", "p must be the ...", "p should be
     either ..." in a sentence (is, must be or should be, then a, an, the or either; p
     perhaps in quotes or backticks, not after "if", "whether", "when", "unless" or "while"):
-    "What is `p`?", answered from the article up to the cuts of the return rule or ". ".
-  Each parameter is asked about once, at its first description of either kind.
-  Every answer loses a final ".", ",", ";" or ":", and has 1 to MAX_ANSWER_WORDS words.
+    "What is `p`?", answered from the article up to the first clause end.
+  Each parameter is asked about once, at its first description of either kind. Every answer
+  loses a final ".", ",", ";" or ":", has 1 to MAX_ANSWER_WORDS words, and is dropped when
+  its brackets do not pair up (a cut inside them).
 
 Files (write_default_tasks): tags as CoNLL, "word tag" a line and a blank line after each
 sentence (tag_data.read_tagged reads them), QA as SQuAD v1.1 JSON, one article per
@@ -182,13 +184,13 @@ def default_tag_task(heldout_fraction=0.05, max_words=MAX_WORDS):
 # question answering: what a function returns, what its parameters are
 
 
-# an object or a description ends at a clause: , ; : " (" if when unless because where which, or the end
-_CLAUSE_END = r"[,;:]|\s\(|\s(?:if|when|unless|because|where|which)\s|\.?$"
-_RETURN = re.compile(r"(?:Returns?\s+|:returns?:\s*)(.+?)" + f"(?={_CLAUSE_END})")
+# an object or a description ends at a clause: , ; : " (" if when unless because where which, ". ", or the end
+_CLAUSE_END = r"[,;:]|\s\(|\s(?:if|when|unless|because|where|which)\s|\.\s|\.?$"
+_RETURN = re.compile(r"(?:Returns?\s+(?!values?\s+(?:is|are)\s)|:returns?:\s*)(.+?)" + f"(?={_CLAUSE_END})")
 _CONDITION = re.compile(r"\s(?:if|when)\s+(.+?)(?=[,;]|\.?$)")
 _BOOLEANS = ("True", "False", "true", "false")
 _PROSE = re.compile(r"(?<![.\w])[`'\"]*(\w+)[`'\"]*\s+(?:is|must be|should be)\s+((?:a|an|the|either)\s.+?)"
-                    rf"(?=\.\s|{_CLAUSE_END})")
+                    f"(?={_CLAUSE_END})")
 _CONDITIONAL = ("if", "whether", "when", "unless", "while")
 _PARAM = re.compile(r"(?::(?:param|parameter|arg|argument|key|keyword)\s+(?:[^:\s]+\s+)*?\*{0,2}(\w+):\s+"
                     r"|\*{0,2}(\w+)\s*(?:--?|:)\s+)")
@@ -196,16 +198,18 @@ _PARAM = re.compile(r"(?::(?:param|parameter|arg|argument|key|keyword)\s+(?:[^:\
 
 def _answer(sentence, start, end, stops=()):
     """(start, end) in the sentence of the answer text[start:end], cut at the first of `stops`
-    (regexes) after its start, trailing punctuation and spaces dropped; None when it is empty
-    or longer than MAX_ANSWER_WORDS words."""
+    (regexes) after its start, trailing punctuation and spaces dropped; None when it is empty,
+    longer than MAX_ANSWER_WORDS words, or its brackets do not pair up."""
     for stop in stops:
         m = stop.search(sentence, start, end)
         if m:
             end = m.start()
     while end > start and sentence[end - 1] in " .,;:":
         end -= 1
-    n = len(sentence[start:end].split())
-    return (start, end) if 1 <= n <= MAX_ANSWER_WORDS else None
+    text = sentence[start:end]
+    if any(text.count(a) != text.count(b) for a, b in ("()", "[]", "{}")):
+        return None  # cut inside brackets
+    return (start, end) if 1 <= len(text.split()) <= MAX_ANSWER_WORDS else None
 
 
 def return_question(name, sentence):
@@ -233,7 +237,7 @@ def param_question(sentence, params):
     if not p or p not in names:
         return None
     others = [re.escape(q) for q in sorted(names - {p})]
-    stops = [re.compile(r"\.\s")]
+    stops = [re.compile(r"\.\s|\s:[a-z]+[\s:]")]  # a sentence's end, the next reST field (:return:)
     if others:  # the next parameter's description, in a list written as one line
         stops.append(re.compile(rf"\s\*{{0,2}}(?:{'|'.join(others)})\s*(?:--?|:)\s"))
     span = _answer(sentence, m.end(), len(sentence), stops)
