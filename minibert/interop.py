@@ -38,6 +38,9 @@ from minibert.hf_state import (
     kind_of_model, to_hf_state_dict,
 )
 from minibert.model import BertConfig, pretraining_model
+from minibert.multiple_choice import BertForMultipleChoice
+from minibert.question_answering import BertForQuestionAnswering
+from minibert.token_classifier import BertForTokenClassification
 
 # the files of a transformers directory, besides its config.json (rundir.CONFIG_FILE)
 WEIGHTS_FILE = "model.safetensors"
@@ -250,8 +253,9 @@ def save_hf(model, path, label_names=None):
 def export_run(run_dir, out, name="last"):
     """Export checkpoint NAME of a minibert run directory to a transformers directory OUT:
     config.json and model.safetensors of the run's class (BertForPreTraining, or
-    BertForMaskedLM for an MLM-only run, or BertForSequenceClassification with the label
-    names for a fine-tuning run), and the tokenizer in the files transformers reads:
+    BertForMaskedLM for an MLM-only run; for a fine-tuned run BertForSequenceClassification
+    or BertForTokenClassification with the label names, BertForQuestionAnswering or
+    BertForMultipleChoice), and the tokenizer in the files transformers reads:
     vocab.txt + tokenizer_config.json for WordPiece (BertTokenizer), vocab.json + merges.txt
     for byte-level BPE (GPT2Tokenizer). Returns the kind written."""
     meta = rundir.read_record_meta(run_dir, name)  # any kind: the kind decides what to build
@@ -260,6 +264,13 @@ def export_run(run_dir, out, name="last"):
     if meta["kind"] == rundir.CLASSIFICATION_KIND:
         model = BertForSequenceClassification(config, meta["num_labels"], params=params)
         label_names = meta.get("label_names")
+    elif meta["kind"] == rundir.TAGGING_KIND:
+        model = BertForTokenClassification(config, meta["num_labels"], params=params)
+        label_names = meta["label_names"]
+    elif meta["kind"] == rundir.QA_KIND:
+        model = BertForQuestionAnswering(config, params=params)
+    elif meta["kind"] == rundir.CHOICE_KIND:
+        model = BertForMultipleChoice(config, params=params)
     else:
         model = pretraining_model(meta)[0](config, params=params)
     save_hf(model, out, label_names=label_names)

@@ -16,6 +16,9 @@ of the tokenizer it was trained with:
     "minibert-pretraining"      BertForPreTraining: params, AdamW state, step, data position
     "minibert-classification"   BertForSequenceClassification: the same, plus the label
                                 names, max length and data columns
+    "minibert-tagging"          BertForTokenClassification: the same, plus the tag names and scheme
+    "minibert-question-answering"  BertForQuestionAnswering: the same, plus the window settings
+    "minibert-multiple-choice"  BertForMultipleChoice: the same, plus the max length
 
 Writing. Every file except metrics.jsonl (appended one line at a time) is written with
 atomic.atomic_write, whole or not at all; a checkpoint commits its record NAME.json last.
@@ -49,7 +52,12 @@ from minibert.tokenizer_files import load_tokenizer
 
 PRETRAINING_KIND = "minibert-pretraining"
 CLASSIFICATION_KIND = "minibert-classification"
-RUN_KINDS = {PRETRAINING_KIND: "a pretraining checkpoint", CLASSIFICATION_KIND: "a fine-tuned classifier"}
+TAGGING_KIND = "minibert-tagging"
+QA_KIND = "minibert-question-answering"
+CHOICE_KIND = "minibert-multiple-choice"
+RUN_KINDS = {PRETRAINING_KIND: "a pretraining checkpoint", CLASSIFICATION_KIND: "a fine-tuned classifier",
+             TAGGING_KIND: "a fine-tuned token tagger", QA_KIND: "a fine-tuned question answerer",
+             CHOICE_KIND: "a fine-tuned multiple-choice model"}
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"  # a run's settings here; a model's config in a transformers directory (interop.py)

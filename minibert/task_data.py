@@ -155,6 +155,22 @@ def split_examples(examples, fraction, seed):
     return ([e for i, e in enumerate(examples) if i not in val], [e for i, e in enumerate(examples) if i in val])
 
 
+
+def read_splits(train, validation, read, valid_fraction, seed):
+    """(train, validation, description) of any task's examples: train and validation are
+    file paths (read(path) -> list of examples) or lists of examples already in memory; with
+    no validation, valid_fraction of train is held out (split_examples)."""
+    def source(x):
+        return (read(x), x) if isinstance(x, str) else (list(x), f"{len(x)} examples given in memory")
+    if isinstance(train, str) and not train:
+        raise ValueError("--train: this task has no default data; give a training file")
+    train, what = source(train)
+    if validation is not None and (not isinstance(validation, str) or validation):
+        val, v_what = source(validation)
+        return train, val, f"train {what}, validation {v_what}"
+    train, val = split_examples(train, valid_fraction, seed)
+    return train, val, f"train {what}, {valid_fraction:.0%} held out for validation (seed {seed})"
+
 # ----------------------------------------------------------------------------------------
 # the default task: which standard-library package does a docstring come from?
 

@@ -3,8 +3,9 @@
     python scripts/export_hf.py --model runs/pretrain --out hf-export
     python -c "import transformers; transformers.BertForPreTraining.from_pretrained('hf-export')"
 
-A pretraining run becomes BertForPreTraining (BertForMaskedLM for an MLM-only run), a
-fine-tuning run BertForSequenceClassification with its label names; the tokenizer goes
+A pretraining run becomes BertForPreTraining (BertForMaskedLM for an MLM-only run); a
+fine-tuned run BertForSequenceClassification or BertForTokenClassification with its label
+names, BertForQuestionAnswering or BertForMultipleChoice; the tokenizer goes
 with it (vocab.txt for WordPiece, vocab.json + merges.txt for byte-level BPE). The work is
 minibert.interop.export_run.
 """
@@ -19,7 +20,7 @@ from minibert.interop import export_run  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="a minibert run directory (pretraining or fine-tuning)")
+    p.add_argument("--model", required=True, help="a minibert run directory (pretraining, or fine-tuned for any task)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
     p.add_argument("--out", required=True, help="the directory to write (config.json, model.safetensors, tokenizer)")
     args = p.parse_args(argv)
