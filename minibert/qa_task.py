@@ -62,8 +62,10 @@ class QATask:
         for split, examples in (("training", self.train), ("validation", self.val)):
             if not examples:
                 raise ValueError(f"empty split: no {split} questions")
-        in_memory = any(e.is_impossible for e in self.train) if not isinstance(fc.train, str) else False
-        self.version_2 = bool(fc.version_2) if fc.version_2 is not None else bool((found or [in_memory])[0])
+        if fc.version_2 is not None:
+            self.version_2 = bool(fc.version_2)
+        else:  # a v2.0 file, or an unanswerable question among examples given in memory
+            self.version_2 = any(found) or any(e.is_impossible for e in self.train + self.val)
         if not self.version_2 and any(e.is_impossible or not e.answers for e in self.train + self.val):
             raise ValueError("a question has no answer (is_impossible), which SQuAD v1.1 does not allow: "
                              "pass --version-2")
