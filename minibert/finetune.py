@@ -193,7 +193,10 @@ def restore(fc, model, opt, tok, task):
 
     CheckpointError for a checkpoint of another kind or tokenizer, or other parameters;
     ValueError for settings or labels that would not replay the same steps."""
-    now = {k: v for k, v in recorded(fc).items() if k not in _NOT_RESUME_KEYS}
+    saved = rundir.read_meta(fc.out, "last", task.kind).get("finetune", {})
+    default = asdict(FinetuneConfig())
+    # a field the checkpoint predates (task, scheme, ...) is checked only when set away from its default
+    now = {k: v for k, v in recorded(fc).items() if k not in _NOT_RESUME_KEYS and (k in saved or v != default[k])}
     meta = rundir.restore(fc.out, task.kind, tok, model, opt, {
         "settings": ("finetune", now), "labels": (None, task.labels())})
     return meta["epoch"], meta["step"]

@@ -143,8 +143,8 @@ def load_qa(run_dir, name="last", dtype=None):
 
 
 def answer_questions(model, tok, meta, pairs, batch_size=32):
-    """[(answer text, score), ...] for (question, context) pairs; text "" when a v2.0 run
-    finds no answer (score: the null-answer odds, None)."""
+    """[(answer text, score), ...] for (question, context) pairs; ("", None) when a v2.0 run
+    finds no answer."""
     examples = [QAExample(str(i), q, c) for i, (q, c) in enumerate(pairs)]
     features = encode_squad(tok, examples, meta["max_length"], meta["doc_stride"], meta["max_question_length"])
     starts, ends, _, _ = qa_logits(model, features, batch_size, tok.token_to_id(SPECIAL_TOKENS[0]))
@@ -157,20 +157,22 @@ def answer_questions(model, tok, meta, pairs, batch_size=32):
         score = None
         if text:
             fs = [f for f, feat in enumerate(features) if feat.example_index == int(e.id)]
-            score = max(_best_window_score(features[f], starts[f], ends[f], e.context, text) for f in fs)
+            score = max(_best_window_score(features[f], starts[f], ends[f], e.context, text, meta["max_answer_length"])
+                        for f in fs)
         out.append((text, score))
     return out
 
 
-def _best_window_score(feature, start, end, context, text):
-    """max over spans of this window reading `text` of softmax(start)[s] * softmax(end)[t] over the context."""
+def _best_window_score(feature, start, end, context, text, max_answer_length):
+    """max over the spans of this window that read `text` (at most max_answer_length tokens)
+    of softmax(start)[s] * softmax(end)[t], each softmax over the context tokens."""
     ctx = np.array([o is not None for o in feature.offsets])  # (T,)
     ps = np.where(ctx, np.exp(start - start[ctx].max()), 0.0)  # (T,)
     pe = np.where(ctx, np.exp(end - end[ctx].max()), 0.0)  # (T,)
     ps, pe = ps / ps.sum(), pe / pe.sum()
     best = 0.0
     for s in np.flatnonzero(ctx):
-        for t in range(s, len(ctx)):
+        for t in range(s, min(s + max_answer_length, len(ctx))):
             if ctx[t] and context[feature.offsets[s][0]:feature.offsets[t][1]].strip() == text:
                 best = max(best, float(ps[s] * pe[t]))
     return best

@@ -153,6 +153,11 @@ def test_tagging_trains_resumes_predicts_and_exports(tmp_path, pretrained, monke
     assert rc == 0, stderr
     assert stdout.strip() == "bob/B-PER saw oslo/B-LOC city/I-LOC\tPER: bob | LOC: oslo city"
 
+    rc, stdout, stderr = run_script("finetune.py", "--model", out, "--predict-file", dev)
+    assert rc == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 41 and lines[-1].startswith("entity P ") and "F1 " in lines[-1]
+
     # in-memory sentences give the same run as the files
     mem = replace(fc, train=tagged_sentences(160, 0), validation=tagged_sentences(40, 1), out=str(tmp_path / "mem"),
                   epochs=1)
@@ -207,6 +212,16 @@ def test_qa_trains_resumes_answers_and_exports(tmp_path, pretrained, monkeypatch
     check_resume_exact(tmp_path, replace(fc, out=str(tmp_path / "full"), epochs=2, dropout=0.1), monkeypatch,
                        QA_KIND)
 
+    # SQuAD v2.0 from examples in memory: an unanswerable question among them makes the run v2.0
+    unanswerable = [QAExample(f"none-{i}", f"who went to {p} ?", e.context, [], True)
+                    for i, (e, p) in enumerate(zip(squad_examples(30, 3), PLACES * 8))
+                    if f"to {p} " not in e.context]
+    v2 = replace(fc, train=squad_examples(100, 0) + unanswerable, validation=squad_examples(10, 1) + unanswerable[:5],
+                 epochs=1, out=str(tmp_path / "v2"))
+    _, _, res2 = finetune(v2)
+    assert res2["version_2"] is True and res2["NoAns_total"] == 5 and res2["HasAns_total"] == 10
+    assert "examples in memory (sha256 " in json.load(open(os.path.join(v2.out, "config.json")))["finetune"]["train"]
+
     hf = str(tmp_path / "hf_qa")
     assert export_run(out, hf) == "BertForQuestionAnswering"
     transformers = pytest.importorskip("transformers")
@@ -250,6 +265,9 @@ def test_choice_trains_resumes_chooses_and_exports(tmp_path, pretrained, monkeyp
                                     "--endings", *endings)
     assert rc == 0, stderr
     assert [l[0] for l in stdout.splitlines()] == [" ", "*", " "]
+
+    rc, stdout2, _ = run_script("finetune.py", "--model", out, "--predict", "alice went to the city", *endings)
+    assert stdout2 == stdout
 
     check_resume_exact(tmp_path, replace(fc, out=str(tmp_path / "full"), epochs=2, dropout=0.1), monkeypatch,
                        CHOICE_KIND)
@@ -315,3 +333,22 @@ def _qa_run(tmp_path, pretrained):
     finetune(FinetuneConfig(task="qa", init=pretrained, train=train, epochs=1, max_length=32, doc_stride=8, out=out,
                             valid_fraction=0.25))
     return out
+
+
+def test_a_classifier_saved_before_the_task_fields_still_resumes(tmp_path, pretrained):
+    """A checkpoint whose recorded settings lack task, scheme, ... (written before they existed)
+    resumes: a field it predates is checked only when set away from its default."""
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"{p} went to the city,{p in PEOPLE[:2]}\n" for p in PEOPLE * 5))
+    fc = FinetuneConfig(init=pretrained, train=str(data), epochs=1, max_length=16, out=str(tmp_path / "seq"),
+                        valid_fraction=0.25)
+    finetune(fc)
+    record = tmp_path / "seq" / "last.json"
+    d = json.loads(record.read_text())
+    for k in ("task", "scheme", "version_2", "doc_stride", "max_question_length", "null_threshold", "n_best",
+              "max_answer_length"):
+        del d["meta"]["finetune"][k]
+    record.write_text(json.dumps(d))
+    finetune(replace(fc, resume=True))
+    with pytest.raises(ValueError, match="settings differ.*'scheme'"):
+        finetune(replace(fc, resume=True, scheme="BIOES"))
