@@ -297,7 +297,8 @@ def _finetune(fc, task, model, tok, n_rows, data_what, init_what):
         summary = {k: v for k, v in ev.items() if k not in task.list_keys}
         metrics.write({"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in summary.items()}})
         log(task.eval_line(epoch, ev))
-        save_task_model(fc.out, "last", task.kind, model, opt, tok, dict(meta_base, epoch=epoch, step=step, eval=summary))
+        save_task_model(fc.out, "last", task.kind, model, opt, tok,
+                        dict(meta_base, epoch=epoch, step=step, eval=summary))
 
     if ev is None:  # resumed a run that had finished: its last epoch is evaluated again
         ev = task.evaluate(model, pad)

@@ -97,8 +97,9 @@ class QATask:
 
     def postprocess(self, examples, features, starts, ends):
         fc = self.fc
-        return postprocess_qa(examples, features, starts, ends, n_best=fc.n_best, max_answer_length=fc.max_answer_length,
-                              version_2=self.version_2, null_threshold=fc.null_threshold)
+        return postprocess_qa(examples, features, starts, ends, n_best=fc.n_best,
+                              max_answer_length=fc.max_answer_length, version_2=self.version_2,
+                              null_threshold=fc.null_threshold)
 
     def evaluate(self, model, pad):
         starts, ends, loss_sum, n = qa_logits(model, self.enc_val, self.fc.eval_batch_size, pad)

@@ -225,7 +225,8 @@ class SeqTask:
             self.y_val = np.array([e.label for e in self.val], np.float64)
         else:
             self.y_train = label_ids(self.train, self.names, fc.train or "default task")
-            self.y_val = label_ids(self.val, self.names, (fc.validation or fc.train or "default task") + " (validation)")
+            where = (fc.validation or fc.train or "default task") + " (validation)"
+            self.y_val = label_ids(self.val, self.names, where)
         self.enc_train = encode_examples(tok, self.train, fc.max_length)
         self.enc_val = encode_examples(tok, self.val, fc.max_length)
         return len(self.train)
@@ -248,7 +249,8 @@ class SeqTask:
 
     def eval_line(self, epoch, ev):
         if self.fc.regression:
-            return f"eval  epoch {epoch} | mse {ev['loss']:.4f} | pearson {ev['pearson']:.3f} ({len(self.val)} examples)"
+            return (f"eval  epoch {epoch} | mse {ev['loss']:.4f} | pearson {ev['pearson']:.3f} "
+                    f"({len(self.val)} examples)")
         return (f"eval  epoch {epoch} | loss {ev['loss']:.3f} | acc {ev['acc']:.3f} | macro-F1 "
                 f"{ev['macro_f1']:.3f} ({len(self.val)} examples)")
 

@@ -70,7 +70,8 @@ class TagTask:
     def encode(self, tok):
         fc = self.fc
         where = lambda x, split: x if isinstance(x, str) and x else f"{split} sentences"
-        self.enc_train = encode_tagged_sentences(tok, self.train, self.names, fc.max_length, where(fc.train, "training"))
+        self.enc_train = encode_tagged_sentences(tok, self.train, self.names, fc.max_length,
+                                                 where(fc.train, "training"))
         self.enc_val = encode_tagged_sentences(tok, self.val, self.names, fc.max_length,
                                                where(fc.validation, "validation") + " (validation)")
         return len(self.enc_train)

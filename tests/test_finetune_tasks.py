@@ -291,7 +291,8 @@ def test_choice_trains_resumes_chooses_and_exports(tmp_path, pretrained, monkeyp
     ("tag", "bad.conll", "alice B-PER\nwent X O\n", "bad.conll: line 2 has 3 columns"),
     ("tag", "bad.conll", "alice B-PER\nwent Q-LOC\n", "bad.conll: line 2: tag 'Q-LOC' is not a IOB2 tag"),
     ("qa", "bad.json", '{"data": [{"paragraphs": [{"context": "abc", "qas": [{"id": "1", "question": "q", '
-                       '"answers": [{"text": "x", "answer_start": 0}]}]}]}]}', "bad.json: .*answer_start 0 does not match"),
+                       '"answers": [{"text": "x", "answer_start": 0}]}]}]}]}',
+     "bad.json: .*answer_start 0 does not match"),
     ("choice", "bad.csv", "sent1,ending0,ending1,label\nctx,a,b,7\n", "bad.csv: row 2: label '7'"),
 ])
 def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, pretrained, task, name, text, message):
