@@ -1,7 +1,12 @@
-"""Does pretraining pay? The same fine-tuning recipe on the default task from (a) a
+"""Does pretraining pay? The same fine-tuning recipe on a default task from (a) a
 pretrained run and (b) random weights; prints a markdown table, writes OUT/results.json.
 
     python scripts/compare_pretraining.py --pretrained runs/pretrain --out runs/compare
+    python scripts/compare_pretraining.py --task tag --train-examples 0 500 --out runs/compare_tag
+    python scripts/compare_pretraining.py --task qa --out runs/compare_qa
+
+--task seq: which package a docstring comes from; tag: the docstring words that name a
+parameter; qa: what a function returns, what a parameter is (minibert.default_tasks).
 
 The work is minibert.compare.compare_pretraining.
 """
@@ -11,9 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from finetune import add_recipe_args  # noqa: E402  (scripts/finetune.py: the recipe flags both programs take)
+from finetune import QA_MAX_LENGTH, add_recipe_args  # noqa: E402  (scripts/finetune.py: the recipe flags)
 from minibert.compare import compare_pretraining  # noqa: E402
-from minibert.finetune import RECIPE_KEYS  # noqa: E402
+from minibert.finetune import RECIPE_KEYS, FinetuneConfig  # noqa: E402
 
 
 def main(argv=None):
@@ -21,15 +26,23 @@ def main(argv=None):
                                 "run and from random weights; print a markdown table and write JSON.")
     p.add_argument("--pretrained", default="runs/pretrain", help="pretraining run directory (default %(default)s)")
     p.add_argument("--out", default="runs/compare")
+    p.add_argument("--task", default="seq", choices=["seq", "tag", "qa"], help="seq: the package of a docstring; "
+                   "tag: the words that name a parameter; qa: returns and parameters (default %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--train-per-class", type=int, nargs="+", default=[0], help="training-set sizes to compare "
-                   "(at most N examples per class; 0: all), e.g. 0 32")
+                   "(at most N examples per class; 0: all), e.g. 0 32 (--task seq)")
+    p.add_argument("--train-examples", type=int, nargs="+", default=[0], help="training-set sizes to compare "
+                   "(N drawn training examples; 0: all), e.g. 0 500 (--task tag and qa)")
     p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's, checked "
                    "against the fingerprint its checkpoint records)")
     add_recipe_args(p)
+    p.set_defaults(max_length=None)  # 128, or QA_MAX_LENGTH for --task qa, as scripts/finetune.py
     args = p.parse_args(argv)
+    if args.max_length is None:
+        args.max_length = QA_MAX_LENGTH if args.task == "qa" else FinetuneConfig().max_length
     try:
         compare_pretraining(args.pretrained, args.out, tuple(args.seeds), tuple(args.train_per_class),
+                            task=args.task, train_examples=tuple(args.train_examples),
                             tokenizer=args.tokenizer, **{k: getattr(args, k) for k in RECIPE_KEYS})
     except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

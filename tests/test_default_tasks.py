@@ -6,6 +6,7 @@ import ast
 import importlib
 import inspect
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from minibert import default_tasks as dt
+from minibert.compare import SCORES, compare_pretraining
 from minibert.corpus import Document, default_corpus
 from minibert.qa_data import read_squad
 from minibert.tag_data import read_tagged
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAM = "B-PARAM"
@@ -222,3 +225,30 @@ def test_files_read_back(tmp_path):
     assert read_squad(tmp_path / "qa.heldout.json") == (qa_held, False)
     assert counts == {"tags.train.conll": len(tag_train), "qa.train.json": len(qa_train),
                       "tags.heldout.conll": len(tag_held), "qa.heldout.json": len(qa_held)}
+
+
+@pytest.mark.parametrize("task", ["tag", "qa"])
+def test_compare_pretraining_on_the_default_task(tmp_path, task, capsys):
+    """A tiny comparison: both arms fine-tune on the same drawn examples, are scored on the
+    whole held-out split, and the table names the task's scores."""
+    from test_finetune import fake_pretraining_run  # noqa: E402  (the tiny pretraining run those tests use)
+    tag_train, _ = dt.default_tag_task()
+    text = [" ".join(s.words) for s in tag_train[:300]]
+    tok = BPETokenizer.train_from_iterator(text, 300, special_tokens=SPECIAL_TOKENS, progress=False)
+    pretrained = fake_pretraining_run(tmp_path / "pt", tok)
+    res = compare_pretraining(pretrained, str(tmp_path / "cmp"), seeds=(0,), task=task, train_examples=(24,),
+                              epochs=1, max_length=64, doc_stride=8, max_question_length=24, log_every=1000)
+    assert res == json.loads((tmp_path / "cmp" / "results.json").read_text())
+    (g,) = res["regimes"]
+    assert g["train_examples"] == 24 and g["train_examples_drawn"] == 24
+    first, second = (k for k, _ in SCORES[task])
+    held = (dt.default_tag_task() if task == "tag" else dt.default_qa_task())[1]
+    for init in ("pretrained", "random"):
+        (run,) = g["runs"][init]
+        assert run["examples"] == len(held) and 0 <= run[first] <= 100 and 0 <= run[second] <= 100
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert f"held-out {SCORES[task][0][1]}" in table and "| (b) random |" in table
+    assert table in capsys.readouterr().out
+    drawn = [json.loads((tmp_path / "cmp" / f"{init}-n24-seed0" / "config.json").read_text())["finetune"]["train"]
+             for init in ("pretrained", "random")]
+    assert drawn[0] == drawn[1] and drawn[0].startswith("24 examples in memory")
