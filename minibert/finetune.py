@@ -25,8 +25,9 @@ from its last checkpoint reaches bitwise the final parameters of an uninterrupte
 (NumPy backend). Settings that change what is computed (the task among them) and the
 labels must match the checkpoint's.
 
-Without a data file, seq uses the default task (task_data.default_task), evaluated only on
-documents pretraining held out. The evaluation set is a test set: no checkpoint or epoch is
+Without a data file, seq, tag and qa use their default tasks (task_data.default_task;
+default_tasks.default_tag_task, default_qa_task), evaluated only on documents pretraining
+held out; choice has none. The evaluation set is a test set: no checkpoint or epoch is
 selected on it; the numbers reported are those after the last epoch.
 
 Run directory OUT (rundir.py; the run holds its lock from start to end):
@@ -77,7 +78,7 @@ class FinetuneConfig:
     random_init: bool = False  # the run's tokenizer and model shape, but freshly initialised weights
     hf: bool = False  # init is a Hugging Face BERT directory (needs tokenizer)
     tokenizer: str = ""  # tokenizer.json or vocab.txt (default: the pretraining run's; with hf, the directory's)
-    train: str | list = ""  # data file, or a list of the task's examples; empty: seq's embedded default task
+    train: str | list = ""  # data file, or a list of the task's examples; empty: the default task (seq, tag, qa)
     validation: str | list = ""  # data file or examples; empty: hold out valid_fraction of train
     valid_fraction: float = 0.1
     num_classes: int = 10  # default task: the number of packages

@@ -11,7 +11,9 @@ says so, else when the training data does (its "version", an is_impossible key).
 question becomes one feature per window of its context (max_length, doc_stride,
 max_question_length); the training rows are the windows. Evaluation: qa_data.postprocess_qa
 over every window of each question (n_best, max_answer_length, v2.0's null threshold), then
-qa_metrics.squad_scores: exact match and F1 in percent.
+qa_metrics.squad_scores: exact match and F1 in percent. Without a training file the task is
+the default one (default_tasks.default_qa_task, SQuAD v1.1: what a function returns, what a
+parameter is), evaluated only on documents pretraining held out.
 
 The score printed with an answer is transformers' question-answering pipeline's: within the
 answer's window, softmax(start logits) * softmax(end logits) over the context tokens, at the
@@ -20,6 +22,7 @@ answer's start and end.
 import numpy as np
 
 from minibert import backend, rundir
+from minibert.default_tasks import default_qa_task
 from minibert.qa_data import QAExample, encode_squad, gold_answers, postprocess_qa, qa_batch, read_squad
 from minibert.qa_metrics import squad_scores
 from minibert.question_answering import BertForQuestionAnswering
@@ -43,6 +46,18 @@ def qa_logits(model, features, batch_size, pad):
     return starts, ends, loss_sum, len(features)
 
 
+def _default_data(fc, heldout_fraction):
+    """(train, validation, description) of the default task (default_tasks.default_qa_task):
+    trained on documents pretraining trained on, evaluated on those it held out."""
+    if fc.validation:
+        raise ValueError("--validation goes with --train: the default task is evaluated on the documents "
+                         "pretraining held out")
+    train, val = default_qa_task(heldout_fraction)
+    return train, val, (f"default task: what a standard-library function returns, what its parameters are; train "
+                        f"on documents pretraining trained on, evaluate on the {len(val)} questions of documents it "
+                        f"held out (heldout_fraction {heldout_fraction})")
+
+
 class QATask:
     """--task qa: BertForQuestionAnswering, start and end of the answer span."""
     name = "qa"
@@ -58,7 +73,10 @@ class QATask:
             examples, v2 = read_squad(path)
             found.append(v2)
             return examples
-        self.train, self.val, what = read_splits(fc.train, fc.validation, read, fc.valid_fraction, fc.seed)
+        if isinstance(fc.train, str) and not fc.train:
+            self.train, self.val, what = _default_data(fc, heldout_fraction)
+        else:
+            self.train, self.val, what = read_splits(fc.train, fc.validation, read, fc.valid_fraction, fc.seed)
         for split, examples in (("training", self.train), ("validation", self.val)):
             if not examples:
                 raise ValueError(f"empty split: no {split} questions")

@@ -7,6 +7,8 @@ prediction with a fine-tuned tagger.
 
 Data (tag_data.py): CoNLL or JSON-lines sentences, or TaggedSentence lists in memory; tags
 checked against the scheme (IOB2, IOB1, BIOES); the tag names, sorted, are the label ids.
+Without a training file the task is the default one (default_tasks.default_tag_task: the
+docstring words that name a parameter), evaluated only on documents pretraining held out.
 Each word's label sits on its first sub-token; the loss and the token accuracy count those
 positions only. Evaluation: entity-level precision, recall and F1 (tag_metrics.entity_scores,
 micro over types), the tag of each word being the prediction at its first sub-token.
@@ -14,6 +16,7 @@ micro over types), the tag of each word being the prediction at its first sub-to
 import numpy as np
 
 from minibert import backend, rundir
+from minibert.default_tasks import PARAM_TAG, default_tag_task
 from minibert.tag_data import (
     TaggedSentence, encode_tagged, encode_tagged_sentences, read_tagged, tag_batch, tag_names_from, word_tags,
 )
@@ -38,6 +41,20 @@ def tag_features(model, features, batch_size, pad):
     return preds, loss_sum, count
 
 
+def _default_data(fc, scheme, heldout_fraction):
+    """(train, validation, description) of the default task (default_tasks.default_tag_task):
+    trained on documents pretraining trained on, evaluated on those it held out."""
+    if fc.validation:
+        raise ValueError("--validation goes with --train: the default task is evaluated on the documents "
+                         "pretraining held out")
+    if scheme != "IOB2":  # its one-word entities are B-PARAM, which IOB1 and BIOES write otherwise
+        raise ValueError(f"the default task is tagged IOB2 ({PARAM_TAG} and O); --scheme {scheme} needs --train")
+    train, val = default_tag_task(heldout_fraction)
+    return train, val, (f"default task: the docstring words that name a parameter of their function; train on "
+                        f"documents pretraining trained on, evaluate on the {len(val)} sentences of documents it "
+                        f"held out (heldout_fraction {heldout_fraction})")
+
+
 class TagTask:
     """--task tag: BertForTokenClassification over the scheme's tags."""
     name = "tag"
@@ -48,8 +65,11 @@ class TagTask:
     def load(self, fc, heldout_fraction):
         self.fc = fc
         self.scheme = check_scheme(fc.scheme, "--scheme")
-        self.train, self.val, what = read_splits(fc.train, fc.validation, lambda p: read_tagged(p, self.scheme),
-                                                 fc.valid_fraction, fc.seed)
+        if isinstance(fc.train, str) and not fc.train:
+            self.train, self.val, what = _default_data(fc, self.scheme, heldout_fraction)
+        else:
+            self.train, self.val, what = read_splits(fc.train, fc.validation,
+                                                     lambda p: read_tagged(p, self.scheme), fc.valid_fraction, fc.seed)
         for split, sentences in (("training", self.train), ("validation", self.val)):
             if not sentences:
                 raise ValueError(f"empty split: no {split} sentences")

@@ -252,3 +252,63 @@ def test_compare_pretraining_on_the_default_task(tmp_path, task, capsys):
     drawn = [json.loads((tmp_path / "cmp" / f"{init}-n24-seed0" / "config.json").read_text())["finetune"]["train"]
              for init in ("pretrained", "random")]
     assert drawn[0] == drawn[1] and drawn[0].startswith("24 examples in memory")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny random pretraining run whose config.json says heldout_fraction 0.1 (not the 0.05 default)."""
+    from test_finetune import fake_pretraining_run  # noqa: E402  (the tiny pretraining run those tests use)
+    tag_train, _ = dt.default_tag_task()
+    text = [" ".join(s.words) for s in tag_train[:300]]
+    tok = BPETokenizer.train_from_iterator(text, 300, special_tokens=SPECIAL_TOKENS, progress=False)
+    run = fake_pretraining_run(tmp_path_factory.mktemp("pt") / "run", tok)
+    (Path(run) / "config.json").write_text(json.dumps({"train": {"heldout_fraction": 0.1}}))
+    return run
+
+
+def _finetune_script():
+    spec = importlib.util.spec_from_file_location("finetune_script", ROOT / "scripts" / "finetune.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("task", ["tag", "qa"])
+def test_finetune_without_train_uses_the_default_task(tmp_path, tiny_run, task, monkeypatch, capsys):
+    """scripts/finetune.py --task tag|qa with no --train: the default task, split with the
+    pretraining run's heldout_fraction, evaluated on its held-out split (a slice of each
+    here, so the test takes seconds)."""
+    import minibert.qa_task
+    import minibert.tag_task
+    module, name, full = ((minibert.tag_task, "default_tag_task", dt.default_tag_task) if task == "tag"
+                          else (minibert.qa_task, "default_qa_task", dt.default_qa_task))
+    asked = []
+
+    def sliced(heldout_fraction):
+        asked.append(heldout_fraction)
+        train, held = full(heldout_fraction)
+        return train[:24], held[:12]
+    monkeypatch.setattr(module, name, sliced)
+    out = tmp_path / task
+    args = ["--task", task, "--from", tiny_run, "--out", str(out), "--epochs", "1", "--max-length", "64",
+            "--log-every", "1000"]
+    if task == "qa":
+        args += ["--doc-stride", "8", "--max-question-length", "24"]
+    assert _finetune_script().main(args) == 0
+    assert asked == [0.1]
+    log = capsys.readouterr().out
+    assert "default task:" in log and "(heldout_fraction 0.1)" in log
+    res = json.loads((out / "results.json").read_text())
+    assert res["train_examples"] == 24 and res["validation_examples"] == 12
+    held = full(0.1)[1][:12]
+    if task == "tag":
+        assert res["entities"] == sum(t == PARAM for s in held for t in s.tags) and 0 <= res["entity_f1"] <= 1
+    else:
+        assert res["questions"] == 12 and res["version_2"] is False and 0 <= res["f1"] <= 100
+    assert json.loads((out / "config.json").read_text())["finetune"]["train"] == ""
+    # the default task is evaluated on its held-out split, not on a --validation file; tagged IOB2
+    assert _finetune_script().main(args + ["--overwrite", "--validation", str(out / "x")]) == 1
+    assert "--validation goes with --train" in capsys.readouterr().err
+    if task == "tag":
+        assert _finetune_script().main(args + ["--overwrite", "--scheme", "BIOES"]) == 1
+        assert "tagged IOB2" in capsys.readouterr().err
