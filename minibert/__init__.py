@@ -5,12 +5,15 @@
     loss, grads = model.loss_and_grads(batch)
 
 Modules, in the order data flows through them (README.md has the tour):
-    corpus -> bpe, bpe_train -> vocab -> tokenizer, wordpiece -> tokenizer_files -> token_cache
-      -> instances                                                         the training signal
-    backend, host, philox, kernels (cpu_kernels, cuda_kernels) -> layers, losses -> model, classifier,
+    corpus -> bpe, bpe_train -> vocab, offsets -> tokenizer, wordpiece -> tokenizer_files
+      -> token_cache -> instances                                          the training signal
+    backend, host, philox, kernels (cpu_kernels, cuda_kernels) -> layers, losses -> encoder
+      -> model, classifier, token_classifier, question_answering, multiple_choice;
       gradcheck                                                            the network
-    optim -> checkpoint, rundir, atomic -> metrics, distributed, train, finetune   training
-    task_data, compare, inference, interop                                 using models
+    optim, zero -> checkpoint, rundir, atomic -> metrics, distributed, train   pretraining
+    task_data, tag_data, tag_metrics, qa_data, qa_metrics, choice_data, default_tasks
+      -> seq_task, tag_task, qa_task, choice_task -> finetune, compare     fine-tuning
+    inference, hf_state, interop                                           using models
 """
 from minibert import backend
 from minibert.classifier import BertForSequenceClassification
