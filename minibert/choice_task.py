@@ -7,7 +7,9 @@ and choosing endings with a fine-tuned run.
       -> (0, [0.91, 0.09])
 
 Data (choice_data.py): SWAG-style CSV/TSV or JSON lines, or ChoiceExample lists in memory;
-every example of a split has the same number of endings C. Each choice is [CLS] context
+every example of a split has the same number of endings C. Without a training file the task
+is the default one (default_tasks.default_choice_task: which sentence comes next in a
+docstring, of 4), evaluated only on documents pretraining held out. Each choice is [CLS] context
 [SEP] ending [SEP]; batches are (B, C, T), length-grouped by each example's longest choice.
 Evaluation: accuracy, the share of examples whose highest-scoring ending is the labelled one.
 """
@@ -15,6 +17,7 @@ import numpy as np
 
 from minibert import backend, rundir
 from minibert.choice_data import ChoiceExample, choice_batch, encode_choices, read_choices
+from minibert.default_tasks import default_choice_task
 from minibert.multiple_choice import BertForMultipleChoice
 from minibert.task_data import length_grouped_batches, read_splits
 from minibert.tokenizer import SPECIAL_TOKENS
@@ -35,6 +38,18 @@ def choice_logits(model, encoded, labels, batch_size, pad):
     return logits, loss_sum
 
 
+def _default_data(fc, heldout_fraction):
+    """(train, validation, description) of the default task (default_tasks.default_choice_task):
+    trained on documents pretraining trained on, evaluated on those it held out."""
+    if fc.validation:
+        raise ValueError("--validation goes with --train: the default task is evaluated on the documents "
+                         "pretraining held out")
+    train, val = default_choice_task(heldout_fraction)
+    return train, val, (f"default task: which sentence comes next in a docstring; train on documents pretraining "
+                        f"trained on, evaluate on the {len(val)} examples of documents it held out "
+                        f"(heldout_fraction {heldout_fraction})")
+
+
 class ChoiceTask:
     """--task choice: BertForMultipleChoice, one score per ending, softmax over the endings."""
     name = "choice"
@@ -44,7 +59,11 @@ class ChoiceTask:
 
     def load(self, fc, heldout_fraction):
         self.fc = fc
-        self.train, self.val, what = read_splits(fc.train, fc.validation, read_choices, fc.valid_fraction, fc.seed)
+        if isinstance(fc.train, str) and not fc.train:
+            self.train, self.val, what = _default_data(fc, heldout_fraction)
+        else:
+            self.train, self.val, what = read_splits(fc.train, fc.validation, read_choices, fc.valid_fraction,
+                                                     fc.seed)
         for split, examples in (("training", self.train), ("validation", self.val)):
             if not examples:
                 raise ValueError(f"empty split: no {split} examples")

@@ -6,9 +6,10 @@ sizes; a markdown table of the held-out scores (scripts/compare_pretraining.py).
     result = compare_pretraining("runs/pretrain", "runs/compare_tag", task="tag", train_examples=(0, 500))
 
 Tasks and their held-out scores: seq, the default package task (accuracy, macro-F1; sizes:
-at most N examples per class); tag and qa, the default tasks of default_tasks.py, split as
-the pretraining run split its corpus (entity F1 and token accuracy; SQuAD exact match and
-F1; sizes: N training examples drawn with the stream [seed, 2], the same for both arms).
+at most N examples per class); tag, qa and choice, the default tasks of default_tasks.py,
+split as the pretraining run split its corpus (entity F1 and token accuracy; SQuAD exact
+match and F1; accuracy; sizes: N training examples drawn with the stream [seed, 2], the same
+for both arms).
 
 Run directory OUT: one fine-tuning run per (initialisation, size, seed), results.json (the
 returned dict), results.md (the table). The comparison holds OUT's lock (rundir.lock) while
@@ -20,14 +21,15 @@ import numpy as np
 
 from minibert import rundir
 from minibert.atomic import atomic_write
-from minibert.default_tasks import default_qa_task, default_tag_task
+from minibert.default_tasks import default_choice_task, default_qa_task, default_tag_task
 from minibert.finetune import FinetuneConfig, finetune, log
 
-# the two held-out scores each task's table shows: (results key, column name)
+# the held-out scores each task's table shows (two, choice's one): (results key, column name)
 SCORES = {"seq": (("acc", "accuracy"), ("macro_f1", "macro-F1")),
           "tag": (("entity_f1", "entity F1"), ("token_acc", "token accuracy")),
-          "qa": (("exact_match", "exact match"), ("f1", "F1"))}
-DEFAULT_TASKS = {"tag": default_tag_task, "qa": default_qa_task}
+          "qa": (("exact_match", "exact match"), ("f1", "F1")),
+          "choice": (("acc", "accuracy"),)}
+DEFAULT_TASKS = {"tag": default_tag_task, "qa": default_qa_task, "choice": default_choice_task}
 
 
 def compare_pretraining(pretrained, out="runs/compare", seeds=(0,), train_per_class=(0,), task="seq",
@@ -35,7 +37,7 @@ def compare_pretraining(pretrained, out="runs/compare", seeds=(0,), train_per_cl
     """Fine-tune from (a) the pretrained run and (b) random weights of the same shape, with
     the same recipe and seeds, on the task's default data unless recipe says otherwise
     (train=, validation=); once with each training-set size: seq, each of train_per_class
-    (at most N per class); tag and qa, each of train_examples (N drawn examples); 0: all.
+    (at most N per class); tag, qa and choice, each of train_examples (N drawn examples); 0: all.
     Returns the results dict also written to OUT/results.json (and the table to results.md)."""
     if task not in SCORES:
         raise ValueError(f"--task must be one of {sorted(SCORES)}, got {task!r}")
@@ -44,7 +46,7 @@ def compare_pretraining(pretrained, out="runs/compare", seeds=(0,), train_per_cl
 
 
 def _default_data(task, pretrained, recipe):
-    """(train, validation) of a tag or qa comparison: recipe's, else the default task split
+    """(train, validation) of a tag, qa or choice comparison: recipe's, else the default task split
     with the pretraining run's heldout_fraction."""
     if recipe.get("train"):
         return recipe.pop("train"), recipe.pop("validation", "")
@@ -111,26 +113,27 @@ def _compare(pretrained, out, seeds, sizes, task, recipe):
 
 
 def results_table(result):
-    """A markdown table of the task's two held-out scores, pretrained vs random init."""
+    """A markdown table of the task's held-out scores, pretrained vs random init."""
     task = result.get("task", "seq")
-    (m1, name1), (m2, name2) = SCORES[task]
+    scores = SCORES[task]
     n = len(result["seeds"])
     digits = 2 if task == "qa" else 3  # SQuAD's scores are percentages
     fmt = (lambda r, m: f"{r[m]:.{digits}f} ± {r[m + '_std']:.{digits}f}") if n > 1 else \
         (lambda r, m: f"{r[m]:.{digits}f}")
     step, planned = result["pretraining_step"], result.get("pretraining_steps_planned")
     of = f" of {planned}" if planned and planned != step else ""
-    lines = [f"| training examples | initialisation | held-out {name1} | held-out {name2} |", "|---|---|---|---|"]
+    lines = ["| training examples | initialisation | " + " | ".join(f"held-out {name}" for _, name in scores) + " |",
+             "|---|---|" + "---|" * len(scores)]
     for g in result["regimes"]:
         if task == "seq":
             n_size, unit = g["train_per_class"], " per class"
         else:
             n_size, unit = g["train_examples_drawn"], " drawn"
         size = f"{g['train_examples']:,}" + (f" ({n_size}{unit})" if n_size else " (all)")
-        lines.append(f"| {size} | (a) pretrained ({result['pretrained_run']}, step {step}{of}) | "
-                     f"{fmt(g['pretrained'], m1)} | {fmt(g['pretrained'], m2)} |")
-        lines.append(f"| {size} | (b) random | {fmt(g['random'], m1)} | {fmt(g['random'], m2)} |")
+        for init, name in (("pretrained", f"(a) pretrained ({result['pretrained_run']}, step {step}{of})"),
+                           ("random", "(b) random")):
+            lines.append(f"| {size} | {name} | " + " | ".join(fmt(g[init], m) for m, _ in scores) + " |")
     seeds = f"mean ± std over seeds {result['seeds']}" if n > 1 else f"seed {result['seeds'][0]}"
-    unit = {"seq": "examples", "tag": "sentences", "qa": "questions"}[task]
+    unit = {"seq": "examples", "tag": "sentences", "qa": "questions", "choice": "examples"}[task]
     lines.append(f"\n{result['validation_examples']} held-out {unit}; {seeds}.")
     return "\n".join(lines)

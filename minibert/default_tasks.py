@@ -1,5 +1,6 @@
-"""The default tagging and QA tasks: labels read mechanically off the standard library's
-functions (their docstrings and their defs), never written by a person, so they run offline.
+"""The default tagging, QA and multiple-choice tasks: labels read mechanically off the standard
+library's functions (their docstrings and their defs), never written by a person, so they run
+offline.
 
 Source (documented_functions): every function and method whose docstring is a document of
 the embedded corpus (corpus.stdlib_documents, read with ast, nothing imported), with the
@@ -47,17 +48,39 @@ its sentences, its answer_start the character where it begins. With f the functi
   loses a final ".", ",", ";" or ":", has 1 to MAX_ANSWER_WORDS words, and is dropped when
   its brackets do not pair up (a cut inside them).
 
+Multiple choice (choice_examples, default_choice_task), SWAG style: which sentence comes next?
+  - Pairs (choice_pairs): each function whose docstring's first two sentences differ and have
+    MIN_CHOICE_WORDS to MAX_CHOICE_WORDS words each; the context is the first, the true ending
+    the second. Split by document as the other tasks; a held-out pair whose first sentence
+    begins a training pair too ("Acquire a lock.") is left out, so no context is on both sides.
+  - Distractors: N_CHOICES - 1 true endings of other pairs of the same split (so a held-out
+    example shows only held-out text), distinct, none equal to the true ending nor one that
+    is, or begins, the text after the same context in any document of the corpus (a sentence
+    the splitter did not cut, "... asynchronously. addr is ...", counts); taken from the pairs
+    of the same module, or of the whole split when the module has too few, within the true
+    ending's length band (lengths in characters cut at the powers of LENGTH_RATIO), the ones
+    sharing the most lowercased words with the context first, then the nearest in length,
+    then in text order. A pair with too few such distractors is left out.
+  - Label: the n-th example of a split (in the corpus's order) puts its true ending at index
+    n % N_CHOICES, the distractors in their order around it, so each index is the answer
+    equally often (chance 1 / N_CHOICES).
+
 Files (write_default_tasks): tags as CoNLL, "word tag" a line and a blank line after each
 sentence (tag_data.read_tagged reads them), QA as SQuAD v1.1 JSON, one article per
-function (qa_data.read_squad reads them).
+function (qa_data.read_squad reads them), choices as JSON lines {"context", "endings",
+"label"} (choice_data.read_choices reads them).
 """
 import ast
 import inspect
+import json
+import math
 import os
 import re
 import sysconfig
 from dataclasses import dataclass
 
+from minibert.atomic import atomic_write
+from minibert.choice_data import ChoiceExample
 from minibert.corpus import Document, docstring_sentences, is_heldout, stdlib_documents
 from minibert.qa_data import QAExample, write_json
 from minibert.tag_data import TaggedSentence, write_conll
@@ -66,6 +89,9 @@ WORD = re.compile(r"\w+|[^\w\s]")
 PARAM_TAG = "B-PARAM"
 MAX_WORDS = 64          # words per tagged sentence
 MAX_ANSWER_WORDS = 20   # longer answers are dropped (postprocess_qa keeps spans of 30 tokens)
+N_CHOICES = 4           # endings per multiple-choice example
+MIN_CHOICE_WORDS, MAX_CHOICE_WORDS = 3, 48  # words per context and per ending
+LENGTH_RATIO = 2.0      # a distractor's length band: lengths in characters from r**k to r**(k + 1)
 NOT_TAGGED = frozenset({"self", "cls"})
 _functions_cache = {}
 
@@ -286,6 +312,81 @@ def default_qa_task(heldout_fraction=0.05):
 
 
 # ----------------------------------------------------------------------------------------
+# multiple choice: which sentence comes next in a docstring?
+
+
+def choice_pairs(functions):
+    """(function, first sentence, second sentence) of each function whose docstring's first two
+    sentences are distinct and each have MIN_CHOICE_WORDS to MAX_CHOICE_WORDS words."""
+    out = []
+    for fn in functions:
+        s = fn.document.sentences
+        fits = all(MIN_CHOICE_WORDS <= len(x.split()) <= MAX_CHOICE_WORDS for x in s[:2])
+        if len(s) >= 2 and s[0] != s[1] and fits:
+            out.append((fn, s[0], s[1]))
+    return out
+
+
+def shared_words(text):
+    """The lowercased words of text (runs of letters and digits) that a distractor is matched on."""
+    return set(re.findall(r"[^\W_]+", text.lower()))
+
+
+def length_bin(text):
+    """Its length band: lengths in characters cut at the powers of LENGTH_RATIO (fixed bands, so
+    the true ending is no more often the middle one than any ending)."""
+    return int(math.log(len(text)) / math.log(LENGTH_RATIO))
+
+
+def choice_examples(pairs, n_choices=N_CHOICES, documents=()):
+    """A ChoiceExample per (function, context, true ending) of pairs (one split), by the rule
+    in the module docstring: distractors are other pairs' true endings, the n-th example's
+    label n % n_choices; a pair with too few distractors of its length band is left out. No
+    distractor is, or begins, the text that follows the context in a pair or in one of documents."""
+    by_module = {}
+    for fn, _, ending in pairs:
+        by_module.setdefault(fn.document.source, []).append(ending)
+    follows = {}  # context -> the texts after it in a pair's or a document's docstring
+    for d in [p[0].document for p in pairs] + list(documents):
+        if len(d.sentences) > 1:
+            follows.setdefault(d.sentences[0], set()).add(" ".join(d.sentences[1:]))
+
+    def goes_on(context, e):  # e is, or begins, what follows context somewhere
+        return any(t == e or t.startswith(e + " ") for t in follows[context])
+    everyone = [e for _, _, e in pairs]
+    out = []
+    for fn, context, true in pairs:
+        words, band = shared_words(context), length_bin(true)
+
+        def nearest(pool):  # in its length band, most words shared with the context, then the nearest in length
+            fits = sorted({e for e in pool if length_bin(e) == band and not goes_on(context, e)},
+                          key=lambda e: (-len(words & shared_words(e)), abs(len(e) - len(true)), e))
+            return fits[:n_choices - 1]
+        wrong = nearest(by_module[fn.document.source])
+        if len(wrong) < n_choices - 1:  # too few in the module: the whole split's
+            wrong = nearest(everyone)
+        if len(wrong) < n_choices - 1:
+            continue
+        label = len(out) % n_choices
+        out.append(ChoiceExample(context, wrong[:label] + [true] + wrong[label:], label))
+    return out
+
+
+def default_choice_task(heldout_fraction=0.05, n_choices=N_CHOICES):
+    """(train, heldout) ChoiceExamples of n_choices endings, split as pretraining split; each
+    split's distractors are drawn from that split only, and none follows its context in any
+    document of the corpus (a module's or a class's docstring included); a held-out pair whose
+    context is a training pair's is left out."""
+    train, heldout = [], []
+    for p in choice_pairs(documented_functions()):
+        (heldout if is_heldout(p[0].document, heldout_fraction) else train).append(p)
+    seen = {context for _, context, _ in train}  # a first sentence two docstrings share is asked in training only
+    heldout = [p for p in heldout if p[1] not in seen]
+    documents = stdlib_documents()
+    return choice_examples(train, n_choices, documents), choice_examples(heldout, n_choices, documents)
+
+
+# ----------------------------------------------------------------------------------------
 # files a user can read, in the formats the readers take
 
 
@@ -303,12 +404,21 @@ def squad_json(examples):
     return {"version": "1.1", "data": data}
 
 
+def choice_jsonl(examples):
+    """JSON lines of the examples, {"context", "endings", "label"} each."""
+    return "".join(json.dumps({"context": e.context, "endings": e.endings, "label": e.label}, ensure_ascii=False)
+                   + "\n" for e in examples)
+
+
 def write_default_tasks(out_dir, heldout_fraction=0.05):
-    """Write tags.train.conll, tags.heldout.conll, qa.train.json and qa.heldout.json to
-    out_dir (each atomically); returns {file name: number of sentences or questions}."""
+    """Write tags.{train,heldout}.conll, qa.{train,heldout}.json and choice.{train,heldout}.jsonl
+    to out_dir (each atomically); returns {file name: number of sentences, questions or examples}."""
     os.makedirs(out_dir, exist_ok=True)
     counts = {}
     tags, qa = default_tag_task(heldout_fraction), default_qa_task(heldout_fraction)
+    for split, choices in zip(("train", "heldout"), default_choice_task(heldout_fraction)):
+        atomic_write(os.path.join(out_dir, f"choice.{split}.jsonl"), choice_jsonl(choices))
+        counts[f"choice.{split}.jsonl"] = len(choices)
     for split, sentences, examples in zip(("train", "heldout"), tags, qa):
         # conll_text writes "word tag" for sentences without gold tags and the tags as predictions
         write_conll(os.path.join(out_dir, f"tags.{split}.conll"),

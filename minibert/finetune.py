@@ -25,9 +25,9 @@ from its last checkpoint reaches bitwise the final parameters of an uninterrupte
 (NumPy backend). Settings that change what is computed (the task among them) and the
 labels must match the checkpoint's.
 
-Without a data file, seq, tag and qa use their default tasks (task_data.default_task;
-default_tasks.default_tag_task, default_qa_task), evaluated only on documents pretraining
-held out; choice has none. The evaluation set is a test set: no checkpoint or epoch is
+Without a data file, every task uses its default task (task_data.default_task;
+default_tasks.default_tag_task, default_qa_task, default_choice_task), evaluated only on
+documents pretraining held out. The evaluation set is a test set: no checkpoint or epoch is
 selected on it; the numbers reported are those after the last epoch.
 
 Run directory OUT (rundir.py; the run holds its lock from start to end):

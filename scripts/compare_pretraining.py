@@ -4,9 +4,11 @@ pretrained run and (b) random weights; prints a markdown table, writes OUT/resul
     python scripts/compare_pretraining.py --pretrained runs/pretrain --out runs/compare
     python scripts/compare_pretraining.py --task tag --train-examples 0 500 --out runs/compare_tag
     python scripts/compare_pretraining.py --task qa --out runs/compare_qa
+    python scripts/compare_pretraining.py --task choice --out runs/compare_choice
 
 --task seq: which package a docstring comes from; tag: the docstring words that name a
-parameter; qa: what a function returns, what a parameter is (minibert.default_tasks).
+parameter; qa: what a function returns, what a parameter is; choice: which of 4 sentences
+comes next in a docstring (minibert.default_tasks).
 
 The work is minibert.compare.compare_pretraining.
 """
@@ -26,13 +28,14 @@ def main(argv=None):
                                 "run and from random weights; print a markdown table and write JSON.")
     p.add_argument("--pretrained", default="runs/pretrain", help="pretraining run directory (default %(default)s)")
     p.add_argument("--out", default="runs/compare")
-    p.add_argument("--task", default="seq", choices=["seq", "tag", "qa"], help="seq: the package of a docstring; "
-                   "tag: the words that name a parameter; qa: returns and parameters (default %(default)s)")
+    p.add_argument("--task", default="seq", choices=["seq", "tag", "qa", "choice"], help="seq: the package of a "
+                   "docstring; tag: the words that name a parameter; qa: returns and parameters; choice: the next "
+                   "sentence of a docstring (default %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--train-per-class", type=int, nargs="+", default=[0], help="training-set sizes to compare "
                    "(at most N examples per class; 0: all), e.g. 0 32 (--task seq)")
     p.add_argument("--train-examples", type=int, nargs="+", default=[0], help="training-set sizes to compare "
-                   "(N drawn training examples; 0: all), e.g. 0 500 (--task tag and qa)")
+                   "(N drawn training examples; 0: all), e.g. 0 500 (--task tag, qa and choice)")
     p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's, checked "
                    "against the fingerprint its checkpoint records)")
     add_recipe_args(p)

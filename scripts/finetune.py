@@ -4,6 +4,7 @@
     python scripts/finetune.py --train train.csv --validation dev.csv --out runs/task
     python scripts/finetune.py --task tag --out runs/tag             # the default tagging task
     python scripts/finetune.py --task qa --out runs/qa               # the default QA task
+    python scripts/finetune.py --task choice --out runs/choice       # the default multiple-choice task
     python scripts/finetune.py --task tag --train train.conll --validation dev.conll --out runs/tag
     python scripts/finetune.py --task qa --train train-v1.1.json --validation dev-v1.1.json --out runs/qa
     python scripts/finetune.py --task choice --train train.csv --validation val.csv --out runs/choice
@@ -45,8 +46,8 @@ def build_parser():
     p = argparse.ArgumentParser(description="Fine-tune a pretrained minibert on sequence classification (or "
                                 "regression), token tagging, extractive question answering or multiple choice, "
                                 "or predict with a fine-tuned one. With no arguments: the default task "
-                                "(stdlib package of a docstring) from runs/pretrain; --task tag or qa with no "
-                                "--train: their default tasks.")
+                                "(stdlib package of a docstring) from runs/pretrain; --task tag, qa or choice "
+                                "with no --train: their default tasks.")
     d = FinetuneConfig()
     p.add_argument("--task", default=d.task, choices=list(TASKS), help="seq: a label per text (or pair); tag: a "
                    "tag per word (CoNLL or JSON lines); qa: an answer span (SQuAD JSON); choice: the right ending "
@@ -59,7 +60,7 @@ def build_parser():
     p.add_argument("--tokenizer", default="", help="tokenizer.json or BERT vocab.txt (default: the pretraining "
                    "run's; with --hf, the directory's vocab.txt or tokenizer.json)")
     p.add_argument("--train", default="", help="seq: CSV, TSV or JSON lines; tag: CoNLL or JSON lines; qa: SQuAD "
-                   "v1.1/v2.0 JSON (seq, tag, qa default: the embedded task); choice: SWAG CSV/TSV or JSON lines")
+                   "v1.1/v2.0 JSON; choice: SWAG CSV/TSV or JSON lines (default: each task's embedded task)")
     p.add_argument("--validation", default="", help="a separate validation file")
     p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
     p.add_argument("--text-column", default=d.text_column)

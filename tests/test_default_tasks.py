@@ -1,4 +1,4 @@
-"""The default tagging and QA tasks: their documents are the corpus's and split as pretraining
+"""The default tagging, QA and multiple-choice tasks: their documents are the corpus's and split as pretraining
 split them, every tag and every answer is rechecked here independently of the code that made
 it (parameters from the def by a plain ast walk, and by inspect.signature where the module
 imports cleanly; answers read back from the context), the rules by hand, the files read back."""
@@ -9,11 +9,14 @@ import importlib.util
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minibert import default_tasks as dt
+from minibert.choice_data import ChoiceExample, read_choices
 from minibert.compare import SCORES, compare_pretraining
 from minibert.corpus import Document, default_corpus
 from minibert.qa_data import read_squad
@@ -61,10 +64,10 @@ def test_functions_are_corpus_documents_with_their_defs(functions, def_params):
 
 
 def test_deterministic(functions):
-    tags, qa = dt.default_tag_task(), dt.default_qa_task()
+    tags, qa, choice = dt.default_tag_task(), dt.default_qa_task(), dt.default_choice_task()
     dt._functions_cache.clear()  # read the library again
     assert dt.documented_functions() == functions
-    assert dt.default_tag_task() == tags and dt.default_qa_task() == qa
+    assert dt.default_tag_task() == tags and dt.default_qa_task() == qa and dt.default_choice_task() == choice
 
 
 @pytest.mark.parametrize("fraction", [0.05, 0.2])
@@ -179,6 +182,72 @@ def test_qa_rules_by_hand():
         ("What does `f` return?", [("the handle", 20)]), ("What is `name`?", [("the file", 40)])]
 
 
+def _trivial_baselines(examples):
+    """Accuracy of choosing the longest ending, and the ending sharing the most lowercased words
+    with the context (ties: the first such ending), each computed here, not by the code under test."""
+    def words(t):
+        return set(re.findall(r"[a-z0-9]+", t.lower()))
+    longest = np.mean([max(range(4), key=lambda i: len(e.endings[i])) == e.label for e in examples])
+    overlap = np.mean([max(range(4), key=lambda i: (len(words(e.context) & words(e.endings[i])), -i)) == e.label
+                       for e in examples])
+    return float(longest), float(overlap)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2])
+def test_choice_task_is_next_sentence_split_by_document(fraction):
+    """Each true ending is the sentence after its context in a document of the example's own
+    split (read back from the document's text), every ending of a held-out example is text of
+    held-out documents, the endings are distinct and the labels spread evenly."""
+    splits = dict(zip(("train", "heldout"), dt.default_choice_task(fraction)))
+    for split, examples in splits.items():
+        docs = default_corpus(split, heldout_fraction=fraction)
+        followers = {}  # first sentence of a document -> the sentences after it, from Document.text
+        for d in docs:
+            first = d.sentences[0]
+            if len(d.sentences) > 1 and d.text.startswith(first + " "):
+                followers.setdefault(first, set()).add(d.text[len(first) + 1:])
+        seconds = {d.sentences[1] for d in docs if len(d.sentences) > 1}
+        for e in examples:
+            assert len(e.endings) == 4 and len(set(e.endings)) == 4 and 0 <= e.label < 4
+            true = e.endings[e.label]
+            rest = [t for t in followers[e.context] if t == true or t.startswith(true + " ")]
+            assert rest, e  # the true ending follows its context in a document of this split
+            assert set(e.endings) <= seconds  # every ending is text of this split's documents
+            for i, wrong in enumerate(e.endings):
+                if i != e.label:  # no distractor follows this context anywhere in the split
+                    assert not any(t == wrong or t.startswith(wrong + " ") for t in followers[e.context])
+        counts = Counter(e.label for e in examples)
+        assert max(counts.values()) - min(counts.values()) <= 1 and len(counts) == 4
+    assert not {e.context for e in splits["train"]} & {e.context for e in splits["heldout"]}
+
+
+def test_choice_task_is_not_solved_by_a_trivial_baseline():
+    """Chance is 25%; choosing by length or by words shared with the context stays near it."""
+    for examples in dt.default_choice_task():
+        longest, overlap = _trivial_baselines(examples)
+        assert longest < 0.35 and overlap < 0.35, (longest, overlap)
+
+
+def test_choice_rule_by_hand():
+    texts = [["Open the file now.", "The file is read whole."],
+             ["Close the socket.", "The socket is gone now."],
+             ["Send some bytes.", "The bytes go out soon."],
+             ["Read a line.", "A line ends at newline."],
+             ["Write the file.", "Now the file is on disk."],
+             ["One.", "Too short to use."],
+             ["Open the file now.", "The socket is gone now."]]
+    pairs = dt.choice_pairs([fn_of(t, []) for t in texts])
+    assert [p[2] for p in pairs] == [t[1] for t in texts[:5] + texts[6:]]  # "One." has too few words
+    examples = dt.choice_examples(pairs)
+    first = examples[0]
+    # of its length band, the most words shared with "Open the file now." (3: the file now, 1: the, 0), then
+    # the nearest in length; not "The socket is gone now.", which follows the same context elsewhere
+    assert first == ChoiceExample("Open the file now.", ["The file is read whole.", "Now the file is on disk.",
+                                                         "The bytes go out soon.", "A line ends at newline."], 0)
+    assert "The file is read whole." not in examples[-1].endings
+    assert [e.label for e in examples] == [0, 1, 2, 3, 0, 1]
+    assert all(e.endings[e.label] == p[2] for e, p in zip(examples, pairs))
+
 def test_every_answer_is_a_span_of_its_context(functions, def_params):
     train, held = dt.default_qa_task()
     examples = train + held
@@ -204,8 +273,11 @@ def test_sizes():
     assert 1200 < len(qa_train) < 4000 and 40 < len(qa_held) < 300
     negatives = sum(PARAM not in s.tags for s in tag_train)
     assert 0.15 < negatives / len(tag_train) < 0.5  # some negatives, bounded
+    choice_train, choice_held = dt.default_choice_task()
+    assert 1500 < len(choice_train) < 5000 and 50 < len(choice_held) < 300
     if sys.version_info[:2] == (3, 11):
         assert (len(tag_train), len(tag_held), len(qa_train), len(qa_held)) == (4390, 213, 2038, 111)
+        assert (len(choice_train), len(choice_held)) == (2623, 114)
 
 
 def test_files_read_back(tmp_path):
@@ -223,11 +295,15 @@ def test_files_read_back(tmp_path):
     assert read_tagged(tmp_path / "tags.heldout.conll") == tag_held
     assert read_squad(tmp_path / "qa.train.json") == (qa_train, False)
     assert read_squad(tmp_path / "qa.heldout.json") == (qa_held, False)
+    choice_train, choice_held = dt.default_choice_task()
+    assert read_choices(str(tmp_path / "choice.train.jsonl")) == choice_train
+    assert read_choices(str(tmp_path / "choice.heldout.jsonl")) == choice_held
     assert counts == {"tags.train.conll": len(tag_train), "qa.train.json": len(qa_train),
-                      "tags.heldout.conll": len(tag_held), "qa.heldout.json": len(qa_held)}
+                      "tags.heldout.conll": len(tag_held), "qa.heldout.json": len(qa_held),
+                      "choice.train.jsonl": len(choice_train), "choice.heldout.jsonl": len(choice_held)}
 
 
-@pytest.mark.parametrize("task", ["tag", "qa"])
+@pytest.mark.parametrize("task", ["tag", "qa", "choice"])
 def test_compare_pretraining_on_the_default_task(tmp_path, task, capsys):
     """A tiny comparison: both arms fine-tune on the same drawn examples, are scored on the
     whole held-out split, and the table names the task's scores."""
@@ -241,11 +317,10 @@ def test_compare_pretraining_on_the_default_task(tmp_path, task, capsys):
     assert res == json.loads((tmp_path / "cmp" / "results.json").read_text())
     (g,) = res["regimes"]
     assert g["train_examples"] == 24 and g["train_examples_drawn"] == 24
-    first, second = (k for k, _ in SCORES[task])
-    held = (dt.default_tag_task() if task == "tag" else dt.default_qa_task())[1]
+    held = {"tag": dt.default_tag_task, "qa": dt.default_qa_task, "choice": dt.default_choice_task}[task]()[1]
     for init in ("pretrained", "random"):
         (run,) = g["runs"][init]
-        assert run["examples"] == len(held) and 0 <= run[first] <= 100 and 0 <= run[second] <= 100
+        assert run["examples"] == len(held) and all(0 <= run[k] <= 100 for k, _ in SCORES[task])
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert f"held-out {SCORES[task][0][1]}" in table and "| (b) random |" in table
     assert table in capsys.readouterr().out
@@ -273,15 +348,17 @@ def _finetune_script():
     return script
 
 
-@pytest.mark.parametrize("task", ["tag", "qa"])
+@pytest.mark.parametrize("task", ["tag", "qa", "choice"])
 def test_finetune_without_train_uses_the_default_task(tmp_path, tiny_run, task, monkeypatch, capsys):
-    """scripts/finetune.py --task tag|qa with no --train: the default task, split with the
+    """scripts/finetune.py --task tag|qa|choice with no --train: the default task, split with the
     pretraining run's heldout_fraction, evaluated on its held-out split (a slice of each
     here, so the test takes seconds)."""
+    import minibert.choice_task
     import minibert.qa_task
     import minibert.tag_task
-    module, name, full = ((minibert.tag_task, "default_tag_task", dt.default_tag_task) if task == "tag"
-                          else (minibert.qa_task, "default_qa_task", dt.default_qa_task))
+    module, name, full = {"tag": (minibert.tag_task, "default_tag_task", dt.default_tag_task),
+                          "qa": (minibert.qa_task, "default_qa_task", dt.default_qa_task),
+                          "choice": (minibert.choice_task, "default_choice_task", dt.default_choice_task)}[task]
     asked = []
 
     def sliced(heldout_fraction):
@@ -303,8 +380,10 @@ def test_finetune_without_train_uses_the_default_task(tmp_path, tiny_run, task, 
     held = full(0.1)[1][:12]
     if task == "tag":
         assert res["entities"] == sum(t == PARAM for s in held for t in s.tags) and 0 <= res["entity_f1"] <= 1
-    else:
+    elif task == "qa":
         assert res["questions"] == 12 and res["version_2"] is False and 0 <= res["f1"] <= 100
+    else:
+        assert 0 <= res["acc"] <= 1
     assert json.loads((out / "config.json").read_text())["finetune"]["train"] == ""
     # the default task is evaluated on its held-out split, not on a --validation file; tagged IOB2
     assert _finetune_script().main(args + ["--overwrite", "--validation", str(out / "x")]) == 1

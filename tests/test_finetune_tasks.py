@@ -313,8 +313,8 @@ def test_refusals(tmp_path, pretrained):
     train = write_conll(tmp_path / "train.conll", tagged_sentences(20, 0))
     with pytest.raises(ValueError, match="unknown --task 'ner'"):
         finetune(FinetuneConfig(task="ner", init=pretrained, train=train, out=str(tmp_path / "x")))
-    with pytest.raises(ValueError, match="no default data"):  # seq, tag and qa have default tasks
-        finetune(FinetuneConfig(task="choice", init=pretrained, out=str(tmp_path / "x")))
+    with pytest.raises(ValueError, match="--validation goes with --train"):  # every task has a default task
+        finetune(FinetuneConfig(task="choice", init=pretrained, validation=train, out=str(tmp_path / "x")))
     out = str(tmp_path / "tag")
     finetune(FinetuneConfig(task="tag", init=pretrained, train=train, epochs=1, max_length=32, out=out,
                             valid_fraction=0.25))
