@@ -103,3 +103,18 @@ def make_batch(rng, B, T, V, lengths=None, types=2, n_masked=None, num_labels=No
     batch["labels"] = np.where(labelled, rng.integers(0, V, (B, T)), -100)  # (B, T)
     batch["next_sentence_label"] = rng.integers(0, 2, B)  # (B,)
     return batch
+
+
+def random_hf_model(model_class, hf_config, seed=0):
+    """A transformers model of class model_class, every parameter random (LayerNorm weights
+    near 1, the rest N(0, 0.3)) so that none is a trivial 0 or 1; eval mode, float32."""
+    import torch  # the parity tests' optional reference, imported by the tests that need it
+    torch.manual_seed(seed)
+    model = model_class(hf_config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.3)
+    return model.eval()

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import make_batch  # noqa: E402
+from conftest import make_batch, random_hf_model  # noqa: E402
 from minibert import backend, hf_state, interop  # noqa: E402
 from minibert.classifier import BertForSequenceClassification  # noqa: E402
 
@@ -29,15 +29,7 @@ def hf_classifier(num_labels, seed=0, V=41, H=16, L=2, A=4, I=24, max_pos=24):
         vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=A, intermediate_size=I,
         max_position_embeddings=max_pos, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         pad_token_id=0, num_labels=num_labels, attn_implementation="eager")
-    torch.manual_seed(seed)
-    model = transformers.BertForSequenceClassification(cfg)
-    with torch.no_grad():  # every parameter random, so none is a trivial 0 or 1
-        for name, p in model.named_parameters():
-            if "LayerNorm.weight" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.3)
-    return model.double().eval()
+    return random_hf_model(transformers.BertForSequenceClassification, cfg, seed).double()
 
 
 def minibert_from_hf(hf):

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import make_batch  # noqa: E402
+from conftest import make_batch, random_hf_model  # noqa: E402
 from test_parity import exactly_zero_grads, rel_err  # noqa: E402
 from minibert import backend, hf_state, interop  # noqa: E402
 from minibert.classifier import BertForSequenceClassification  # noqa: E402
@@ -35,15 +35,7 @@ def hf_checkpoint(kind, seed=0, num_labels=3):
         vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=A, intermediate_size=I,
         max_position_embeddings=MAXPOS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         pad_token_id=0, num_labels=num_labels, attn_implementation="eager")
-    torch.manual_seed(seed)
-    model = getattr(transformers, kind)(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm.weight" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.3)
-    return model.double().eval()
+    return random_hf_model(getattr(transformers, kind), cfg, seed).double()
 
 
 def batch_for(kind, rng, num_labels=3):

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from conftest import make_batch  # noqa: E402
+from conftest import make_batch, random_hf_model  # noqa: E402
 from test_parity import exactly_zero_grads, rel_err  # noqa: E402
 from minibert import hf_state, interop  # noqa: E402
 from minibert.classifier import BertForSequenceClassification  # noqa: E402
@@ -55,15 +55,7 @@ def hf_head(kind, dtype="float64", seed=0, num_labels=None, hidden=H, heads=A, l
         vocab_size=V, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=I,
         max_position_embeddings=MAXPOS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         pad_token_id=0, num_labels=num_labels or NUM_LABELS[kind], attn_implementation="eager")
-    torch.manual_seed(seed)
-    model = getattr(transformers, kind)(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm.weight" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.3)
-    return model.to(TORCH_DTYPE[dtype]).eval()
+    return random_hf_model(getattr(transformers, kind), cfg, seed).to(TORCH_DTYPE[dtype])
 
 
 def minibert_of(hf, kind, dtype):
