@@ -25,11 +25,19 @@ otherwise make ~72% of the stdlib corpus's labels "random"; balance_nsp=False is
 Because a sentence range of one document is a contiguous range of the flat token array
 (token_cache.py), every segment, before and after truncation, is a (start, length) span.
 
-Masking (mask_tokens): k = min(P, max(1, round(0.15 * n))) positions chosen uniformly without
-replacement among the n non-special tokens of a sequence (the original counts [CLS]/[SEP] in n;
-here they are never candidates, so they do not count); each chosen token becomes [MASK] with
-probability 0.8, a uniformly random non-special token 0.1, unchanged 0.1. labels hold the
-original id there and -100 everywhere else.
+Masking (mask_tokens): k = min(P, max(1, round(masked_lm_prob * n))) positions (masked_lm_prob
+0.15 by default) chosen uniformly without replacement among the n non-special tokens of a
+sequence (the original counts [CLS]/[SEP] in n; here they are never candidates, so they do not
+count); each chosen token becomes [MASK] with probability 0.8, a uniformly random non-special
+token 0.1, unchanged 0.1. labels hold the original id there and -100 everywhere else.
+
+Whole-word masking (whole_word_mask=True; Google's later --do_whole_word_mask): a word is a
+token that starts one (word_starts: no "##" under WordPiece, a leading space under byte-level
+BPE; every sentence and segment start) and the tokens after it that do not. Words are visited
+in random order and taken whole while the chosen tokens stay within the same k (a word that
+would pass k is skipped); the 80/10/10 choice is drawn once per word, so a word is all [MASK],
+all random or all kept (the original draws it per token). The model can then no longer fill
+"emb ##ed ##ding" from its own unmasked pieces.
 
 Differences from the original, all deliberate: k counts non-special tokens only; a random
 replacement is never a special token; truncate_seq_pair's per-token front/back coins are drawn
@@ -46,10 +54,45 @@ from array import array
 import numpy as np
 
 from minibert.model import IGNORE_INDEX
-from minibert.tokenizer import SPECIAL_TOKENS
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+from minibert.wordpiece import WordPieceTokenizer
+
+WHITESPACE_BYTES = b" \t\n\r\x0b\x0c"  # a byte-level BPE token starting with one of these starts a word
 
 
-def mask_tokens(ids, special_mask, rng, *, mask_id, replace_ids, masked_lm_prob=0.15, max_predictions=20):
+def word_starts(tokenizer):
+    """(V,) bool: True where a token id starts a word, for whole-word masking.
+
+    WordPiece: every token but a continuation piece ("##ing"). Byte-level BPE (GPT-2's
+    pre-tokenizer keeps a word's leading space on its first piece): a token whose bytes start
+    with a whitespace byte (" the", "\\n"). Special tokens are words of their own. A word's
+    first token that has no leading space (the first word of a sentence under BPE) is found
+    from the context instead: PretrainingData also marks every sentence start, and
+    mask_tokens every segment start.
+    """
+    V = tokenizer.vocab_size
+    if isinstance(tokenizer, WordPieceTokenizer):
+        starts = np.array([not t.startswith("##") for t in tokenizer.vocab], bool)  # (V,)
+    elif isinstance(tokenizer, BPETokenizer):
+        vocab = tokenizer.vocab
+        starts = np.array([vocab[i][:1] != b"" and vocab[i][:1] in WHITESPACE_BYTES for i in range(V)], bool)  # (V,)
+    else:
+        raise TypeError(f"word_starts knows WordPieceTokenizer and BPETokenizer, not {type(tokenizer).__name__}")
+    starts[list(tokenizer.special_tokens.values())] = True
+    return starts
+
+
+def corpus_word_starts(corpus, tokenizer):
+    """(num_tokens,) bool: word_starts of each token of a TokenizedCorpus, and True at every
+    sentence's first token (a sentence is encoded on its own, so under BPE its first word has
+    no leading space)."""
+    starts = word_starts(tokenizer)[np.asarray(corpus.tokens)]  # (num_tokens,)
+    starts[np.asarray(corpus.sentence_offsets)[:-1]] = True
+    return starts
+
+
+def mask_tokens(ids, special_mask, rng, *, mask_id, replace_ids, masked_lm_prob=0.15, max_predictions=20,
+                word_start=None):
     """Masked-LM corruption of each row of ids (a pure function of its inputs and rng's state).
 
     ids (N, T) or (T,) integer; special_mask same shape, True where a position may never be
@@ -58,6 +101,9 @@ def mask_tokens(ids, special_mask, rng, *, mask_id, replace_ids, masked_lm_prob=
     each chosen one becomes mask_id (80%), a uniform draw from replace_ids (10%) or stays (10%).
     Returns (masked_ids, labels) with ids' shape; labels (int64) is the original id where a
     position was chosen and -100 elsewhere.
+
+    word_start (ids' shape, bool) turns on whole-word masking (whole_word_mask_tokens); None
+    is token-level masking, exactly as it has always been drawn.
     """
     ids = np.asarray(ids)
     one_row = ids.ndim == 1
@@ -68,6 +114,10 @@ def mask_tokens(ids, special_mask, rng, *, mask_id, replace_ids, masked_lm_prob=
     # np.rint rounds half to even, as Python's round() in the original does
     k = np.minimum(max_predictions, np.maximum(1, np.rint(n * masked_lm_prob).astype(np.int64)))  # (N,)
     k = np.where(n > 0, k, 0)
+    if word_start is not None:
+        ws = np.asarray(word_start, bool).reshape(ids2.shape)  # (N, T)
+        masked, labels = whole_word_mask_tokens(ids2, cand, ws, k, rng, mask_id=mask_id, replace_ids=replace_ids)
+        return (masked[0], labels[0]) if one_row else (masked, labels)
     P = min(max_predictions, T)
     masked, labels = ids2.copy(), np.full(ids2.shape, IGNORE_INDEX, np.int64)  # (N, T), (N, T)
     if P <= 0 or N == 0:
@@ -86,6 +136,64 @@ def mask_tokens(ids, special_mask, rng, *, mask_id, replace_ids, masked_lm_prob=
     replace_ids = np.asarray(replace_ids)
     masked[rows[to_random], pos[to_random]] = replace_ids[rng.integers(0, replace_ids.size, int(to_random.sum()))]
     return (masked[0], labels[0]) if one_row else (masked, labels)
+
+
+def word_ids(cand, word_start):
+    """(word, first) for candidate positions: word (N, T) int64 numbers each whole word of the
+    flattened rows 0, 1, 2, ... in order (-1 at non-candidates); first (N, T) bool marks a word's
+    first token. A word is a candidate that starts a word (word_start), or that follows a
+    non-candidate (a segment's first token after [CLS]/[SEP], or a cut), plus the candidates
+    after it that do not start a word."""
+    N, T = cand.shape
+    prev = np.zeros((N, T), bool)  # (N, T) is the position before a candidate too
+    prev[:, 1:] = cand[:, :-1]
+    first = cand & (word_start | ~prev)  # (N, T)
+    word = np.cumsum(first.ravel()).reshape(N, T) - 1  # (N, T) a token's word is the last start at or before it
+    return np.where(cand, word, -1), first
+
+
+def whole_word_mask_tokens(ids, cand, word_start, k, rng, *, mask_id, replace_ids):
+    """Whole-word masking of ids (N, T): mask_tokens' work when it is given word_start.
+
+    The words of a row (word_ids) are visited in a uniformly random order (an iid uniform key
+    per word); a word is chosen while the row's chosen tokens stay within k (N,), and a word
+    that would pass k is skipped, so later shorter ones may still fit: the rule of Google's
+    create_pretraining_data.py with do_whole_word_mask. Every chosen word gets one 80/10/10
+    draw: all its tokens become mask_id, or all become uniform draws from replace_ids, or all
+    stay. Returns (masked_ids, labels), both (N, T).
+    """
+    N, T = ids.shape
+    masked, labels = ids.copy(), np.full((N, T), IGNORE_INDEX, np.int64)  # (N, T), (N, T)
+    word, first = word_ids(cand, word_start)  # (N, T), (N, T)
+    nw = int(first.sum())
+    if nw == 0:
+        return masked, labels
+    word_row = np.nonzero(first)[0]  # (nw,) rows in order, as word numbers run
+    word_len = np.bincount(word[cand], minlength=nw)  # (nw,)
+    keys = rng.random(nw)  # (nw,)
+    order = np.lexsort((keys, word_row))  # (nw,) words by row, then by key within the row
+    row_start = np.searchsorted(word_row, np.arange(N))  # (N,) first word number of each row
+    rank = np.arange(nw) - row_start[word_row[order]]  # (nw,) a word's place in its row's order
+    W = int(rank.max()) + 1
+    lens = np.zeros((N, W), np.int64)  # (N, W) word lengths in visiting order, 0 past a row's words
+    lens[word_row[order], rank] = word_len[order]
+    taken = np.zeros((N, W), bool)  # (N, W)
+    count = np.zeros(N, np.int64)  # (N,) chosen tokens so far
+    for j in range(W):  # one visit per rank, all rows at once: the greedy rule is sequential in j only
+        fits = (lens[:, j] > 0) & (count + lens[:, j] <= k)  # (N,)
+        taken[:, j] = fits
+        count += np.where(fits, lens[:, j], 0)
+    chosen_word = np.zeros(nw, bool)  # (nw,)
+    chosen_word[order] = taken[word_row[order], rank]
+    chosen = cand & chosen_word[np.maximum(word, 0)]  # (N, T)
+    labels[chosen] = ids[chosen]
+    u = rng.random(nw)  # (nw,) one 80/10/10 draw per word (unchosen words' draws go unused)
+    tok_u = u[np.maximum(word, 0)]  # (N, T) each token reads its word's draw
+    to_mask, to_random = chosen & (tok_u < 0.8), chosen & (tok_u >= 0.8) & (tok_u < 0.9)  # (N, T)
+    masked[to_mask] = mask_id
+    replace_ids = np.asarray(replace_ids)
+    masked[to_random] = replace_ids[rng.integers(0, replace_ids.size, int(to_random.sum()))]
+    return masked, labels
 
 
 def truncation_counts(len_a, len_b, max_num_tokens):
@@ -159,6 +267,24 @@ def create_pairs(sentence_offsets, doc_offsets, max_num_tokens, short_seq_prob, 
             i += 1
     spans = np.frombuffer(out, np.int64).reshape(-1, 5) if len(out) else np.zeros((0, 5), np.int64)  # (N, 5)
     return tuple(spans[:, c].copy() for c in range(5))
+
+
+def special_token_ids(tokenizer):
+    """((pad_id, cls_id, sep_id, mask_id), special_ids): the ids of SPECIAL_TOKENS, and (K,) int64
+    every id never predicted nor drawn as a random replacement (those four and the tokenizer's
+    other special tokens). ValueError when the tokenizer lacks one of SPECIAL_TOKENS."""
+    ids, missing = {}, []
+    for s in SPECIAL_TOKENS:
+        try:
+            ids[s] = tokenizer.token_to_id(s)
+        except KeyError:
+            ids[s] = None
+        if ids[s] is None:
+            missing.append(s)
+    if missing:
+        raise ValueError(f"tokenizer lacks special tokens {missing}; train it with special_tokens=SPECIAL_TOKENS")
+    special = set(ids.values()) | set(getattr(tokenizer, "special_tokens", {}).values())
+    return tuple(ids[s] for s in SPECIAL_TOKENS), np.array(sorted(special), np.int64)  # (K,)
 
 
 class EpochInstances:
@@ -249,26 +375,17 @@ class PretrainingData:
     """
 
     def __init__(self, corpus, tokenizer, max_seq_len=128, max_predictions=20, short_seq_prob=0.1,
-                 masked_lm_prob=0.15, seed=0, balance_nsp=True, chunk_rows=8192, length_window=0):
+                 masked_lm_prob=0.15, seed=0, balance_nsp=True, chunk_rows=8192, length_window=0,
+                 whole_word_mask=False):
         if max_seq_len < 5:
             raise ValueError(f"max_seq_len must be at least 5 ([CLS] a [SEP] b [SEP]), got {max_seq_len}")
         self.corpus, self.max_seq_len, self.max_predictions = corpus, max_seq_len, max_predictions
         self.short_seq_prob, self.masked_lm_prob, self.seed = short_seq_prob, masked_lm_prob, seed
         self.balance_nsp, self.chunk_rows, self.length_window = balance_nsp, chunk_rows, length_window
-        ids, missing = {}, []
-        for s in SPECIAL_TOKENS:
-            try:
-                ids[s] = tokenizer.token_to_id(s)
-            except KeyError:
-                ids[s] = None
-            if ids[s] is None:
-                missing.append(s)
-        if missing:
-            raise ValueError(f"tokenizer lacks special tokens {missing}; train it with special_tokens=SPECIAL_TOKENS")
-        self.pad_id, self.cls_id, self.sep_id, self.mask_id = (ids[s] for s in SPECIAL_TOKENS)
-        special = set(ids.values()) | set(getattr(tokenizer, "special_tokens", {}).values())
-        self.special_ids = np.array(sorted(special), np.int64)
+        (self.pad_id, self.cls_id, self.sep_id, self.mask_id), self.special_ids = special_token_ids(tokenizer)
         self.replace_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), self.special_ids)  # never a special
+        self.whole_word_mask = whole_word_mask
+        self.word_start = corpus_word_starts(corpus, tokenizer) if whole_word_mask else None  # (num_tokens,)
         self._epochs = {}
 
     def _rngs(self, epoch, stream=0):
@@ -316,8 +433,10 @@ class PretrainingData:
             ids[rows, cla[:, 0] + 1] = self.sep_id
             ids[rows, cla[:, 0] + clb[:, 0] + 2] = self.sep_id
             special = ~(in_a | in_b) | np.isin(ids, self.special_ids)  # (n, T)
+            ws = None if self.word_start is None else (in_a | in_b) & self.word_start[src]  # (n, T)
             m, lab = mask_tokens(ids, special, rng, mask_id=self.mask_id, replace_ids=self.replace_ids,
-                                 masked_lm_prob=self.masked_lm_prob, max_predictions=self.max_predictions)
+                                 masked_lm_prob=self.masked_lm_prob, max_predictions=self.max_predictions,
+                                 word_start=ws)
             input_ids[sl], labels[sl] = m, lab
         ep = EpochInstances(input_ids, labels, (la + lb + 3).astype(np.int32), la.astype(np.int32),
                             nsp.astype(np.int8), np.stack([a0, la, b0, lb], axis=1), self.pad_id)
