@@ -1,8 +1,9 @@
-"""Tests of minibert.instances: MLM masking, truncation, NSP pairs, epochs and batches.
+"""Tests of minibert.instances: MLM masking (token and whole-word), truncation, NSP pairs, epochs and batches.
 
 Reference values are computed here independently (plain loops, Python's round, a per-row
 collate); statistical checks use 5-sigma binomial bounds (data_helpers.five_sigma).
 """
+import hashlib
 import json
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ from minibert.corpus import Document
 from minibert.instances import PretrainingData, mask_tokens
 from minibert.token_cache import TokenizedCorpus
 from minibert.tokenizer import SPECIAL_TOKENS
+from minibert.wordpiece import WordPieceTokenizer
 
 from data_helpers import five_sigma, special_ids, synthetic_documents, train_tokenizer
 
@@ -441,3 +443,186 @@ def test_instance_rows_and_format_tell_the_truth(corpus, tok):
     assert f"next_sentence_label {int(ep.next_sentence_label[0])}" in text
     assert text.count("\n") == 6 + int(ep.lengths[0]) - 1
     assert text.count("[MASK] (80%)") == sum(r["choice"] == "mask" for r in instances.instance_rows(dl, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# masking rate and whole-word masking
+# ---------------------------------------------------------------------------------------------
+
+def test_masking_rate_is_honoured(corpus, tok):
+    """masked_lm_prob reaches mask_tokens: at 0.4, min(P, max(1, round(0.4 n))) labels per row."""
+    for p in (0.4, 0.05):
+        ep = PretrainingData(corpus, tok, max_seq_len=64, max_predictions=20, masked_lm_prob=p, seed=0).epoch(0)
+        n = ep.lengths - 3
+        k = np.minimum(20, np.maximum(1, np.array([round(p * v) for v in n])))
+        np.testing.assert_array_equal((ep.labels != -100).sum(1), k)
+
+
+def test_token_masking_unchanged_bit_for_bit(corpus, tok):
+    """word_start=None and whole_word_mask=False draw exactly what the code drew before whole-word
+    masking existed (digests of that code's output, commit 30a988d)."""
+    r = np.random.default_rng(123)
+    ids = r.integers(4, 60, (7, 33))
+    special = r.random((7, 33)) < 0.2
+    m, lab = mask_tokens(ids, special, np.random.default_rng(9), mask_id=3, replace_ids=np.arange(4, 60),
+                         masked_lm_prob=0.3, max_predictions=6)
+    assert hashlib.sha256(m.astype(np.int64).tobytes() + lab.tobytes()).hexdigest()[:16] == "d9b56e5eb9dbc8cc"
+    ep = PretrainingData(corpus, tok, max_seq_len=48, seed=3, whole_word_mask=False).epoch(1)
+    assert hashlib.sha256(ep.input_ids.tobytes() + ep.labels.tobytes()).hexdigest()[:16] == "63eab7c21b781e4d"
+
+
+def words_by_loop(special, word_start):
+    """Word number of each position of one row (-1 at specials), by the definition: a candidate
+    starts a word when word_start says so or the position before it is not a candidate."""
+    word, w = [], -1
+    for t in range(len(special)):
+        if special[t]:
+            word.append(-1)
+            continue
+        if word_start[t] or t == 0 or special[t - 1]:
+            w += 1
+        word.append(w)
+    return np.array(word)
+
+
+def check_whole_words(ids, masked, labels, special, word_start, k, replace):
+    """Whole-word masking's contract on rows of (N, T) arrays, checked without the code under
+    test: no special chosen; every word labelled whole or not at all; one 80/10/10 choice per
+    word; at most k[row] labels; and the greedy rule's mark: every unchosen word is longer than
+    what is left of k (it was too long when visited, and the count only grows)."""
+    assert not ((labels != -100) & special).any()
+    for row in range(ids.shape[0]):
+        word = words_by_loop(special[row], word_start[row])
+        chosen = labels[row] != -100
+        np.testing.assert_array_equal(labels[row, chosen], ids[row, chosen])
+        np.testing.assert_array_equal(masked[row, ~chosen], ids[row, ~chosen])
+        count = int(chosen.sum())
+        assert count <= k[row]
+        for w in range(word.max() + 1):
+            at = word == w
+            if chosen[at].any():
+                assert chosen[at].all(), f"row {row}: word {w} labelled in part"
+                kinds = {("mask" if m == 3 else "kept" if m == i else "random") for m, i in zip(masked[row, at], ids[row, at])}
+                assert len(kinds) == 1, f"row {row}: word {w} got choices {kinds}"
+                if kinds == {"random"}:
+                    assert np.isin(masked[row, at], replace).all()
+            else:
+                assert at.sum() > k[row] - count, f"row {row}: word {w} would still fit"
+
+
+@settings(max_examples=80, deadline=None)
+@given(N=st.integers(1, 5), T=st.integers(1, 60), p=st.sampled_from([0.0, 0.15, 0.4, 1.0]),
+       P=st.integers(0, 25), seed=st.integers(0, 2 ** 32 - 1), frac_special=st.floats(0, 0.5),
+       frac_start=st.floats(0, 1))
+@example(N=1, T=1, p=0.15, P=20, seed=0, frac_special=0.0, frac_start=0.0)  # one token
+def test_whole_word_mask_contract(N, T, p, P, seed, frac_special, frac_start):
+    r = np.random.default_rng(seed)
+    ids = r.integers(4, 50, (N, T))
+    special = r.random((N, T)) < frac_special
+    word_start = r.random((N, T)) < frac_start
+    replace = np.arange(100, 160)  # disjoint from the ids, so "random" and "kept" read apart
+    masked, labels = mask_tokens(ids, special, np.random.default_rng(seed + 1), mask_id=3, replace_ids=replace,
+                                 masked_lm_prob=p, max_predictions=P, word_start=word_start)
+    assert masked.shape == ids.shape and labels.dtype == np.int64
+    n = (~special).sum(1)
+    k = np.array([0 if v == 0 else min(P, max(1, int(round(v * p)))) for v in n])
+    check_whole_words(ids, masked, labels, special, word_start, k, replace)
+    if frac_start == 1.0 or T == 1:  # every word one token: exactly k labels, as token masking
+        np.testing.assert_array_equal((labels != -100).sum(1), k)
+
+
+def test_whole_word_checker_can_fail():
+    """check_whole_words rejects token-level masking of multi-token words, and a chooser that
+    stops at the first word that does not fit (instead of trying the later, shorter ones)."""
+    ids = np.tile(np.arange(4, 44), (50, 1))  # (50, 40)
+    special = np.zeros_like(ids, bool)
+    word_start = np.zeros_like(ids, bool)
+    word_start[:, ::4] = True  # ten words of four tokens
+    k = np.full(50, 6)
+    masked, labels = mask_tokens(ids, special, np.random.default_rng(0), mask_id=3, replace_ids=np.arange(100, 160),
+                                 masked_lm_prob=0.15, max_predictions=20)
+    with pytest.raises(AssertionError, match="labelled in part"):
+        check_whole_words(ids, masked, labels, special, word_start, k, np.arange(100, 160))
+    # words of 5 and 1 tokens, k = 3: a chooser that stops at the 5-token word labels nothing
+    ids1, sp1, ws1 = np.arange(4, 10)[None, :], np.zeros((1, 6), bool), np.array([[1, 0, 0, 0, 0, 1]], bool)
+    with pytest.raises(AssertionError, match="would still fit"):
+        check_whole_words(ids1, ids1, np.full((1, 6), -100), sp1, ws1, np.array([3]), np.arange(100, 160))
+
+
+def test_whole_word_mask_uniform_words_and_80_10_10_per_word():
+    """Ten 2-token words, k = 3: one word per row, each word chosen with probability 1/10; the
+    80/10/10 choice counted per word."""
+    N, T = 30000, 20
+    ids = np.tile(np.arange(4, 4 + T), (N, 1))
+    word_start = np.zeros((N, T), bool)
+    word_start[:, ::2] = True
+    replace = np.arange(100, 1100)
+    masked, labels = mask_tokens(ids, np.zeros((N, T), bool), np.random.default_rng(2), mask_id=3,
+                                 replace_ids=replace, word_start=word_start)
+    chosen = labels != -100
+    assert (chosen.sum(1) == 2).all()  # round(0.15 * 20) = 3: one 2-token word fits, a second does not
+    first = chosen[:, ::2]  # (N, 10) which word
+    lo, hi = five_sigma(N, 0.1)
+    assert ((first.sum(0) > lo) & (first.sum(0) < hi)).all(), first.sum(0)
+    word_in = masked[chosen].reshape(N, 2)  # (N, 2) the chosen word's two inputs
+    word_orig = ids[chosen].reshape(N, 2)
+    n_mask = int((word_in == 3).all(1).sum())
+    n_keep = int((word_in == word_orig).all(1).sum())
+    n_rand = int(np.isin(word_in, replace).all(1).sum())
+    assert n_mask + n_keep + n_rand == N  # never mixed within a word
+    for count, prob in [(n_mask, 0.8), (n_rand, 0.1), (n_keep, 0.1)]:
+        lo, hi = five_sigma(N, prob)
+        assert lo < count < hi, (count, prob)
+
+
+def test_word_starts_bpe(tok):
+    """Byte-level BPE: a token starts a word when its bytes start with white space; specials do."""
+    ws = instances.word_starts(tok)
+    assert ws.shape == (tok.vocab_size,) and ws.dtype == bool
+    assert ws[[tok.token_to_id(s) for s in SPECIAL_TOKENS]].all()
+    assert ws[tok.token_to_id("Ġ")] and ws[tok.token_to_id("Ċ")]  # " " and "\n" on their own
+    assert not ws[tok.token_to_id("a")] and not ws[tok.token_to_id(".")]
+    ids = tok.encode(" alpha parser.", allowed_special="none")
+    pieces = [tok.decode([i]) for i in ids]
+    assert pieces[0].startswith(" ") and ws[ids[0]]
+    assert [bool(ws[i]) for i in ids] == [p.startswith(" ") for p in pieces]
+    assert not ws[ids[-1]] and pieces[-1] == "."  # punctuation joins the word before it
+    whole = tok.encode(" parser", allowed_special="none")
+    if len(whole) > 1:  # a word of several pieces: only the first starts it
+        assert ws[whole[0]] and not ws[whole[1:]].any()
+
+
+def test_word_starts_wordpiece():
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "emb", "##ed", "##ding", "##s", ",", "#"]
+    wp = WordPieceTokenizer(vocab)
+    ws = instances.word_starts(wp)
+    np.testing.assert_array_equal(ws, [True] * 7 + [False] * 3 + [True, True])
+    ids = wp.encode("the embedding, embeds")
+    assert [wp.id_to_token(i) for i in ids] == ["the", "emb", "##ed", "##ding", ",", "emb", "##ed", "##s"]
+
+
+def test_pretraining_data_whole_word_mask(corpus, tok):
+    """In real instances every labelled word (a token with a leading space, or a sentence or
+    segment start, and the pieces after it) is labelled whole; multi-token words do get masked."""
+    dl = PretrainingData(corpus, tok, max_seq_len=48, seed=3, masked_lm_prob=0.3, whole_word_mask=True)
+    ep = dl.epoch(0)
+    orig = original_rows(ep)
+    sentence_start = np.zeros(corpus.num_tokens + 1, bool)
+    sentence_start[np.asarray(corpus.sentence_offsets)] = True
+    n_multi = 0
+    for i in range(200):
+        a0, la, b0, lb = (int(v) for v in ep.spans[i])
+        L = la + lb + 3
+        src = np.r_[-1, np.arange(a0, a0 + la), -1, np.arange(b0, b0 + lb), -1]  # (L,) corpus position or -1
+        special = src < 0
+        word_start = np.array([s >= 0 and (sentence_start[s] or tok.decode([int(orig[i, t])]).startswith(" "))
+                               for t, s in enumerate(src)])
+        k = min(20, max(1, round(0.3 * (L - 3))))
+        check_whole_words(orig[i:i + 1, :L], ep.input_ids[i:i + 1, :L].astype(np.int64), ep.labels[i:i + 1, :L],
+                          special[None], word_start[None], [k], dl.replace_ids)
+        word = words_by_loop(special, word_start)
+        chosen = ep.labels[i, :L] != -100
+        n_multi += sum(chosen[word == w].all() and (word == w).sum() > 1 for w in range(word.max() + 1))
+    assert n_multi > 20
+    token_level = PretrainingData(corpus, tok, max_seq_len=48, seed=3, masked_lm_prob=0.3).epoch(0)
+    np.testing.assert_array_equal(token_level.spans, ep.spans)  # the same pairs, only other masks
