@@ -30,8 +30,8 @@ from array import array
 
 import numpy as np
 
-from minibert.instances import (EVAL_STREAM, corpus_word_starts, length_grouped_batches, mask_tokens,
-                                special_token_ids)
+from minibert.instances import (EVAL_STREAM, corpus_word_starts, document_of, format_rows, length_grouped_batches,
+                                mask_tokens, special_token_ids, spelled_rows)
 from minibert.model import IGNORE_INDEX
 
 SEP_IN_STREAM = -1  # a stream entry that is a [SEP] between two documents, not a corpus token
@@ -217,3 +217,28 @@ def block_original(data, row, epoch=0):
     inner = np.where(entries == SEP_IN_STREAM, data.sep_id,
                      np.asarray(data.corpus.tokens)[np.maximum(entries, 0)]).astype(np.int64)  # (L - 2,)
     return np.concatenate([[data.cls_id], inner, [data.sep_id]]).astype(np.int64)  # (L,)
+
+
+def block_rows(data, row, epoch=0):
+    """The positions of block `row` of `epoch` as dicts (instances.spelled_rows), segment 0."""
+    ep = data.epoch(epoch)
+    entries = np.asarray(ep.stream[ep.block_offsets[row]:ep.block_offsets[row + 1]])  # (L - 2,)
+    src = np.r_[-1, np.where(entries == SEP_IN_STREAM, -1, entries), -1]  # (L,)
+    L = int(ep.lengths[row])
+    return spelled_rows(data, ep.input_ids[row, :L], block_original(data, row, epoch), ep.labels[row, :L],
+                        np.zeros(L, np.int64), src)
+
+
+def format_block(data, tokenizer, row, epoch=0):
+    """Block `row` of `epoch` as text: the documents it reads (in order, with how many tokens of
+    each), and one line per position (instances.format_rows)."""
+    ep = data.epoch(epoch)
+    rows = block_rows(data, row, epoch)
+    entries = np.asarray(ep.stream[ep.block_offsets[row]:ep.block_offsets[row + 1]])  # (L - 2,)
+    parts = np.split(entries, np.flatnonzero(entries == SEP_IN_STREAM))  # pieces, each after the first led by [SEP]
+    parts = [p[p != SEP_IN_STREAM] for p in parts]
+    docs = " [SEP] ".join(f"{len(p)} tokens of document {document_of(data.corpus, int(p[0]))}" for p in parts if len(p))
+    lines = [f"block {row} of epoch {epoch}: {len(rows)} tokens, padded to {data.max_seq_len} in a batch",
+             f"  [CLS] {docs} [SEP]; token types all 0, no next-sentence label",
+             *format_rows(data, tokenizer, rows)]
+    return "\n".join(lines)

@@ -626,3 +626,31 @@ def test_pretraining_data_whole_word_mask(corpus, tok):
     assert n_multi > 20
     token_level = PretrainingData(corpus, tok, max_seq_len=48, seed=3, masked_lm_prob=0.3).epoch(0)
     np.testing.assert_array_equal(token_level.spans, ep.spans)  # the same pairs, only other masks
+
+
+def test_format_marks_whole_words(corpus, tok):
+    """Under whole-word masking the reader's view numbers each labelled word: positions with one
+    number are one word of the masking (word_ids), all labelled, with one 80/10/10 choice."""
+    dl = PretrainingData(corpus, tok, max_seq_len=48, seed=3, masked_lm_prob=0.3, whole_word_mask=True)
+    ep = dl.epoch(0)
+    for i in range(30):
+        rows = instances.instance_rows(dl, i)
+        a0, la, b0, lb = (int(v) for v in ep.spans[i])
+        src = np.r_[-1, np.arange(a0, a0 + la), -1, np.arange(b0, b0 + lb), -1]
+        special = src < 0
+        start = np.array([s >= 0 and bool(dl.word_start[s]) for s in src])
+        word = words_by_loop(special, start)
+        groups = {}
+        for r in rows:
+            assert (r["word"] is None) == (r["label"] == -100)
+            if r["word"]:
+                groups.setdefault(r["word"], []).append(r)
+        assert sorted(groups) == list(range(1, len(groups) + 1))
+        for g in groups.values():
+            assert len({word[r["pos"]] for r in g}) == 1 and len({r["choice"] for r in g}) == 1
+            assert len(g) == (word == word[g[0]["pos"]]).sum()  # the whole word
+        text = instances.format_instance(dl, tok, i)
+        assert text.count("  word ") == sum(r["word"] is not None for r in rows)
+        assert f"{len(groups)} whole words (30%" in text
+    plain = instances.format_instance(PretrainingData(corpus, tok, max_seq_len=48, seed=3), tok, 0)
+    assert "  word " not in plain and "whole words" not in plain

@@ -194,3 +194,20 @@ def test_interface_matches_pretraining_data(corpus, tok):
     plain_tok = BPETokenizer.train_from_iterator(["a b c"], 260, special_tokens=SPECIAL_TOKENS[:2], progress=False)
     with pytest.raises(ValueError, match="lacks special tokens"):
         BlockData(corpus, plain_tok)
+
+
+def test_block_rows_and_format_tell_the_truth(corpus, tok):
+    data = BlockData(corpus, tok, max_seq_len=64, seed=4, whole_word_mask=True)
+    ep = data.epoch(0)
+    with_sep = [i for i in range(len(ep)) if (ep.stream[ep.block_offsets[i]:ep.block_offsets[i + 1]] == SEP_IN_STREAM).any()]
+    for i in [0, 1, *with_sep[:3]]:
+        rows = mlm_blocks.block_rows(data, i)
+        L = int(ep.lengths[i])
+        assert len(rows) == L and all(r["segment"] == 0 for r in rows)
+        for r, o in zip(rows, block_tokens_by_corpus(data, ep, i)):
+            assert r["original"] == o and r["input"] == ep.input_ids[i, r["pos"]] and r["label"] == ep.labels[i, r["pos"]]
+            assert (r["word"] is None) == (r["label"] == -100)
+        text = mlm_blocks.format_block(data, tok, i)
+        n_docs = 1 + int((ep.stream[ep.block_offsets[i]:ep.block_offsets[i + 1]] == SEP_IN_STREAM).sum())
+        assert text.splitlines()[1].count("tokens of document") == n_docs
+        assert text.count("\n") == 4 + L
