@@ -6,10 +6,12 @@ Data flow, with the shape letters of minibert/layers.py (B batch, T tokens, H hi
     input_ids, token_type_ids (B, T)
       -> embeddings: word + position + token type, LayerNorm, dropout     (B, T, H)
       -> L post-LN encoder layers (self-attention, feed-forward)          (B, T, H)
+         or, config.norm "pre": L pre-LN layers, then a final LayerNorm   (B, T, H)
       -> pooler: tanh(dense(h[:, 0]))                                     (B, H)
 
 This is BERT's encoder (Devlin et al. 2019, section 3: the Transformer encoder of Vaswani
-et al. 2017 with learned positions and token types), as in transformers' BertModel.
+et al. 2017 with learned positions and token types), as in transformers' BertModel. The pre-LN variant (Xiong et al. 2020: layer norm inside
+each residual branch, one more after the last layer, "final_ln.*") has no transformers class.
 The models on top of it, each with its heads, are in model.py (BertForPreTraining,
 BertForMaskedLM, BertModel), classifier.py (BertForSequenceClassification),
 token_classifier.py, question_answering.py and multiple_choice.py.
@@ -24,9 +26,8 @@ import numpy as np  # host side only: seeded initialisation and parameter checks
 
 from minibert import backend, philox
 from minibert.layers import (
-    ENCODER_LAYER_PARAMS, MASK_VALUE, dropout_backward, dropout_forward, embedding_backward,
-    embedding_forward, encoder_layer_backward, encoder_layer_forward, layernorm_backward, layernorm_forward,
-    pooler_backward, pooler_forward,
+    ENCODER_LAYER_PARAMS, ENCODER_LAYERS, MASK_VALUE, dropout_backward, dropout_forward, embedding_backward,
+    embedding_forward, layernorm_backward, layernorm_forward, pooler_backward, pooler_forward,
 )
 
 
@@ -35,7 +36,8 @@ from minibert.layers import (
 
 
 def encoder_param_shapes(c, pooler=True):
-    """name -> shape for the embeddings, the encoder layers and (pooler=True) the pooler."""
+    """name -> shape for the embeddings, the encoder layers, the final layer norm of a
+    pre-LN encoder (c.norm "pre" only) and (pooler=True) the pooler."""
     H, I = c.hidden_size, c.intermediate_size
     shapes = {
         "emb.word": (c.vocab_size, H), "emb.pos": (c.max_position, H), "emb.type": (c.type_vocab_size, H),
@@ -47,6 +49,8 @@ def encoder_param_shapes(c, pooler=True):
     assert tuple(layer) == ENCODER_LAYER_PARAMS
     for l in range(c.num_layers):
         shapes.update({f"layers.{l}.{k}": s for k, s in layer.items()})
+    if c.norm == "pre":  # a post-LN model has no such params: its names and draws are BERT's
+        shapes.update({"final_ln.w": (H,), "final_ln.b": (H,)})
     if pooler:
         shapes.update({"pool.w": (H, H), "pool.b": (H,)})
     return shapes
@@ -55,12 +59,15 @@ def init_params(shapes, c, seed):
     """BERT's initialisation: weights ~ N(0, initializer_range), biases 0, LayerNorm w 1.
 
     Drawn on the host with NumPy so that a seed gives the same model on every backend.
+    A LayerNorm is named ln*.w / ln*.b or *_ln.w / *_ln.b (final_ln); it draws nothing, so
+    adding one (a pre-LN encoder's final_ln) leaves every other param's draw as it was.
     """
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in shapes.items():
         leaf = name.rsplit(".", 1)[-1]
-        if name.split(".")[-2].startswith("ln"):
+        part = name.split(".")[-2]
+        if part.startswith("ln") or part.endswith("_ln"):
             a = np.ones(shape) if leaf == "w" else np.zeros(shape)  # LayerNorm weight / bias
         elif len(shape) == 1:
             a = np.zeros(shape)  # biases
@@ -115,15 +122,18 @@ class EncoderCache(NamedTuple):
     c_emb: tuple  # embedding lookup
     c_eln: tuple  # embedding LayerNorm
     c_edrop: object  # embedding dropout
-    c_layers: list  # one EncoderLayerCache per layer; c_layers[l].c_attn.probs holds layer l's attention
+    c_layers: list  # one layer cache per layer; c_layers[l].c_attn.probs holds layer l's attention
+    c_final: tuple  # the final LayerNorm of a pre-LN encoder (None for post-LN)
     c_pool: tuple  # pooler (None for a model without one)
+    norm: str  # config.norm: which layer backward (layers.ENCODER_LAYERS) undoes c_layers
 
 
 def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=None):
     """Device arrays in; returns (sequence_output (B, T, H), pooled (B, H)), cache.
 
     rng None means no dropout (evaluation). Without "pool.w" in params (BertForMaskedLM)
-    there is no pooler and pooled is None."""
+    there is no pooler and pooled is None. c.norm picks the layer (layers.ENCODER_LAYERS);
+    "pre" adds the final LayerNorm, whose output is the sequence output and the pooler's input."""
     dtype = params["emb.word"].dtype
     B, T = input_ids.shape
     # padded keys get MASK_VALUE added to their scores in every head and every query row
@@ -132,17 +142,23 @@ def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=No
                                    params["emb.type"])  # (B, T, H)
     emb_ln, c_eln = layernorm_forward(emb, params["emb.ln.w"], params["emb.ln.b"], c.layer_norm_eps)  # (B, T, H)
     x, c_edrop = dropout_forward(emb_ln, c.dropout, rng)  # (B, T, H) the input of layer 0
+    layer_forward = ENCODER_LAYERS[c.norm][0]
     c_layers = []
     for l in range(c.num_layers):
         p = {k: params[f"layers.{l}.{k}"] for k in ENCODER_LAYER_PARAMS}
         # x is the hidden state, layer l's input before and its output after
-        x, cl = encoder_layer_forward(x, attn_bias, p, c.num_heads, c.layer_norm_eps, c.hidden_act,
-                                      c.dropout, c.attention_dropout, rng)  # (B, T, H)
+        x, cl = layer_forward(x, attn_bias, p, c.num_heads, c.layer_norm_eps, c.hidden_act,
+                              c.dropout, c.attention_dropout, rng)  # (B, T, H)
         c_layers.append(cl)
+    c_final = None
+    if c.norm == "pre":
+        # a pre-LN stack's output is a residual sum that no layer norm has touched (its scale
+        # grows with depth): normalise it once, so the pooler and heads see what post-LN gives them
+        x, c_final = layernorm_forward(x, params["final_ln.w"], params["final_ln.b"], c.layer_norm_eps)  # (B, T, H)
     pooled, c_pool = None, None
     if "pool.w" in params:
         pooled, c_pool = pooler_forward(x, params["pool.w"], params["pool.b"])  # (B, H)
-    return (x, pooled), EncoderCache(c_emb, c_eln, c_edrop, c_layers, c_pool)
+    return (x, pooled), EncoderCache(c_emb, c_eln, c_edrop, c_layers, c_final, c_pool, c.norm)
 
 
 def encoder_backward(dseq, dpooled, cache, on_ready=None):
@@ -150,11 +166,11 @@ def encoder_backward(dseq, dpooled, cache, on_ready=None):
     None (no gradient arrives there), not both. A model without a pooler passes dpooled None.
 
     on_ready(grads), when given, is called with each group of gradients as soon as it is
-    final (the pooler, then each layer from the top down, then the embedding LayerNorm and
-    the position and type tables), so a caller can start summing them over processes while
-    the backward continues below (distributed.py). The word embedding is left to the model,
+    final (the pooler, a pre-LN encoder's final LayerNorm, then each layer from the top
+    down, then the embedding LayerNorm and the position and type tables), so a caller can
+    start summing them over processes while the backward continues below (distributed.py). The word embedding is left to the model,
     which adds the MLM decoder's part first."""
-    c_emb, c_eln, c_edrop, c_layers, c_pool = cache  # see EncoderCache
+    c_emb, c_eln, c_edrop, c_layers, c_final, c_pool, norm = cache  # see EncoderCache
     g = {}
     if dpooled is not None:
         # forward: pooled = pooler(x); x also flows to the sequence output
@@ -164,9 +180,14 @@ def encoder_backward(dseq, dpooled, cache, on_ready=None):
             dx += dseq
     else:
         dx = dseq  # (B, T, H) never written into: each backward returns fresh arrays
+    if c_final is not None:
+        # forward: x = final_LN(x), the last layer's output normalised (pre-LN only)
+        dx, g["final_ln.w"], g["final_ln.b"] = layernorm_backward(dx, c_final)  # (B, T, H)
+        report_ready(on_ready, g, ["final_ln.w", "final_ln.b"])
+    layer_backward = ENCODER_LAYERS[norm][1]
     for l in reversed(range(len(c_layers))):
         # forward: x = encoder_layer(x); dx is the gradient of the hidden state
-        dx, gl = encoder_layer_backward(dx, c_layers[l])  # (B, T, H)
+        dx, gl = layer_backward(dx, c_layers[l])  # (B, T, H)
         g.update({f"layers.{l}.{k}": v for k, v in gl.items()})
         report_ready(on_ready, g, [f"layers.{l}.{k}" for k in gl])
     # forward: x = dropout(emb_ln)

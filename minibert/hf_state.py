@@ -54,6 +54,11 @@ LayerNorm.beta, and their decoder copies cls.predictions.decoder.weight/.bias; e
 without the "bert." prefix (a BertModel's); and the old position_ids buffer. A missing,
 unexpected or misshapen weight raises ValueError naming it.
 
+Post-LN only. A pre-LN minibert model (BertConfig.norm "pre") has no Hugging Face form:
+transformers' BERT classes put each layer norm after its residual sum, there is no pre-LN
+BERT class, and the same weights there would compute another function (final_ln.* would
+have no place at all). to_hf_state_dict and from_hf_state_dict refuse it (check_post_ln).
+
 Not mapped, because minibert has no equivalent: HF's `pad_token_id` makes the word
 embedding row of the pad token receive no gradient from the input lookup (nn.Embedding's
 padding_idx); minibert treats every row alike.
@@ -101,6 +106,16 @@ _WORD, _MLM_BIAS = "bert.embeddings.word_embeddings.weight", "cls.predictions.bi
 
 # ----------------------------------------------------------------------------------------
 # the name map
+
+
+def check_post_ln(config):
+    """ValueError unless the config's encoder is post-LN, the only BERT transformers computes."""
+    if config.norm != "post":
+        raise ValueError(
+            f"this model is pre-LN (norm={config.norm!r}) and cannot be exported to Hugging Face: transformers' "
+            "BERT classes are post-LN only (layer norm after each residual sum) and there is no pre-LN BERT class, "
+            "so its weights loaded there would compute a different function (and its final_ln.* has no place). "
+            "The minibert checkpoint itself works for fill-mask and fine-tuning")
 
 
 def _name_map(num_layers, heads=True):
@@ -160,6 +175,7 @@ def to_hf_state_dict(model, tensors=None):
     """HF name -> host NumPy array in HF layout, for model.params or any dict keyed like
     them (grads, optimizer moments). The arrays are fresh copies. Keys absent from `tensors` are absent from the result;
     a key minibert does not know raises ValueError."""
+    check_post_ln(model.config)
     tensors = model.params if tensors is None else tensors
     names = _name_map(model.config.num_layers)
     out = {}
@@ -231,7 +247,8 @@ def from_hf_state_dict(state, config, heads=True, kind=None, num_labels=None):
     kind drops (loading a richer checkpoint as a poorer kind). kind None: heads=True is
     BertForPreTraining; heads=False the encoder params only (emb.*, layers.*, pool.*), keys
     outside "bert." (any task head) ignored, unknown keys inside it still raising. Raises
-    ValueError naming missing, unexpected or misshapen weights."""
+    ValueError naming missing, unexpected or misshapen weights, or for a pre-LN config."""
+    check_post_ln(config)
     state = _canonical_state({k: np.asarray(backend.to_host(v)) for k, v in state.items()})
     lenient = kind is None and not heads
     kind = kind or ("BertForPreTraining" if heads else "BertModel")

@@ -23,6 +23,8 @@ The config fields map one to one: num_hidden_layers <-> num_layers, num_attentio
 attention_probs_dropout_prob <-> attention_dropout; hidden_act "gelu" is exact on both
 sides, HF's "gelu_new" and "gelu_pytorch_tanh" are minibert's "gelu_tanh". A config
 minibert cannot run (a decoder, relative positions, another activation) raises ValueError.
+Only post-LN models are written: a pre-LN one (BertConfig.norm "pre") has no transformers
+class, and saving or exporting it raises ValueError saying so (hf_state.check_post_ln).
 """
 import json
 import os
@@ -34,8 +36,8 @@ from minibert.atomic import atomic_write
 from minibert.checkpoint import checkpoint_exists
 from minibert.classifier import BertForSequenceClassification
 from minibert.hf_state import (
-    DECODER_W, HEAD_NAMES, HF_KINDS, KIND_HEADS, LABELLED_KINDS, from_hf_state_dict, heads_of, kind_of,
-    kind_of_model, to_hf_state_dict,
+    DECODER_W, HEAD_NAMES, HF_KINDS, KIND_HEADS, LABELLED_KINDS, check_post_ln, from_hf_state_dict, heads_of,
+    kind_of, kind_of_model, to_hf_state_dict,
 )
 from minibert.model import BertConfig, pretraining_model
 from minibert.multiple_choice import BertForMultipleChoice
@@ -97,7 +99,9 @@ def config_from_hf(d, dtype="float32"):
 
 def config_to_hf(c, architectures=("BertForPreTraining",), label_names=None):
     """The config.json dict transformers expects for a minibert BertConfig; label_names (a
-    classifier's, id order) become id2label / label2id."""
+    classifier's, id order) become id2label / label2id. ValueError for a pre-LN config,
+    which no transformers BERT class computes (hf_state.check_post_ln)."""
+    check_post_ln(c)
     d = {"architectures": list(architectures), "model_type": "bert"}
     if label_names is not None:
         d["id2label"] = {str(i): str(n) for i, n in enumerate(label_names)}
@@ -236,7 +240,9 @@ def save_hf(model, path, label_names=None):
     kind (hf_state.HF_KINDS) .from_pretrained(path) loads with no missing or unexpected
     weights. The tied decoder weight and bias are left out, as transformers itself saves
     them. label_names: a classifier's or a token classifier's, for id2label. Each file is
-    written atomically (atomic.atomic_write), the weights first."""
+    written atomically (atomic.atomic_write), the weights first. A pre-LN model raises
+    ValueError before anything is written (hf_state.check_post_ln)."""
+    check_post_ln(model.config)
     kind = kind_of_model(model)
     os.makedirs(path, exist_ok=True)
     state = to_hf_state_dict(model)
@@ -257,9 +263,11 @@ def export_run(run_dir, out, name="last"):
     or BertForTokenClassification with the label names, BertForQuestionAnswering or
     BertForMultipleChoice), and the tokenizer in the files transformers reads:
     vocab.txt + tokenizer_config.json for WordPiece (BertTokenizer), vocab.json + merges.txt
-    for byte-level BPE (GPT2Tokenizer). Returns the kind written."""
+    for byte-level BPE (GPT2Tokenizer). Returns the kind written. A pre-LN run raises
+    ValueError and writes nothing: transformers has no pre-LN BERT (hf_state.check_post_ln)."""
     meta = rundir.read_record_meta(run_dir, name)  # any kind: the kind decides what to build
     config, params, meta, tok = rundir.load_run(run_dir, name, meta["kind"])
+    check_post_ln(config)
     label_names = None
     if meta["kind"] == rundir.CLASSIFICATION_KIND:
         model = BertForSequenceClassification(config, meta["num_labels"], params=params)

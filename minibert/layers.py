@@ -15,8 +15,10 @@ Dimension letters used in the shape comments, everywhere in minibert:
 
 Reference: Devlin et al. 2019, "BERT" (arXiv:1810.04805) and Vaswani et al. 2017,
 "Attention is all you need": Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V. The encoder
-layer is post-LN: x = LN(x + Attn(x)); x = LN(x + FFN(x)). The derivation of every
-backward below is written out in docs/internals.md.
+layer is post-LN, as BERT's: x = LN(x + Attn(x)); x = LN(x + FFN(x)); or pre-LN (Xiong et
+al. 2020, "On layer normalization in the Transformer architecture", arXiv:2002.04745):
+x = x + Attn(LN(x)); x = x + FFN(LN(x)). The derivation of every backward below is written
+out in docs/internals.md.
 """
 import math
 from typing import NamedTuple
@@ -360,6 +362,71 @@ def encoder_layer_backward(dout, cache):
     dx, g["attn.w_qkv"], g["attn.b_qkv"], g["attn.w_o"], g["attn.b_o"] = attention_backward(da, c_attn)
     dx += dres1  # the residual path x -> x + a_d
     return dx, g
+
+
+# ----------------------------------------------------------------------------------------
+# the pre-LN encoder layer (Xiong et al. 2020): layer norm at the start of each branch,
+# inside the residual, so the skip path x -> out is a plain sum of the two branches:
+#   a = attention(LN1(x));  h = x + dropout(a)
+#   f = ffn(LN2(h));        out = h + dropout(f)
+# The same params as the post-LN layer (ENCODER_LAYER_PARAMS): ln1 now normalises the
+# attention's input, ln2 the feed-forward's. The stack needs one more layer norm after its
+# last layer (encoder.py's final_ln): nothing else normalises what reaches the heads.
+
+
+class PreLNEncoderLayerCache(NamedTuple):
+    """Each sub-op's cache, in forward order (the residual sums need nothing kept)."""
+    c_ln1: tuple  # layer norm of the layer's input x
+    c_attn: AttentionCache
+    c_drop1: object  # dropout after attention
+    c_ln2: tuple  # layer norm of h
+    c_ffn: tuple
+    c_drop2: object  # dropout after the feed-forward block
+
+
+def pre_ln_encoder_layer_forward(x, attn_bias, p, num_heads, eps, hidden_act="gelu", p_drop=0.0, p_attn_drop=0.0,
+                                 rng=None):
+    """p: dict of this layer's params keyed as in ENCODER_LAYER_PARAMS. Dropout masks are
+    drawn in the post-LN layer's order: attention probabilities, then after attention, then
+    after the feed-forward block."""
+    approx = gelu_approximation(hidden_act)
+    xn, c_ln1 = layernorm_forward(x, p["ln1.w"], p["ln1.b"], eps)  # (B, T, H) LN before attention
+    a, c_attn = attention_forward(xn, attn_bias, p["attn.w_qkv"], p["attn.b_qkv"], p["attn.w_o"], p["attn.b_o"],
+                                  num_heads, p_attn_drop, rng)  # (B, T, H)
+    a_d, c_drop1 = dropout_forward(a, p_drop, rng)  # (B, T, H)
+    h = x + a_d  # (B, T, H) residual, no LN after it
+    hn, c_ln2 = layernorm_forward(h, p["ln2.w"], p["ln2.b"], eps)  # (B, T, H) LN before the FFN
+    f, c_ffn = ffn_forward(hn, p["ffn.w_fc"], p["ffn.b_fc"], p["ffn.w_proj"], p["ffn.b_proj"], approx)  # (B, T, H)
+    f_d, c_drop2 = dropout_forward(f, p_drop, rng)  # (B, T, H)
+    out = h + f_d  # (B, T, H)
+    return out, PreLNEncoderLayerCache(c_ln1, c_attn, c_drop1, c_ln2, c_ffn, c_drop2)
+
+
+def pre_ln_encoder_layer_backward(dout, cache):
+    """Returns (dx, grads) with grads keyed as in ENCODER_LAYER_PARAMS."""
+    c_ln1, c_attn, c_drop1, c_ln2, c_ffn, c_drop2 = cache  # see PreLNEncoderLayerCache
+    g = {}
+    # forward: out = h + f_d; the residual sends dout unchanged to h and to f_d
+    # forward: f_d = dropout(f), f = ffn(hn)
+    (df,) = dropout_backward(dout, c_drop2)  # (B, T, H)
+    dhn, g["ffn.w_fc"], g["ffn.b_fc"], g["ffn.w_proj"], g["ffn.b_proj"] = ffn_backward(df, c_ffn)  # (B, T, H)
+    # forward: hn = LN2(h)
+    dh, g["ln2.w"], g["ln2.b"] = layernorm_backward(dhn, c_ln2)  # (B, T, H)
+    dh += dout  # the residual path h -> out: dout passes through untouched by any LN
+    # forward: h = x + a_d; a_d = dropout(a), a = attention(xn)
+    (da,) = dropout_backward(dh, c_drop1)  # (B, T, H)
+    dxn, g["attn.w_qkv"], g["attn.b_qkv"], g["attn.w_o"], g["attn.b_o"] = attention_backward(da, c_attn)  # (B, T, H)
+    # forward: xn = LN1(x)
+    dx, g["ln1.w"], g["ln1.b"] = layernorm_backward(dxn, c_ln1)  # (B, T, H)
+    dx += dh  # the residual path x -> h
+    return dx, g
+
+
+# the layer of each BertConfig.norm: (forward, backward), called alike
+ENCODER_LAYERS = {
+    "post": (encoder_layer_forward, encoder_layer_backward),
+    "pre": (pre_ln_encoder_layer_forward, pre_ln_encoder_layer_backward),
+}
 
 
 def gelu_approximation(hidden_act):

@@ -6,6 +6,7 @@ A heads, V vocabulary, P masked positions):
     input_ids, token_type_ids (B, T)
       -> embeddings: word + position + token type, LayerNorm, dropout     (B, T, H)
       -> L post-LN encoder layers (self-attention, feed-forward)          (B, T, H)
+         (norm="pre": L pre-LN layers, then a final LayerNorm)
       -> pooler: tanh(dense(h[:, 0]))                                     (B, H)
     MLM head at the P labelled positions only (gathered first):
          dense -> GELU -> LayerNorm -> decoder tied to the word embeddings + bias  (P, V)
@@ -35,7 +36,7 @@ from minibert.encoder import (
     report_ready, to_device_batch,
 )
 from minibert.layers import (
-    gelu_approximation, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
+    ENCODER_LAYERS, gelu_approximation, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
     linear_forward,
 )
 from minibert.losses import cross_entropy_backward, cross_entropy_forward
@@ -66,6 +67,10 @@ class BertConfig:
     hidden_act: str = "gelu"  # exact erf GELU as BERT; "gelu_tanh" for the approximation
     initializer_range: float = 0.02
     dtype: str = "float32"  # "float64" for gradient checks
+    # "post": BERT's layer norm after each residual sum; "pre": layer norm at the start of
+    # each branch plus one after the last layer (Xiong et al. 2020). Configs saved before
+    # this field existed are post-LN (from_dict's default)
+    norm: str = "post"
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -81,6 +86,9 @@ class BertConfig:
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"BertConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}")
         gelu_approximation(self.hidden_act)  # raises on an unknown activation
+        if self.norm not in ENCODER_LAYERS:
+            raise ValueError(f"BertConfig.norm must be 'post' (layer norm after each residual sum, as BERT) or "
+                             f"'pre' (layer norm inside the residual, before attention and the FFN), got {self.norm!r}")
 
     def to_dict(self):
         return asdict(self)
