@@ -77,7 +77,8 @@ def pack_blocks(sentence_offsets, doc_offsets, doc_order, block_len):
     piece = np.repeat(np.arange(len(lens)), lens)  # (M,) the piece each stream entry comes from
     within = np.arange(piece.size) - np.repeat(np.cumsum(lens) - lens, lens)  # (M,) offset in its piece
     stream = np.where(starts[piece] == SEP_IN_STREAM, SEP_IN_STREAM, starts[piece] + within)  # (M,)
-    block_offsets = np.concatenate([[0], np.frombuffer(ends, np.int64) if len(ends) else []]).astype(np.int64)  # (N + 1,)
+    ends = np.frombuffer(ends, np.int64) if len(ends) else np.zeros(0, np.int64)  # (N,)
+    block_offsets = np.concatenate([[0], ends]).astype(np.int64)  # (N + 1,)
     return stream, block_offsets
 
 

@@ -502,7 +502,8 @@ def check_whole_words(ids, masked, labels, special, word_start, k, replace):
             at = word == w
             if chosen[at].any():
                 assert chosen[at].all(), f"row {row}: word {w} labelled in part"
-                kinds = {("mask" if m == 3 else "kept" if m == i else "random") for m, i in zip(masked[row, at], ids[row, at])}
+                kinds = {("mask" if m == 3 else "kept" if m == i else "random")
+                         for m, i in zip(masked[row, at], ids[row, at])}
                 assert len(kinds) == 1, f"row {row}: word {w} got choices {kinds}"
                 if kinds == {"random"}:
                     assert np.isin(masked[row, at], replace).all()

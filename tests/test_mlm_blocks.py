@@ -151,13 +151,18 @@ def test_epochs_differ_and_seed_determines(corpus, tok):
             np.testing.assert_array_equal(getattr(a.epoch(e), name), getattr(b.epoch(e), name))
     e0, e1 = a.epoch(0), a.epoch(1)
     assert not np.array_equal(e0.doc_order, e1.doc_order)
-    # dynamic masking: a document's first block in two epochs, same tokens, other masks
     other = BlockData(corpus, tok, max_seq_len=64, seed=8).epoch(0)
     assert not np.array_equal(other.doc_order, e0.doc_order)
-    d = int(e0.doc_order[0])
-    i1 = int(np.searchsorted(e1.block_offsets, np.flatnonzero(e1.stream == corpus.sentence_offsets[corpus.doc_offsets[d]])[0],
-                             side="right")) - 1
-    assert not np.array_equal(e0.labels[0] != -100, e1.labels[i1] != -100)
+    # dynamic masking: the corpus tokens labelled in epoch 1 are a fresh draw, overlapping
+    # epoch 0's about as much as chance (~15%), not all of them
+    labelled = [set(labelled_corpus_positions(ep).tolist()) for ep in (e0, e1)]
+    assert len(labelled[0] & labelled[1]) < 0.3 * len(labelled[0])
+
+
+def labelled_corpus_positions(ep):
+    """(M,) the corpus token position of every labelled block position of an epoch."""
+    rows, cols = np.nonzero(ep.labels != -100)
+    return ep.stream[ep.block_offsets[rows] + cols - 1]
 
 
 def test_resume_from_saved_position_equals_uninterrupted(corpus, tok):
@@ -199,15 +204,17 @@ def test_interface_matches_pretraining_data(corpus, tok):
 def test_block_rows_and_format_tell_the_truth(corpus, tok):
     data = BlockData(corpus, tok, max_seq_len=64, seed=4, whole_word_mask=True)
     ep = data.epoch(0)
-    with_sep = [i for i in range(len(ep)) if (ep.stream[ep.block_offsets[i]:ep.block_offsets[i + 1]] == SEP_IN_STREAM).any()]
+    block = lambda i: ep.stream[ep.block_offsets[i]:ep.block_offsets[i + 1]]  # noqa: E731
+    with_sep = [i for i in range(len(ep)) if (block(i) == SEP_IN_STREAM).any()]
     for i in [0, 1, *with_sep[:3]]:
         rows = mlm_blocks.block_rows(data, i)
         L = int(ep.lengths[i])
         assert len(rows) == L and all(r["segment"] == 0 for r in rows)
         for r, o in zip(rows, block_tokens_by_corpus(data, ep, i)):
-            assert r["original"] == o and r["input"] == ep.input_ids[i, r["pos"]] and r["label"] == ep.labels[i, r["pos"]]
+            t = r["pos"]
+            assert r["original"] == o and r["input"] == ep.input_ids[i, t] and r["label"] == ep.labels[i, t]
             assert (r["word"] is None) == (r["label"] == -100)
         text = mlm_blocks.format_block(data, tok, i)
-        n_docs = 1 + int((ep.stream[ep.block_offsets[i]:ep.block_offsets[i + 1]] == SEP_IN_STREAM).sum())
+        n_docs = 1 + int((block(i) == SEP_IN_STREAM).sum())
         assert text.splitlines()[1].count("tokens of document") == n_docs
         assert text.count("\n") == 4 + L
