@@ -18,7 +18,7 @@ form ``torch.optim.AdamW`` computes, for step t = 1, 2, ...:
 One-dimensional parameters (biases, layer-norm weights and biases) get no weight decay by
 default, as in BERT's original optimizer (``default_no_decay``, the one home of that rule).
 
-The schedule (``lr_at``) is linear warmup then linear decay; ``clip_grad_norm`` follows
+The schedule (``lr_at``) is linear warmup then a linear or cosine decay; ``clip_grad_norm`` follows
 ``torch.nn.utils.clip_grad_norm_`` (the squared norm is ``sum_of_squares``); ``accumulate``
 averages micro-batch gradients.
 """
@@ -158,15 +158,26 @@ class AdamW:
         self.weight_decay = float(meta["weight_decay"])
 
 
-def lr_at(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+SCHEDULES = ("linear", "one-cycle", "cosine")
+
+
+def lr_at(step, max_lr, warmup_steps, total_steps, min_lr=0.0, schedule="linear"):
     """The learning rate for optimizer step ``step`` (0-based: the step about to be taken).
 
     Warmup:  step < warmup_steps             lr = max_lr * (step + 1) / warmup_steps
              (step 0 gets max_lr / warmup_steps, never 0; step warmup_steps - 1 gets max_lr)
-    Decay:   warmup_steps <= step < total    lr = min_lr + (max_lr - min_lr) * (total - step) / (total - warmup)
-             (step warmup_steps gets max_lr; the line reaches min_lr at step == total_steps)
+    Decay:   warmup_steps <= step < total    frac = (total - step) / (total - warmup), 1 -> 0
+             schedule "linear":   lr = min_lr + (max_lr - min_lr) * frac
+             schedule "cosine":   lr = min_lr + (max_lr - min_lr) * (1 - cos(pi * frac)) / 2
+             (step warmup_steps gets max_lr; both reach min_lr at step == total_steps)
     After:   step >= total_steps             lr = min_lr
+
+    "one-cycle" (the triangle of Smith 2018 and Geiping and Goldstein 2022) is "linear" with
+    the peak in the middle of the run: the caller passes warmup_steps = a fraction of
+    total_steps (train.lr_for does); the shape here is the same line up and line down.
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: choose from {SCHEDULES}")
     if warmup_steps < 0 or total_steps < warmup_steps or step < 0:
         raise ValueError(f"need 0 <= warmup_steps <= total_steps and step >= 0, got {warmup_steps}, {total_steps}, {step}")
     if step < warmup_steps:
@@ -174,6 +185,8 @@ def lr_at(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
     if step >= total_steps:
         return float(min_lr)
     frac = (total_steps - step) / (total_steps - warmup_steps)  # 1 at the end of warmup, -> 0
+    if schedule == "cosine":
+        frac = (1.0 - math.cos(math.pi * frac)) / 2.0
     return float(min_lr) + (float(max_lr) - float(min_lr)) * frac
 
 

@@ -39,11 +39,14 @@ Run directory OUT (rundir.py; the run holds its lock from start to end, so a sec
     metrics.jsonl            one JSON line per log interval and per evaluation
 """
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+
+import numpy as np  # host side: the held-out batches
 
 from minibert import backend, distributed, philox, rundir, zero
 from minibert.checkpoint import checkpoint_exists, record_path
@@ -51,8 +54,9 @@ from minibert.corpus import default_corpus, read_documents, split_documents
 from minibert.inference import load_pretrained, load_pretrained_tokenizer
 from minibert.instances import PretrainingData
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
-from minibert.model import PRESETS, BertConfig, BertForPreTraining, pretraining_model
-from minibert.optim import AdamW, lr_at
+from minibert.mlm_blocks import BlockData
+from minibert.model import PRESETS, BertConfig, BertForMaskedLM, BertForPreTraining, pretraining_model
+from minibert.optim import SCHEDULES, AdamW, lr_at
 from minibert.token_cache import TokenizedCorpus
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 from minibert.tokenizer_files import load_tokenizer
@@ -71,11 +75,20 @@ class TrainConfig:
     length_window: int = 64  # group batches by length within windows of this many (instances.py); 0: epoch order
     max_predictions: int = 20
     short_seq_prob: float = 0.1
+    objective: str = "mlm+nsp"  # "mlm": MLM alone on packed full-sentence blocks (mlm_blocks.py), no NSP
+    mlm_prob: float = 0.15  # training masking rate (evaluation always masks 15%)
+    whole_word_mask: bool = False  # mask a chosen word with all its tokens (instances.mask_tokens)
     lr: float = 1e-3
     min_lr: float = 0.0
+    schedule: str = "linear"  # optim.SCHEDULES: "linear" / "cosine" after `warmup` steps; "one-cycle": peak at peak_at
     warmup: int = 100
+    peak_at: float = 0.5  # "one-cycle": the fraction of the steps at which the learning rate peaks
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-6
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    budget_minutes: float = 0.0  # > 0: steps fixed once, at the start, so the whole job fits this budget
     corpus: list = field(default_factory=list)  # files / dirs / globs; empty = embedded stdlib docstrings
     heldout_fraction: float = 0.05
     tokenizer: str = ""  # a saved tokenizer (tokenizer.json, or a BERT vocab.txt / directory); empty = train one
@@ -93,7 +106,41 @@ class TrainConfig:
 
 # settings that change what an exact resume computes: a resumed run must match them
 _RESUME_KEYS = ("seed", "batch_size", "accum", "seq_len", "length_window", "max_predictions", "short_seq_prob",
-                "corpus", "heldout_fraction")
+                "corpus", "heldout_fraction", "objective", "mlm_prob", "whole_word_mask", "schedule", "peak_at",
+                "beta1", "beta2", "eps", "budget_minutes")
+OBJECTIVES = ("mlm+nsp", "mlm")
+EVAL_MLM_PROB = 0.15  # every evaluation masks 15% (80/10/10), whatever the training rate: figures compare
+
+
+def train_max_predictions(tc):
+    """The training cap on predictions per sequence: tc.max_predictions is the cap at 15%
+    masking (20 of 128 tokens, BERT's), scaled up with --mlm-prob so the cap does not bind
+    sooner at a higher rate (0.4: 54). Evaluation keeps tc.max_predictions."""
+    return max(tc.max_predictions, math.ceil(tc.max_predictions * tc.mlm_prob / EVAL_MLM_PROB - 1e-9))
+
+
+def lr_for(tc, step):
+    """The learning rate of optimizer step `step` (0-based) under tc's schedule."""
+    warmup = round(tc.peak_at * tc.steps) if tc.schedule == "one-cycle" else min(tc.warmup, tc.steps)
+    return lr_at(step, tc.lr, warmup, tc.steps, tc.min_lr, schedule=tc.schedule)
+
+
+def check_config(tc):
+    """ValueError naming the first setting of tc that is out of range."""
+    if tc.preset not in PRESETS:
+        raise ValueError(f"unknown preset {tc.preset!r}: choose from {sorted(PRESETS)}")
+    if tc.zero not in (0, 1):
+        raise ValueError(f"--zero must be 0 (no sharding) or 1 (AdamW moments sharded), got {tc.zero}")
+    if tc.objective not in OBJECTIVES:
+        raise ValueError(f"unknown --objective {tc.objective!r}: choose from {OBJECTIVES}")
+    if not 0.0 < tc.mlm_prob < 1.0:
+        raise ValueError(f"--mlm-prob must lie in (0, 1), got {tc.mlm_prob}")
+    if tc.schedule not in SCHEDULES:
+        raise ValueError(f"unknown --schedule {tc.schedule!r}: choose from {SCHEDULES}")
+    if not 0.0 <= tc.peak_at <= 1.0:
+        raise ValueError(f"--peak-at must lie in [0, 1], got {tc.peak_at}")
+    if tc.budget_minutes < 0:
+        raise ValueError(f"--budget-minutes must be >= 0, got {tc.budget_minutes}")
 
 
 def log(msg):
@@ -145,14 +192,27 @@ def get_tokenizer(tc, train_docs):
     return tok
 
 
+def heldout_data(tc, tok, held_c):
+    """The held-out PretrainingData every run evaluates on: NSP pairs of the held-out documents
+    masked at 15% (80/10/10, no whole words), whatever the training objective and masking."""
+    return PretrainingData(held_c, tok, seed=tc.seed, max_seq_len=tc.seq_len, max_predictions=tc.max_predictions,
+                           short_seq_prob=tc.short_seq_prob, masked_lm_prob=EVAL_MLM_PROB)
+
+
 def build_data(tc, tok, train_docs, heldout_docs):
-    """(train, held-out) PretrainingData: token caches of both document sets, instances as tc says."""
+    """(train data, held-out PretrainingData): token caches of both document sets; training
+    instances as tc says (NSP pairs, or with --objective mlm packed blocks), held-out ones as
+    heldout_data says."""
     t0 = time.time()
     train_c = TokenizedCorpus.build(train_docs, tok)
     held_c = TokenizedCorpus.build(heldout_docs, tok)
-    kw = dict(max_seq_len=tc.seq_len, max_predictions=tc.max_predictions, short_seq_prob=tc.short_seq_prob)
-    train = PretrainingData(train_c, tok, seed=tc.seed, length_window=tc.length_window, **kw)
-    held = PretrainingData(held_c, tok, seed=tc.seed, **kw)
+    kw = dict(max_seq_len=tc.seq_len, max_predictions=train_max_predictions(tc), masked_lm_prob=tc.mlm_prob,
+              seed=tc.seed, **({"whole_word_mask": True} if tc.whole_word_mask else {}))
+    if tc.objective == "mlm":
+        train = BlockData(train_c, tok, **kw)
+    else:
+        train = PretrainingData(train_c, tok, short_seq_prob=tc.short_seq_prob, length_window=tc.length_window, **kw)
+    held = heldout_data(tc, tok, held_c)
     log(f"corpus: {train_c.num_documents:,} train documents ({train_c.num_tokens:,} tokens), "
         f"{held_c.num_documents:,} held out ({held_c.num_tokens:,} tokens); "
         f"{train.num_instances(0):,} instances per epoch; ready in {time.time() - t0:.1f} s")
@@ -194,6 +254,15 @@ def evaluate(model, batches, w=None):
     return ev
 
 
+def heldout_batches(tc, held):
+    """The held-out batches of a run. MLM alone (--objective mlm) sees the same pairs as one
+    segment (token types all 0, as it was trained): the same positions are predicted."""
+    batches = held.eval_batches(tc.batch_size, tc.eval_batches)  # None: all
+    if tc.objective == "mlm":
+        batches = [dict(b, token_type_ids=np.zeros_like(b["token_type_ids"])) for b in batches]
+    return batches
+
+
 def nsp_text(ev):
     """The NSP part of an evaluation log line ("" for an MLM-only model)."""
     return f" | nsp acc {ev['nsp_acc']:.3f}" if "nsp_acc" in ev else ""
@@ -205,9 +274,9 @@ def evaluate_run(run_dir, checkpoint="last", corpus=None, batch_size=32, max_bat
     model, tok = load_pretrained(run_dir, checkpoint)
     tc = TrainConfig(**rundir.read_config(run_dir)["train"])
     docs = read_documents(corpus) if corpus else load_documents(tc)[1]
-    data = PretrainingData(TokenizedCorpus.build(docs, tok), tok, max_seq_len=tc.seq_len,
-                           max_predictions=tc.max_predictions, short_seq_prob=tc.short_seq_prob, seed=tc.seed)
-    return evaluate(model, data.eval_batches(batch_size, max_batches))
+    data = heldout_data(tc, tok, TokenizedCorpus.build(docs, tok))
+    return evaluate(model, heldout_batches(dataclasses.replace(tc, batch_size=batch_size, eval_batches=max_batches),
+                                           data))
 
 
 # ----------------------------------------------------------------------------------------
@@ -268,12 +337,74 @@ def build_model(tc, tok, model_overrides=None):
             elif getattr(model.config, k) != v:
                 raise ValueError(f"--init-from {tc.init_from} fixes the model's shape: {k} is "
                                  f"{getattr(model.config, k)} there, not {v}")
+        if model.has_nsp != (tc.objective == "mlm+nsp"):
+            raise ValueError(f"--init-from {tc.init_from} is a {type(model).__name__}: it trains with --objective "
+                             f"{'mlm+nsp' if model.has_nsp else 'mlm'}, not {tc.objective}")
         if tc.seq_len > model.config.max_position:
             raise ValueError(f"--seq-len {tc.seq_len} exceeds the checkpoint's max_position {model.config.max_position}")
         return model
     cfg = dict(PRESETS[tc.preset], vocab_size=tok.vocab_size, max_position=max(512, tc.seq_len))
     cfg.update(overrides)
-    return BertForPreTraining(BertConfig(**cfg), seed=tc.seed)
+    model_class = BertForMaskedLM if tc.objective == "mlm" else BertForPreTraining
+    return model_class(BertConfig(**cfg), seed=tc.seed)
+
+
+# ----------------------------------------------------------------------------------------
+# a time budget
+
+
+def budget_steps(tc, model, train_data, eval_set, t_start, w):
+    """The number of steps that fit --budget-minutes, fixed once before the first step.
+
+    A step's time grows with its batch's padded length, and the first step of each new
+    length also pays for fresh memory, so the probe takes BUDGET_PROBE batches of the first
+    epoch at evenly spaced quantiles of their lengths, steps through them twice on a
+    throwaway copy of the model with a fresh optimizer, and keeps the mean of the second
+    pass; then one held-out evaluation. Then steps = (budget - the time since t_start - the
+    final evaluation and save) / (a step + its share of the evaluations). The count is
+    recorded in the run (config.json, checkpoints), so a resumed run takes the same steps:
+    the budget fixes the schedule, never the clock."""
+    probe = type(model)(model.config, params={k: v.copy() for k, v in model.params.items()})
+    opt = AdamW(probe.params, lr=0.0)
+    dp = distributed.DataParallel(w, opt)
+    if hasattr(train_data, "batch_rows"):  # NSP pairs: lengths vary from batch to batch
+        longest = np.asarray(train_data.epoch(0).lengths)[train_data.batch_rows(0, tc.batch_size)].max(axis=1)
+        by_length = np.argsort(longest, kind="stable")  # (n_batches,) batch indices, shortest first
+        picks = by_length[((np.arange(BUDGET_PROBE) + 0.5) * len(by_length) / BUDGET_PROBE).astype(int)]
+    else:  # packed blocks: every batch is as long as the next
+        picks = np.arange(BUDGET_PROBE)
+    times = []
+    for index in [*picks, *picks]:
+        batches = train_data.batches(tc.batch_size, start=(0, int(index)))
+        t0 = time.perf_counter()
+        grads = None
+        for micro in range(tc.accum):
+            batch, counts, first_row = dp.slice(next(batches)[1])
+            _, cache = probe.forward(batch, train=True, rng=philox.rng((tc.seed, 0, micro), first_row),
+                                     global_counts=counts)
+            grads = dp.backward(probe, cache, grads, 1.0 / tc.accum, last=micro == tc.accum - 1)
+        grads = dp.reduce(grads)
+        dp.clip_grad_norm(grads, tc.grad_clip)
+        opt.step(grads, lr=0.0)
+        float(grads[next(iter(grads))].ravel()[0])  # wait for the device
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    evaluate(probe, eval_set, w)
+    eval_s = time.perf_counter() - t0
+    step_s = float(np.mean(times[len(picks):]))  # the second pass
+    spent_s = time.time() - t_start  # setting up and this probe
+    left = tc.budget_minutes * 60.0 - spent_s - 2 * eval_s - 1.0
+    steps = int(left / (step_s + eval_s / tc.eval_every))
+    steps = int(w.sum_host([steps if w.rank == 0 else 0])[0])  # rank 0's count on every rank
+    if steps < 1:
+        raise ValueError(f"--budget-minutes {tc.budget_minutes}: {spent_s:.0f} s went to setting up and a step takes "
+                         f"{step_s * 1000:.0f} ms: no step fits")
+    log(f"budget {tc.budget_minutes:g} min: {step_s * 1000:.1f} ms per step, {eval_s:.2f} s per evaluation "
+        f"-> {steps:,} steps")
+    return steps
+
+
+BUDGET_PROBE = 16  # timed steps
 
 
 # ----------------------------------------------------------------------------------------
@@ -290,10 +421,7 @@ def pretrain(tc, model_overrides=None):
     loss, KeyboardInterrupt after saving on Ctrl-C."""
     backend.use(tc.backend)
     w = distributed.init(tc.backend)  # one process unless launched by mpiexec -n N
-    if tc.preset not in PRESETS:
-        raise ValueError(f"unknown preset {tc.preset!r}: choose from {sorted(PRESETS)}")
-    if tc.zero not in (0, 1):
-        raise ValueError(f"--zero must be 0 (no sharding) or 1 (AdamW moments sharded), got {tc.zero}")
+    check_config(tc)
     # one writer for the life of the run (rank 0): nothing is written before it
     with w.abort_on_error(), (rundir.lock(tc.out) if w.rank == 0 else contextlib.nullcontext()):
         return _pretrain(tc, model_overrides)
@@ -319,13 +447,15 @@ def _pretrain(tc, model_overrides):
     if config.vocab_size != tok.vocab_size:
         raise ValueError(f"vocab_size {config.vocab_size} differs from the tokenizer's {tok.vocab_size}")
     train_data, held_data = build_data(tc, tok, train_docs, heldout_docs)
-    eval_set = held_data.eval_batches(tc.batch_size, tc.eval_batches)
+    eval_set = heldout_batches(tc, held_data)
 
-    if tc.zero:
-        opt = zero.ShardedAdamW(w, model.params, lr=tc.lr, weight_decay=tc.weight_decay)
-    else:
-        opt = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
+    adam = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay)
+    opt = zero.ShardedAdamW(w, model.params, **adam) if tc.zero else AdamW(model.params, **adam)
     dp = distributed.DataParallel(w, opt)
+    if tc.budget_minutes and tc.resume:  # the step count the budget fixed when the run started
+        tc = dataclasses.replace(tc, steps=rundir.read_meta(tc.out, "last", rundir.PRETRAINING_KIND)["train"]["steps"])
+    elif tc.budget_minutes:
+        tc = dataclasses.replace(tc, steps=budget_steps(tc, model, train_data, eval_set, t_start, w))
     step, position, best_loss = 0, (0, 0), None
     if tc.resume:
         step, position, best_loss = restore(tc, model, opt, tok)
@@ -349,7 +479,7 @@ def _pretrain(tc, model_overrides):
     probe = 0.0  # 0 while every loss and grad norm since the last check was finite, else NaN
     try:
         while step < tc.steps:
-            lr = lr_at(step, tc.lr, min(tc.warmup, tc.steps), tc.steps, tc.min_lr)
+            lr = lr_for(tc, step)
             grads = None
             for micro in range(tc.accum):
                 next_position, batch = next(batches)

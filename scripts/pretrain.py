@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minibert import distributed  # noqa: E402
 from minibert.inference import fill_mask, mask_examples  # noqa: E402
 from minibert.model import PRESETS  # noqa: E402
-from minibert.train import TrainConfig, log, pretrain  # noqa: E402
+from minibert.optim import SCHEDULES  # noqa: E402
+from minibert.train import OBJECTIVES, TrainConfig, log, pretrain  # noqa: E402
 
 # BertConfig fields a flag may set instead of the preset's value
 MODEL_INT_FLAGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "max_position")
@@ -35,8 +36,21 @@ def build_parser():
     for name in ("seed", "steps", "batch_size", "accum", "seq_len", "length_window", "max_predictions", "warmup",
                  "save_every", "eval_every", "eval_batches", "log_every", "vocab_size", "fill_mask_examples"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "short_seq_prob", "heldout_fraction"):
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "short_seq_prob", "heldout_fraction", "beta1", "beta2",
+                 "eps"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--objective", default=d.objective, choices=list(OBJECTIVES), help="mlm+nsp: BERT's pairs with "
+                   "next sentence prediction (exports to transformers' BertForPreTraining); mlm: masked LM alone on "
+                   "full-sentence blocks packed across documents (RoBERTa), saved as a BertForMaskedLM")
+    p.add_argument("--mlm-prob", type=float, default=d.mlm_prob, help="training masking rate (evaluation always "
+                   "masks 15%%); the cap on predictions per sequence scales with it")
+    p.add_argument("--whole-word-mask", action="store_true", help="mask a chosen word with all of its tokens")
+    p.add_argument("--schedule", default=d.schedule, choices=list(SCHEDULES), help="learning rate: linear or cosine "
+                   "decay after --warmup steps; one-cycle: up to the peak at --peak-at of the run, then down")
+    p.add_argument("--peak-at", type=float, default=d.peak_at, help="one-cycle: where the peak lies, as a fraction")
+    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="fit the whole job into this "
+                   "many minutes: the step count (replacing --steps) is fixed once from the measured step time "
+                   "and recorded, so --resume stays exact")
     p.add_argument("--corpus", nargs="+", default=[], help="text files, directories or globs "
                    "(default: the docstrings of this Python's standard library)")
     p.add_argument("--tokenizer", default="", help="a saved tokenizer.json, or a BERT vocab.txt or directory "
@@ -54,13 +68,16 @@ def build_parser():
     for name in MODEL_FLOAT_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
     p.add_argument("--hidden-act", default=None, choices=["gelu", "gelu_tanh"])
+    p.add_argument("--norm", default=None, choices=["post", "pre"], help="post: BERT's layer norm after each "
+                   "residual (the default; exports to transformers); pre: before attention and the feed-forward, "
+                   "inside the residual, plus a final one (minibert checkpoints only)")
     return p
 
 
 def config_from_args(args):
     """(TrainConfig, BertConfig overrides) of parsed arguments."""
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
-    overrides = {k: getattr(args, k) for k in (*MODEL_INT_FLAGS, *MODEL_FLOAT_FLAGS, "hidden_act")
+    overrides = {k: getattr(args, k) for k in (*MODEL_INT_FLAGS, *MODEL_FLOAT_FLAGS, "hidden_act", "norm")
                  if getattr(args, k) is not None}
     overrides["dtype"] = args.dtype
     return tc, overrides

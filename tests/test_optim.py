@@ -247,6 +247,27 @@ def test_schedule_values():
         lr_at(0, 1e-3, 5, 4)
 
 
+def test_cosine_and_one_cycle_schedules():
+    # cosine, warmup 2, total 6: the same warmup, then max_lr * (1 - cos(pi * (6 - s) / 4)) / 2
+    got = [lr_at(s, 1e-3, 2, 6, schedule="cosine") for s in range(7)]
+    half = (1 - np.cos(np.pi * np.array([4, 3, 2, 1]) / 4)) / 2  # 1, 0.854, 0.5, 0.146
+    np.testing.assert_allclose(got, [0.5e-3, 1e-3, *(1e-3 * half), 0.0], rtol=1e-14, atol=1e-18)
+    # cosine lies above the line in the first half of the decay, below it in the second, and meets it at the ends
+    lin = [lr_at(s, 1e-3, 2, 6) for s in range(7)]
+    assert got[3] > lin[3] and got[5] < lin[5] and got[2] == lin[2] and got[6] == lin[6]
+    # a floor under cosine
+    assert lr_at(4, 1e-3, 2, 6, min_lr=1e-4, schedule="cosine") == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-14)
+    # one-cycle through train.lr_for: up over the first peak_at of the steps, then down to 0
+    from minibert.train import TrainConfig, lr_for
+    tc = TrainConfig(steps=10, lr=2e-3, schedule="one-cycle", peak_at=0.3, warmup=999)  # warmup is not read
+    np.testing.assert_allclose([lr_for(tc, s) for s in range(11)],
+                               [lr_at(s, 2e-3, 3, 10) for s in range(11)], rtol=0, atol=0)
+    assert max(lr_for(tc, s) for s in range(10)) == lr_for(tc, 2) == 2e-3
+    assert lr_for(TrainConfig(steps=10, warmup=4), 3) == lr_at(3, 1e-3, 4, 10)  # linear: today's
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(0, 1e-3, 1, 5, schedule="triangle")
+
+
 def _plain_clip(grads, max_norm):
     flat = np.concatenate([g.ravel() for g in grads.values()])
     norm = float(np.sqrt(np.sum(flat * flat)))
