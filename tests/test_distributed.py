@@ -108,6 +108,18 @@ def test_one_two_three_processes_give_one_run(tmp_path, data, dtype, accum, tol)
         assert ev["eval_mlm_loss"] == pytest.approx(ev1["eval_mlm_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("flags", [
+    ["--mlm-prob", "0.4", "--whole-word-mask", "--schedule", "one-cycle", "--beta2", "0.98", "--eps", "1e-8",
+     "--dropout", "0", "--attention-dropout", "0"],
+    ["--objective", "mlm", "--norm", "pre", "--whole-word-mask", "--schedule", "cosine"],
+], ids=["pairs-recipe", "mlm-pre-ln"])
+def test_recipe_options_on_two_processes_give_one_run(tmp_path, data, flags):
+    """The recipe's options (test_recipe.py) split over ranks as today's: 2 processes = 1."""
+    run(1, tmp_path / "n1", data, *flags)
+    run(2, tmp_path / "n2", data, *flags)
+    assert_close_runs(tmp_path / "n2", tmp_path / "n1", 1e-6)
+
+
 def test_the_checker_fails_on_a_different_run(tmp_path, data):
     """The comparison can fail: another seed's run differs far beyond the tolerance."""
     run(1, tmp_path / "a", data, steps=20)
