@@ -10,8 +10,9 @@ Data flow, with the shape letters of minibert/layers.py (B batch, T tokens, H hi
       -> pooler: tanh(dense(h[:, 0]))                                     (B, H)
 
 This is BERT's encoder (Devlin et al. 2019, section 3: the Transformer encoder of Vaswani
-et al. 2017 with learned positions and token types), as in transformers' BertModel. The pre-LN variant (Xiong et al. 2020: layer norm inside
-each residual branch, one more after the last layer, "final_ln.*") has no transformers class.
+et al. 2017 with learned positions and token types), as in transformers' BertModel.
+The pre-LN variant (Xiong et al. 2020: layer norm inside each residual branch, one more
+after the last layer, "final_ln.*") has no transformers class.
 The models on top of it, each with its heads, are in model.py (BertForPreTraining,
 BertForMaskedLM, BertModel), classifier.py (BertForSequenceClassification),
 token_classifier.py, question_answering.py and multiple_choice.py.
@@ -168,8 +169,8 @@ def encoder_backward(dseq, dpooled, cache, on_ready=None):
     on_ready(grads), when given, is called with each group of gradients as soon as it is
     final (the pooler, a pre-LN encoder's final LayerNorm, then each layer from the top
     down, then the embedding LayerNorm and the position and type tables), so a caller can
-    start summing them over processes while the backward continues below (distributed.py). The word embedding is left to the model,
-    which adds the MLM decoder's part first."""
+    start summing them over processes while the backward continues below (distributed.py).
+    The word embedding is left to the model, which adds the MLM decoder's part first."""
     c_emb, c_eln, c_edrop, c_layers, c_final, c_pool, norm = cache  # see EncoderCache
     g = {}
     if dpooled is not None:

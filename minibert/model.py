@@ -36,8 +36,8 @@ from minibert.encoder import (
     report_ready, to_device_batch,
 )
 from minibert.layers import (
-    ENCODER_LAYERS, gelu_approximation, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
-    linear_forward,
+    ENCODER_LAYERS, gelu_approximation, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
+    linear_backward, linear_forward,
 )
 from minibert.losses import cross_entropy_backward, cross_entropy_forward
 

@@ -401,7 +401,8 @@ def test_export_run_of_a_pre_ln_run_is_refused(pre_run, tmp_path):
 
 def test_fine_tuning_from_a_pre_ln_run_trains(pre_run):
     path, pretrained, tok = pre_run
-    model, _, what = build_model(FinetuneConfig(init=str(path), max_length=16, dropout=0.0, dtype="float64"), num_labels=3)
+    fc = FinetuneConfig(init=str(path), max_length=16, dropout=0.0, dtype="float64")
+    model, _, _ = build_model(fc, num_labels=3)
     assert isinstance(model, BertForSequenceClassification) and model.config.norm == "pre"
     for k in ("final_ln.w", "final_ln.b", "layers.1.ln1.w", "pool.w"):
         np.testing.assert_array_equal(host(model.params[k]), host(pretrained.params[k]), err_msg=k)
