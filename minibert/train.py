@@ -302,10 +302,15 @@ def restore(tc, model, opt, tok):
 
     CheckpointError for a checkpoint of another kind, trained with another tokenizer, or
     with other parameters; ValueError for a model config or setting that would not replay
-    the same steps."""
+    the same steps. A setting the checkpoint predates (a run saved before --objective or
+    --norm existed) is checked only when it is set away from its default, which is what
+    that run computed."""
+    saved = rundir.read_meta(tc.out, "last", rundir.PRETRAINING_KIND)
+    config_defaults, train_defaults = BertConfig().to_dict(), asdict(TrainConfig())
+    config = {k: v for k, v in model.config.to_dict().items() if k in saved["config"] or v != config_defaults.get(k)}
+    settings = {k: getattr(tc, k) for k in _RESUME_KEYS if k in saved["train"] or getattr(tc, k) != train_defaults[k]}
     meta = rundir.restore(tc.out, rundir.PRETRAINING_KIND, tok, model, opt, {
-        "model config fields": ("config", model.config.to_dict()),
-        "settings": ("train", {k: getattr(tc, k) for k in _RESUME_KEYS})})
+        "model config fields": ("config", config), "settings": ("train", settings)})
     return meta["step"], tuple(meta["data_position"]), meta.get("best_eval_loss")
 
 

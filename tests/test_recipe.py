@@ -143,3 +143,28 @@ def test_bad_settings_are_refused(tmp_path, corpus):
             pretrain(recipe_tc(tmp_path / "bad", corpus, **kw), dict(SMALL))
     with pytest.raises(ValueError, match="norm"):
         pretrain(recipe_tc(tmp_path / "bad2", corpus), dict(SMALL, norm="middle"))
+
+
+def test_a_run_saved_before_the_options_existed_resumes(tmp_path, corpus, monkeypatch):
+    """A checkpoint whose meta predates the new fields (no "norm" in its config, no objective,
+    mlm_prob, ... in its settings) resumes exactly under today's defaults, and is refused when
+    one of them is set away from its default."""
+    tc = recipe_tc(tmp_path / "full", corpus)
+    pretrain(tc, dict(SMALL))
+    part = recipe_tc(tmp_path / "old", corpus)
+    with monkeypatch.context() as m:
+        interrupt_at(m, 7)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(part, dict(SMALL))
+    record = os.path.join(part.out, "last.json")
+    rec = json.load(open(record))
+    del rec["meta"]["config"]["norm"]
+    for k in ("objective", "mlm_prob", "whole_word_mask", "schedule", "peak_at", "beta1", "beta2", "eps",
+              "budget_minutes"):
+        del rec["meta"]["train"][k]
+    json.dump(rec, open(record, "w"))
+    with pytest.raises(ValueError, match="settings differ.*mlm_prob"):
+        pretrain(dataclasses.replace(part, resume=True, mlm_prob=0.3), dict(SMALL))
+    pretrain(dataclasses.replace(part, resume=True), dict(SMALL))
+    a, b = params(tc.out), params(part.out)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
