@@ -109,6 +109,9 @@ _RESUME_KEYS = ("seed", "batch_size", "accum", "seq_len", "length_window", "max_
                 "corpus", "heldout_fraction", "objective", "mlm_prob", "whole_word_mask", "schedule", "peak_at",
                 "beta1", "beta2", "eps", "budget_minutes")
 OBJECTIVES = ("mlm+nsp", "mlm")
+# what a run saved before these settings existed computed with (restore checks a resumed run against them)
+LEGACY_SETTINGS = {"objective": "mlm+nsp", "mlm_prob": 0.15, "whole_word_mask": False, "schedule": "linear",
+                   "peak_at": 0.5, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "budget_minutes": 0.0, "norm": "post"}
 # a fresh model pretrains without dropout (--dropout / --attention-dropout set it): on a
 # 10-minute budget the model underfits, and dropout only slows it (docs/pretraining.md's
 # ablation; Geiping and Goldstein 2022 drop it too). Fine-tuning sets its own (finetune --dropout).
@@ -307,12 +310,12 @@ def restore(tc, model, opt, tok):
     CheckpointError for a checkpoint of another kind, trained with another tokenizer, or
     with other parameters; ValueError for a model config or setting that would not replay
     the same steps. A setting the checkpoint predates (a run saved before --objective or
-    --norm existed) is checked only when it is set away from its default, which is what
-    that run computed."""
+    --norm existed) must equal what that run computed with (LEGACY_SETTINGS)."""
     saved = rundir.read_meta(tc.out, "last", rundir.PRETRAINING_KIND)
-    config_defaults, train_defaults = BertConfig().to_dict(), asdict(TrainConfig())
-    config = {k: v for k, v in model.config.to_dict().items() if k in saved["config"] or v != config_defaults.get(k)}
-    settings = {k: getattr(tc, k) for k in _RESUME_KEYS if k in saved["train"] or getattr(tc, k) != train_defaults[k]}
+    config = {k: v for k, v in model.config.to_dict().items()
+              if k in saved["config"] or v != LEGACY_SETTINGS.get(k, v)}
+    settings = {k: getattr(tc, k) for k in _RESUME_KEYS
+                if k in saved["train"] or getattr(tc, k) != LEGACY_SETTINGS.get(k, getattr(tc, k))}
     meta = rundir.restore(tc.out, rundir.PRETRAINING_KIND, tok, model, opt, {
         "model config fields": ("config", config), "settings": ("train", settings)})
     return meta["step"], tuple(meta["data_position"]), meta.get("best_eval_loss")
@@ -346,9 +349,9 @@ def build_model(tc, tok, model_overrides=None):
             elif getattr(model.config, k) != v:
                 raise ValueError(f"--init-from {tc.init_from} fixes the model's shape: {k} is "
                                  f"{getattr(model.config, k)} there, not {v}")
-        if model.has_nsp != (tc.objective == "mlm+nsp"):
-            raise ValueError(f"--init-from {tc.init_from} is a {type(model).__name__}: it trains with --objective "
-                             f"{'mlm+nsp' if model.has_nsp else 'mlm'}, not {tc.objective}")
+        if model.has_nsp and tc.objective == "mlm":  # an MLM-only checkpoint trains MLM alone on pairs, as before
+            raise ValueError(f"--init-from {tc.init_from} is a {type(model).__name__}, with an NSP head: "
+                             "--objective mlm's packed blocks have no sentence pairs to train it on")
         if tc.seq_len > model.config.max_position:
             raise ValueError(f"--seq-len {tc.seq_len} exceeds the checkpoint's max_position {model.config.max_position}")
         return model
@@ -369,8 +372,11 @@ def budget_steps(tc, model, train_data, eval_set, t_start, w):
     A step's time grows with its batch's padded length, and the first step of each new
     length also pays for fresh memory, so the probe takes BUDGET_PROBE batches of the first
     epoch at evenly spaced quantiles of their lengths, steps through them twice on a
-    throwaway copy of the model with a fresh optimizer, and keeps the mean of the second
-    pass; then one held-out evaluation. Then steps = (budget - the time since t_start - the
+    throwaway copy of the model with a fresh optimizer, fits the second pass's times as a
+    line in the batch length and averages it over every batch of the epoch (quantile
+    midpoints alone miss the long, costly tail); then one held-out evaluation. It is an
+    estimate: a job can end some tens of seconds before or after its budget, and later on a
+    machine that gets busier. Then steps = (budget - the time since t_start - the
     final evaluation and save) / (a step + its share of the evaluations). The count is
     recorded in the run (config.json, checkpoints), so a resumed run takes the same steps:
     the budget fixes the schedule, never the clock."""
@@ -382,7 +388,7 @@ def budget_steps(tc, model, train_data, eval_set, t_start, w):
         by_length = np.argsort(longest, kind="stable")  # (n_batches,) batch indices, shortest first
         picks = by_length[((np.arange(BUDGET_PROBE) + 0.5) * len(by_length) / BUDGET_PROBE).astype(int)]
     else:  # packed blocks: every batch is as long as the next
-        picks = np.arange(BUDGET_PROBE)
+        longest, picks = None, np.arange(BUDGET_PROBE)
     times = []
     for index in [*picks, *picks]:
         batches = train_data.batches(tc.batch_size, start=(0, int(index)))
@@ -401,7 +407,11 @@ def budget_steps(tc, model, train_data, eval_set, t_start, w):
     t0 = time.perf_counter()
     evaluate(probe, eval_set, w)
     eval_s = time.perf_counter() - t0
-    step_s = float(np.mean(times[len(picks):]))  # the second pass
+    second = np.array(times[len(picks):])  # (BUDGET_PROBE,) the second pass
+    step_s = float(np.mean(second))
+    if longest is not None:  # a step's time is near linear in its length: fit, then average over every batch
+        slope, intercept = np.polyfit(longest[picks].astype(np.float64), second, 1)
+        step_s = max(float(intercept + slope * longest.mean()), step_s / 2)
     spent_s = time.time() - t_start  # setting up and this probe
     left = tc.budget_minutes * 60.0 - spent_s - 2 * eval_s - 1.0
     steps = int(left / (step_s + eval_s / tc.eval_every))

@@ -263,7 +263,7 @@ def test_cosine_and_one_cycle_schedules():
     np.testing.assert_allclose([lr_for(tc, s) for s in range(11)],
                                [lr_at(s, 2e-3, 3, 10) for s in range(11)], rtol=0, atol=0)
     assert max(lr_for(tc, s) for s in range(10)) == lr_for(tc, 2) == 2e-3
-    assert lr_for(TrainConfig(steps=10, warmup=4), 3) == lr_at(3, 1e-3, 4, 10)  # linear: today's
+    assert lr_for(TrainConfig(steps=10, warmup=4, lr=1e-3), 3) == lr_at(3, 1e-3, 4, 10)  # linear: BERT's
     with pytest.raises(ValueError, match="schedule"):
         lr_at(0, 1e-3, 1, 5, schedule="triangle")
 

@@ -81,7 +81,7 @@ def test_option_resumes_exactly_fills_masks_and_exports(tmp_path, corpus, monkey
         assert saved["train"][k] == v
     for k, v in model_kw.items():
         assert saved["model"][k] == v
-    changed = {"mlm_prob": 0.2} if "mlm_prob" in kw else {"beta2": 0.95} if "beta2" in kw else {"mlm_prob": 0.3}
+    changed = {"beta2": 0.95} if "beta2" in kw else {"mlm_prob": 0.25}
     with pytest.raises(ValueError, match="settings differ"):
         pretrain(dataclasses.replace(full, resume=True, steps=STEPS + 5, **changed), dict(overrides))
     # fill-mask on the checkpoint
@@ -117,12 +117,13 @@ def test_budget_fixes_the_steps_once_and_resumes_exactly(tmp_path, corpus, monke
 def test_evaluation_masks_15_percent_whatever_the_training_rate(tmp_path, corpus):
     """--mlm-prob and --whole-word-mask change training only: the held-out batches are those of
     today's recipe; the training cap on predictions scales with the rate."""
-    assert train_max_predictions(TrainConfig()) == 20 and train_max_predictions(TrainConfig(mlm_prob=0.4)) == 54
+    assert train_max_predictions(TrainConfig(mlm_prob=0.15)) == 20 and train_max_predictions(TrainConfig()) == 40
+    assert train_max_predictions(TrainConfig(mlm_prob=0.4)) == 54
     assert train_max_predictions(TrainConfig(mlm_prob=0.1)) == 20  # never below the evaluation's cap
     base = recipe_tc(tmp_path / "a", corpus, tokenizer="")
     tok = train.get_tokenizer(base, train.load_documents(base)[0])
     evals = []
-    for kw in ({}, {"mlm_prob": 0.4, "whole_word_mask": True}):
+    for kw in ({"mlm_prob": 0.15}, {"mlm_prob": 0.4, "whole_word_mask": True}):
         tc = dataclasses.replace(base, **kw)
         tr, held = train.build_data(tc, tok, *train.load_documents(tc))
         evals.append(heldout_batches(tc, held))
@@ -147,11 +148,12 @@ def test_bad_settings_are_refused(tmp_path, corpus):
 
 def test_a_run_saved_before_the_options_existed_resumes(tmp_path, corpus, monkeypatch):
     """A checkpoint whose meta predates the new fields (no "norm" in its config, no objective,
-    mlm_prob, ... in its settings) resumes exactly under today's defaults, and is refused when
-    one of them is set away from its default."""
-    tc = recipe_tc(tmp_path / "full", corpus)
+    mlm_prob, ... in its settings) resumes exactly with the settings it computed with (BERT's:
+    train.LEGACY_SETTINGS), and is refused with today's defaults, which differ."""
+    legacy = dict(mlm_prob=0.15, beta2=0.999)
+    tc = recipe_tc(tmp_path / "full", corpus, **legacy)
     pretrain(tc, dict(SMALL))
-    part = recipe_tc(tmp_path / "old", corpus)
+    part = recipe_tc(tmp_path / "old", corpus, **legacy)
     with monkeypatch.context() as m:
         interrupt_at(m, 7)
         with pytest.raises(KeyboardInterrupt):
@@ -164,7 +166,7 @@ def test_a_run_saved_before_the_options_existed_resumes(tmp_path, corpus, monkey
         del rec["meta"]["train"][k]
     json.dump(rec, open(record, "w"))
     with pytest.raises(ValueError, match="settings differ.*mlm_prob"):
-        pretrain(dataclasses.replace(part, resume=True, mlm_prob=0.3), dict(SMALL))
+        pretrain(dataclasses.replace(part, resume=True, mlm_prob=0.3, beta2=0.98), dict(SMALL))
     pretrain(dataclasses.replace(part, resume=True), dict(SMALL))
     a, b = params(tc.out), params(part.out)
     assert all(np.array_equal(a[k], b[k]) for k in a)
