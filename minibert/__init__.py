@@ -6,7 +6,7 @@
 
 Modules, in the order data flows through them (README.md has the tour):
     corpus -> bpe, bpe_train -> vocab, offsets -> tokenizer, wordpiece -> tokenizer_files
-      -> token_cache -> instances, mlm_blocks                              the training signal
+      -> token_cache -> instances, mlm_blocks, instance_view               the training signal
     backend, host, philox, kernels (cpu_kernels, cuda_kernels) -> layers, losses -> encoder
       -> model, classifier, token_classifier, question_answering, multiple_choice;
       gradcheck                                                            the network

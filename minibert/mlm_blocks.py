@@ -30,8 +30,8 @@ from array import array
 
 import numpy as np
 
-from minibert.instances import (EVAL_STREAM, corpus_word_starts, document_of, format_rows, length_grouped_batches,
-                                mask_tokens, special_token_ids, spelled_rows)
+from minibert.instance_view import document_of, format_rows, spelled_rows
+from minibert.instances import EVAL_STREAM, corpus_word_starts, length_grouped_batches, mask_tokens, special_token_ids
 from minibert.model import IGNORE_INDEX
 
 SEP_IN_STREAM = -1  # a stream entry that is a [SEP] between two documents, not a corpus token
@@ -221,7 +221,7 @@ def block_original(data, row, epoch=0):
 
 
 def block_rows(data, row, epoch=0):
-    """The positions of block `row` of `epoch` as dicts (instances.spelled_rows), segment 0."""
+    """The positions of block `row` of `epoch` as dicts (instance_view.spelled_rows), segment 0."""
     ep = data.epoch(epoch)
     entries = np.asarray(ep.stream[ep.block_offsets[row]:ep.block_offsets[row + 1]])  # (L - 2,)
     src = np.r_[-1, np.where(entries == SEP_IN_STREAM, -1, entries), -1]  # (L,)
@@ -232,7 +232,7 @@ def block_rows(data, row, epoch=0):
 
 def format_block(data, tokenizer, row, epoch=0):
     """Block `row` of `epoch` as text: the documents it reads (in order, with how many tokens of
-    each), and one line per position (instances.format_rows)."""
+    each), and one line per position (instance_view.format_rows)."""
     ep = data.epoch(epoch)
     rows = block_rows(data, row, epoch)
     entries = np.asarray(ep.stream[ep.block_offsets[row]:ep.block_offsets[row + 1]])  # (L - 2,)

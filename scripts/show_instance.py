@@ -8,7 +8,7 @@
 Documents come from the embedded corpus (the standard library's docstrings, of --packages);
 the tokenizer is --tokenizer, or one trained on those documents. The instance is built
 exactly as pretraining builds them (minibert.instances.PretrainingData, or for --objective mlm
-minibert.mlm_blocks.BlockData); the work is minibert.instances.format_instance and
+minibert.mlm_blocks.BlockData); the work is minibert.instance_view.format_instance and
 minibert.mlm_blocks.format_block.
 """
 import argparse
@@ -18,7 +18,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minibert.corpus import stdlib_documents  # noqa: E402
-from minibert.instances import PretrainingData, format_instance  # noqa: E402
+from minibert.instance_view import format_instance  # noqa: E402
+from minibert.instances import PretrainingData  # noqa: E402
 from minibert.mlm_blocks import BlockData, format_block  # noqa: E402
 from minibert.token_cache import TokenizedCorpus  # noqa: E402
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from minibert import instances
+from minibert import instance_view, instances
 from minibert.corpus import Document
 from minibert.instances import PretrainingData, mask_tokens
 from minibert.token_cache import TokenizedCorpus
@@ -424,10 +424,10 @@ def test_instance_rows_and_format_tell_the_truth(corpus, tok):
     orig = original_rows(ep)
     choices = set()
     for i in range(40):
-        rows = instances.instance_rows(dl, i)
+        rows = instance_view.instance_rows(dl, i)
         assert len(rows) == ep.lengths[i]
         a0 = int(ep.spans[i][0])
-        assert instances.document_of(corpus, a0) == doc_of_token(corpus, a0)
+        assert instance_view.document_of(corpus, a0) == doc_of_token(corpus, a0)
         for r in rows:
             t = r["pos"]
             assert r["input"] == ep.input_ids[i, t] and r["original"] == orig[i, t] and r["label"] == ep.labels[i, t]
@@ -439,10 +439,10 @@ def test_instance_rows_and_format_tell_the_truth(corpus, tok):
                 assert (r["choice"] == "kept") == (r["input"] == r["original"])
             choices.add(r["choice"])
     assert {"mask", "random", "kept"} <= choices
-    text = instances.format_instance(dl, tok, 0)
+    text = instance_view.format_instance(dl, tok, 0)
     assert f"next_sentence_label {int(ep.next_sentence_label[0])}" in text
     assert text.count("\n") == 6 + int(ep.lengths[0]) - 1
-    assert text.count("[MASK] (80%)") == sum(r["choice"] == "mask" for r in instances.instance_rows(dl, 0))
+    assert text.count("[MASK] (80%)") == sum(r["choice"] == "mask" for r in instance_view.instance_rows(dl, 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,7 +635,7 @@ def test_format_marks_whole_words(corpus, tok):
     dl = PretrainingData(corpus, tok, max_seq_len=48, seed=3, masked_lm_prob=0.3, whole_word_mask=True)
     ep = dl.epoch(0)
     for i in range(30):
-        rows = instances.instance_rows(dl, i)
+        rows = instance_view.instance_rows(dl, i)
         a0, la, b0, lb = (int(v) for v in ep.spans[i])
         src = np.r_[-1, np.arange(a0, a0 + la), -1, np.arange(b0, b0 + lb), -1]
         special = src < 0
@@ -650,8 +650,8 @@ def test_format_marks_whole_words(corpus, tok):
         for g in groups.values():
             assert len({word[r["pos"]] for r in g}) == 1 and len({r["choice"] for r in g}) == 1
             assert len(g) == (word == word[g[0]["pos"]]).sum()  # the whole word
-        text = instances.format_instance(dl, tok, i)
+        text = instance_view.format_instance(dl, tok, i)
         assert text.count("  word ") == sum(r["word"] is not None for r in rows)
         assert f"{len(groups)} whole words (30%" in text
-    plain = instances.format_instance(PretrainingData(corpus, tok, max_seq_len=48, seed=3), tok, 0)
+    plain = instance_view.format_instance(PretrainingData(corpus, tok, max_seq_len=48, seed=3), tok, 0)
     assert "  word " not in plain and "whole words" not in plain
