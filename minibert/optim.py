@@ -1,4 +1,4 @@
-"""AdamW, the learning-rate schedule, gradient clipping and gradient accumulation.
+"""AdamW and LAMB, the learning-rate schedule, gradient clipping and gradient accumulation.
 
 Parameters and gradients are dicts name -> array of the current backend (``backend.xp``),
 with the same keys and shapes. The optimizer updates the parameter arrays IN PLACE, so the
@@ -17,6 +17,14 @@ form ``torch.optim.AdamW`` computes, for step t = 1, 2, ...:
 
 One-dimensional parameters (biases, layer-norm weights and biases) get no weight decay by
 default, as in BERT's original optimizer (``default_no_decay``, the one home of that rule).
+
+LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning: Training BERT in 76
+minutes", Algorithm 2) keeps AdamW's moments and bias correction and scales each tensor's
+step by a trust ratio (see ``LAMB`` for the conventions):
+
+    r = m_hat / (sqrt(v_hat) + eps) + wd * p       decay inside the update (decayed tensors)
+    trust = ||p|| / ||r||                          1 when either norm is 0
+    p <- p - lr * trust * r
 
 The schedule (``lr_at``) is linear warmup then a linear or cosine decay; ``clip_grad_norm`` follows
 ``torch.nn.utils.clip_grad_norm_`` (the squared norm is ``sum_of_squares``); ``accumulate``
@@ -49,6 +57,8 @@ class AdamW:
     no_decay: optional predicate ``(name, array) -> bool``; True means no weight decay for
     that parameter. Default: parameters with ndim < 2.
     """
+
+    name = "adamw"  # written into the state's meta: a checkpoint of another optimizer is refused
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, no_decay=None):
         xp = backend.xp
@@ -111,6 +121,7 @@ class AdamW:
             tensors["m." + k] = numpy.array(backend.to_host(self.m[k]), copy=True)
             tensors["v." + k] = numpy.array(backend.to_host(self.v[k]), copy=True)
         meta = {
+            "optimizer": self.name,
             "t": self.t,
             "lr": self.lr,
             "betas": list(self.betas),
@@ -126,6 +137,10 @@ class AdamW:
         Raises ValueError, before changing anything, when names, shapes, dtypes or meta
         fields do not match this optimizer's parameters.
         """
+        saved = meta.get("optimizer", "adamw")  # states written before the field were AdamW's
+        if saved != self.name:
+            raise ValueError(f"the optimizer state is {saved}'s, this run's optimizer is {self.name} "
+                             f"(resume with --optimizer {saved}, or start a new run)")
         expected = {f"{prefix}.{k}" for k in self.params for prefix in ("m", "v")}
         backend.check_keys(tensors, expected, "optimizer state names differ")
         for key, a in tensors.items():
@@ -156,6 +171,133 @@ class AdamW:
         self.betas = (float(meta["betas"][0]), float(meta["betas"][1]))
         self.eps = float(meta["eps"])
         self.weight_decay = float(meta["weight_decay"])
+
+
+def sums_of_squares(tensors):
+    """name -> the sum of a ** 2 over the elements of tensors[name]: () float64 device arrays,
+    never read on the host."""
+    xp = backend.xp
+    # a dot product per tensor, without a squared temporary
+    return {k: xp.vdot(a.ravel(), a.ravel()).astype(xp.float64) for k, a in tensors.items()}  # each ()
+
+
+def whole(sums):
+    """LAMB's default sum_over_shards: the tensors are whole, their sums are the totals."""
+    return sums
+
+
+OPTIMIZERS = ("adamw", "lamb")
+
+
+class LAMB(AdamW):
+    """LAMB (You et al. 2019, Algorithm 2), updating ``params`` in place; AdamW's interface,
+    moments and state format (meta "optimizer": "lamb", so that either refuses the other's).
+
+    For step t = 1, 2, ..., per tensor p with gradient g:
+
+        m <- b1 * m + (1 - b1) * g,  v <- b2 * v + (1 - b2) * g * g
+        r = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + wd * p    (wd 0 for no_decay tensors)
+        trust = ||p|| / ||r||, or 1 when ||p|| = 0 or ||r|| = 0
+        p <- p - lr * trust * r
+
+    Conventions, against NVIDIA apex's FusedLAMB (the optimizer of DeepLearningExamples' BERT):
+    - bias correction on (FusedLAMB's bias_correction=True; the paper's Algorithm 2 has none);
+    - eps added to sqrt(v_hat), outside the root, as FusedLAMB does;
+    - weight decay inside r, so it enters the trust ratio (FusedLAMB's adam_w_mode=True);
+    - a zero norm gives trust 1 (FusedLAMB), e.g. a tensor initialised to zeros;
+    - no_decay tensors (default_no_decay: ndim < 2) also take trust 1, i.e. a plain Adam
+      step, as FusedLAMB with use_nvlamb=False does for its zero-decay group (in
+      DeepLearningExamples: biases and LayerNorm); trust_all=True gives them the trust ratio
+      too, the paper's rule and FusedLAMB's use_nvlamb=True;
+    - no clipping inside: FusedLAMB divides the gradients by max(1, ||g|| / max_grad_norm)
+      (global norm, max_grad_norm 1.0) before the moments; here the training loop's
+      clip_grad_norm does that before step(), as for AdamW (the same rule up to its 1e-6);
+    - no bound on ||p||: the paper's phi and torch_optimizer.Lamb clamp it (at 10); FusedLAMB
+      and this class do not.
+
+    Norms: each trusted tensor's sums of squares of p and r are taken as it is updated
+    (sums_of_squares, () float64 on the device, keys "p.<name>" and "r.<name>"); then one call
+    sum_over_shards(sums) -> sums gives the whole tensors' sums. The default (whole) returns
+    them as they are; ZeRO-1 passes one that sums each rank's partial sums over the ranks in
+    one all-reduce (zero.py). The norms and trust ratios stay on the device: no host read.
+    """
+
+    name = "lamb"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, no_decay=None,
+                 trust_all=False, sum_over_shards=whole):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, no_decay=no_decay)
+        self.trust_all = bool(trust_all)
+        self.sum_over_shards = sum_over_shards
+
+    def _direction(self, k, bc1, bc2, out):
+        """out <- r for parameter k from its moments: m_hat / (sqrt(v_hat) + eps) + wd * p."""
+        xp = backend.xp
+        xp.divide(self.v[k], bc2, out=out)  # v_hat, like p
+        xp.sqrt(out, out=out)
+        out += self.eps  # sqrt(v_hat) + eps
+        xp.divide(self.m[k], out, out=out)  # m / (sqrt(v_hat) + eps)
+        out /= bc1  # m_hat / (sqrt(v_hat) + eps), like p
+        if self.decay[k] and self.weight_decay:
+            out += self.weight_decay * self.params[k]  # the decay inside the update; one temporary
+        return out
+
+    def step(self, grads, lr=None):
+        """One LAMB update of every parameter from ``grads`` (same keys and shapes).
+
+        Two passes: the moments and the sums of squares of p and r of every tensor, then the
+        whole norms (sum_over_shards: one all-reduce under ZeRO-1) and the trust-scaled
+        updates. The second pass recomputes r from the new moments (the same operations, so
+        the same values) into the scratch buffer: no buffer the size of the parameters
+        beyond m and v.
+
+        lr, when given, replaces the base learning rate for this step (the schedule).
+        """
+        xp = backend.xp
+        check_same(self.params, grads)
+        lr = self.lr if lr is None else float(lr)
+        b1, b2 = self.betas
+        self.t += 1
+        bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        trusted = [k for k in self.params if self.decay[k] or self.trust_all]
+        sums = {}
+        for k, p in self.params.items():
+            scratch = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
+            g, m, v = grads[k], self.m[k], self.v[k]
+            m *= b1  # m <- b1 m + (1 - b1) g
+            xp.multiply(g, 1.0 - b1, out=scratch)
+            m += scratch
+            v *= b2  # v <- b2 v + (1 - b2) g^2
+            xp.multiply(g, g, out=scratch)
+            scratch *= 1.0 - b2
+            v += scratch
+            if k in trusted:  # taken now: the next tensor overwrites the scratch (device order keeps it)
+                sums.update(sums_of_squares({"p." + k: p, "r." + k: self._direction(k, bc1, bc2, scratch)}))
+        sums = self.sum_over_shards(sums)
+        for k, p in self.params.items():
+            scratch = self._direction(k, bc1, bc2, self._scratch[p.dtype][: p.size].reshape(p.shape))  # r, like p
+            if k in trusted:
+                p_norm, r_norm = xp.sqrt(sums["p." + k]), xp.sqrt(sums["r." + k])  # () float64 each
+                # trust 1 when either norm is 0 (the divisor is made 1 there so nothing divides by 0)
+                ok = (p_norm > 0) & (r_norm > 0)  # ()
+                trust = xp.where(ok, p_norm / xp.where(ok, r_norm, 1.0), 1.0)  # ()
+                scratch *= (lr * trust).astype(p.dtype)  # lr * trust * r, the scalar rounded to p's dtype
+            else:
+                scratch *= lr  # trust 1: a plain Adam step with the bias corrections
+            p -= scratch
+
+    def state_dict(self):
+        """AdamW's state format; the meta also says "optimizer": "lamb" and trust_all."""
+        tensors, meta = super().state_dict()
+        meta["trust_all"] = self.trust_all
+        return tensors, meta
+
+    def load_state_dict(self, tensors, meta):
+        """AdamW's checks (an AdamW state is refused), and trust_all must match."""
+        if meta.get("optimizer") == self.name and bool(meta.get("trust_all", False)) != self.trust_all:
+            raise ValueError(f"the saved LAMB state has trust_all={meta.get('trust_all')}, this optimizer "
+                             f"{self.trust_all}")
+        super().load_state_dict(tensors, meta)
 
 
 SCHEDULES = ("linear", "one-cycle", "cosine")

@@ -1,4 +1,4 @@
-"""ZeRO stage 1: the AdamW moments sharded over the data-parallel ranks (`--zero 1`).
+"""ZeRO stage 1: the AdamW or LAMB moments sharded over the data-parallel ranks (`--zero 1`).
 
 Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter
 Models", stage 1 (optimizer state partitioning); PyTorch's ZeroRedundancyOptimizer. Each
@@ -12,13 +12,20 @@ distributed.DataParallel makes these calls (reduce, clip_grad_norm) for the trai
 AdamW is elementwise, so a part's update is the unsharded update of those elements, bit for
 bit. Checkpoints keep optim.AdamW's unsharded format: any N, sharded or not, resumes them.
 
+LAMB (optimizer="lamb") is elementwise except for its trust ratio ||p|| / ||r||, which needs
+the norms of WHOLE tensors while a rank may hold only part of one. Each rank takes the sums
+of squares of p and r over the elements it owns (zeros for tensors it holds none of), one
+all-reduce (sum) of that (2 * number of tensors,) float64 vector gives every rank the whole
+norms, then each rank updates its chunk. The result is optim.LAMB's up to the rounding of
+the summed norms (a tensor cut between ranks sums its squares in two parts).
+
 Shapes: n the number of parameter elements, chunk = ceil(n / N); a shard is a (chunk,)
 vector, handed around as name -> the 1-D piece of each parameter this rank owns.
 """
 import numpy as np  # host side: the layout's offsets, the gathered checkpoint tensors
 
 from minibert import backend
-from minibert.optim import AdamW, check_same, default_no_decay
+from minibert.optim import LAMB, OPTIMIZERS, AdamW, check_same, default_no_decay
 
 
 class ShardedAdamW:
@@ -34,9 +41,14 @@ class ShardedAdamW:
     padded to N * chunk; rank r owns [r * chunk, (r + 1) * chunk). Its AdamW sees 1-D views
     of the parameters it owns (a parameter may be cut between two ranks); the update is
     elementwise, so it is the unsharded update of those elements, bit for bit. no_decay, as
-    optim.AdamW's, is asked about the whole parameter, not the view."""
+    optim.AdamW's, is asked about the whole parameter, not the view.
 
-    def __init__(self, w, params, no_decay=None, **adamw_kwargs):
+    optimizer "lamb": optim.LAMB on the views, its norms summed over the ranks (see the module
+    docstring); the class keeps its name, the moments and the hand-off are the same."""
+
+    def __init__(self, w, params, no_decay=None, optimizer="adamw", **adamw_kwargs):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}: choose from {OPTIMIZERS}")
         self.w, self.params = w, params
         self.names = list(params)
         self.sizes = [params[k].size for k in self.names]
@@ -52,7 +64,24 @@ class ShardedAdamW:
         views = {k: params[k].reshape(-1)[a:b] for k, (a, b) in self.own.items()}  # 1-D views into params
         pred = no_decay or default_no_decay
         self.no_decay = sorted(k for k in self.names if pred(k, params[k]))  # all of them, not just ours
-        self.inner = AdamW(views, no_decay=lambda k, view: k in self.no_decay, **adamw_kwargs)
+        keep = lambda k, view: k in self.no_decay  # noqa: E731
+        if optimizer == "lamb":
+            self.inner = LAMB(views, no_decay=keep, sum_over_shards=self._sum_over_ranks, **adamw_kwargs)
+        else:
+            self.inner = AdamW(views, no_decay=keep, **adamw_kwargs)
+
+    def _sum_over_ranks(self, sums):
+        """LAMB's partial sums of squares ("p.<name>", "r.<name>" -> () over this rank's
+        elements) summed over the ranks: one all-reduce of a (2 * len(names),) vector laid
+        out over every parameter, zeros where this rank owns none of it."""
+        if self.w.size == 1:
+            return sums
+        xp = backend.xp
+        keys = [f"{which}.{k}" for k in self.names for which in ("p", "r")]
+        zero = xp.zeros((), xp.float64)
+        vec = xp.stack([sums.get(key, zero) for key in keys])  # (2 * len(names),) float64
+        self.w.wait(self.w.start_sum(vec))  # in place, on the device with NCCL
+        return {key: vec[i] for i, key in enumerate(keys) if key in sums}
 
     def _flat(self, arrays):
         xp = backend.xp
