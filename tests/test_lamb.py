@@ -6,9 +6,10 @@ for a zero norm and for no-decay tensors unless trust_all), written here indepen
 code under test; torch_optimizer.Lamb where installed. Then the state round trip, resume, a
 refused AdamW state, sharded (ZeRO-1) in one process (bitwise) and on 2 and 3 processes under
 mpiexec (to the rounding of norms summed in parts), and an interrupted --optimizer lamb
-pretraining run that resumes bitwise.
+pretraining run and fine-tuning run that resume bitwise.
 """
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -17,8 +18,14 @@ import numpy as np
 import pytest
 
 from minibert import backend, distributed, zero
+from minibert import finetune as finetune_module
+from minibert.checkpoint import load_checkpoint
+from minibert.finetune import FinetuneConfig, finetune
 from minibert.optim import LAMB, AdamW
+from minibert.rundir import CLASSIFICATION_KIND, read_meta
+from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 from minibert.train import pretrain
+from test_finetune import fake_pretraining_run, synthetic_rows
 from test_recipe import params as run_params, recipe_tc, run_interrupted_then_resumed
 from test_train import SMALL, write_corpus
 
@@ -211,6 +218,26 @@ def test_sharded_lamb_on_n_processes_equals_lamb(n):
     assert "cut ['" in r.stdout  # some tensor is split between two ranks: the summed norms were needed
 
 
+def test_zero1_lamb_pretraining_equals_unsharded(tmp_path):
+    """scripts/pretrain.py --optimizer lamb on 2 processes: --zero 1 gives the unsharded run
+    (to float32 rounding), and one process resumes its checkpoint (test_distributed's launcher)."""
+    pytest.importorskip("mpi4py")
+    import test_distributed as td  # here: its module skips itself without mpiexec
+    corpus = str(write_corpus(tmp_path / "corpus.txt"))
+    tok = str(tmp_path / "tokenizer.json")
+    BPETokenizer.train_from_files(corpus, 600, special_tokens=SPECIAL_TOKENS, progress=False).save(tok)
+    data = (corpus, tok)
+    td.run(2, tmp_path / "plain", data, "--optimizer", "lamb")
+    td.run(2, tmp_path / "zero", data, "--optimizer", "lamb", "--zero", "1")
+    td.assert_close_runs(tmp_path / "zero", tmp_path / "plain", 1e-6)
+    td.run(2, tmp_path / "zero_then_one", data, "--optimizer", "lamb", "--zero", "1", "--save-every", "10", steps=10)
+    td.run(1, tmp_path / "zero_then_one", data, "--optimizer", "lamb", "--save-every", "10", "--resume")
+    td.assert_close_runs(tmp_path / "zero_then_one", tmp_path / "plain", 1e-6)
+    # --resume with the default optimizer (AdamW) on LAMB's run is refused
+    r = td.run(1, tmp_path / "zero_then_one", data, "--steps", "25", "--resume", check=False)
+    assert r.returncode != 0 and "optimizer" in r.stdout + r.stderr
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return str(write_corpus(tmp_path_factory.mktemp("lamb") / "corpus.txt"))
@@ -230,6 +257,40 @@ def test_pretraining_with_lamb_resumes_exactly(tmp_path, corpus, monkeypatch):
         pretrain(dataclasses.replace(full, resume=True, steps=full.steps + 5, optimizer="adamw"), dict(SMALL))
     with pytest.raises(ValueError, match="choose from"):
         pretrain(dataclasses.replace(full, out=str(tmp_path / "bad"), optimizer="sgd"), dict(SMALL))
+
+
+def test_finetuning_with_lamb_resumes_exactly(tmp_path, monkeypatch):
+    """--optimizer lamb in fine-tuning: interrupted in its second epoch and resumed, it ends
+    bitwise where the uninterrupted run does; it is recorded, and resuming it with AdamW is
+    refused; an unknown name is refused with the choices."""
+    text = " ".join(["the cat sat on the mat", "a dog ran to the park", "good great fine", "bad awful poor"] * 20)
+    tok = BPETokenizer.train_from_iterator([text], 300, special_tokens=SPECIAL_TOKENS, progress=False)
+    init = fake_pretraining_run(tmp_path / "pt", tok)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(64, 4)))
+    fc = FinetuneConfig(init=init, train=str(data), epochs=2, lr=1e-2, batch_size=16, max_length=32,
+                        dropout=0.1, log_every=2, optimizer="lamb", out=str(tmp_path / "full"))
+    finetune(fc)
+    per_epoch = read_meta(fc.out, "last", CLASSIFICATION_KIND)["step"] // fc.epochs
+    part = dataclasses.replace(fc, out=str(tmp_path / "part"))
+    real_lr_at = finetune_module.lr_at
+
+    def interrupt_in_epoch_2(step, *args):
+        if step == per_epoch + 1:
+            raise KeyboardInterrupt
+        return real_lr_at(step, *args)
+    with monkeypatch.context() as m:
+        m.setattr(finetune_module, "lr_at", interrupt_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(part)
+    with pytest.raises(ValueError, match="settings differ.*optimizer"):
+        finetune(dataclasses.replace(part, resume=True, optimizer="adamw"))
+    finetune(dataclasses.replace(part, resume=True))
+    a, b = load_checkpoint(fc.out, "last")[0], load_checkpoint(part.out, "last")[0]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "resume is not exact"
+    assert read_meta(fc.out, "last", CLASSIFICATION_KIND)["optim"]["optimizer"] == "lamb"
+    with pytest.raises(ValueError, match="choose from"):
+        finetune(dataclasses.replace(fc, out=str(tmp_path / "bad"), optimizer="sgd"))
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["sharded"]:  # each rank of the test above
