@@ -146,7 +146,8 @@ class BertForSequenceClassification(BertBase):
             hb["labels"] = self.validate_labels(batch, B)
         db = to_device_batch(hb)
         rng = self.dropout_rng(train, rng)
-        (_, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
+        (_, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng,
+                                             recompute=self.recompute and train)
         pooled_d, c_drop = dropout_forward(pooled, c.dropout, rng)  # (B, H)
         logits, c_cls = linear_forward(pooled_d, p["cls.w"], p["cls.b"])  # (B, C)
         preds = logits[:, 0] if self.is_regression else logits.argmax(axis=1)  # (B,)

@@ -129,8 +129,27 @@ class EncoderCache(NamedTuple):
     norm: str  # config.norm: which layer backward (layers.ENCODER_LAYERS) undoes c_layers
 
 
-def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=None):
+class KeptInput(NamedTuple):
+    """What a recomputed layer keeps instead of its cache (encoder_forward(recompute=True)):
+    its input and what its forward needs to run again, bit for bit, in encoder_backward."""
+    x: object  # (B, T, H) the layer's input
+    attn_bias: object  # (B, 1, 1, T) the padding bias every layer adds
+    p: dict  # the layer's params (references, not copies)
+    args: tuple  # num_heads, eps, hidden_act, dropout, attention_dropout
+    rng: object  # a fork of the dropout stream at the layer's first draw (None: no dropout)
+
+
+def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=None, recompute=False):
     """Device arrays in; returns (sequence_output (B, T, H), pooled (B, H)), cache.
+
+    recompute=True (activation recomputation, Chen et al. 2016) keeps each layer's input
+    (a KeptInput) instead of its cache, and encoder_backward runs the layer's forward again
+    just before its backward: a layer's cache holds the (B, A, T, T) attention probabilities
+    and the (B, T, I) feed-forward activations, the largest arrays of a step, so only one
+    layer's cache is alive at a time, for one more forward per layer. The forward is
+    deterministic and dropout is keyed by the draw number (philox.SequenceStreams), so a
+    fork of the stream at the layer's first draw redraws its masks: the gradients are bit
+    for bit those of recompute=False.
 
     rng None means no dropout (evaluation). Without "pool.w" in params (BertForMaskedLM)
     there is no pooler and pooled is None. c.norm picks the layer (layers.ENCODER_LAYERS);
@@ -147,10 +166,11 @@ def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=No
     c_layers = []
     for l in range(c.num_layers):
         p = {k: params[f"layers.{l}.{k}"] for k in ENCODER_LAYER_PARAMS}
+        args = (c.num_heads, c.layer_norm_eps, c.hidden_act, c.dropout, c.attention_dropout)
+        kept = KeptInput(x, attn_bias, p, args, rng_at(rng)) if recompute else None
         # x is the hidden state, layer l's input before and its output after
-        x, cl = layer_forward(x, attn_bias, p, c.num_heads, c.layer_norm_eps, c.hidden_act,
-                              c.dropout, c.attention_dropout, rng)  # (B, T, H)
-        c_layers.append(cl)
+        x, cl = layer_forward(x, attn_bias, p, *args, rng)  # (B, T, H)
+        c_layers.append(cl if kept is None else kept)  # recompute: the cache dies here
     c_final = None
     if c.norm == "pre":
         # a pre-LN stack's output is a residual sum that no layer norm has touched (its scale
@@ -185,10 +205,17 @@ def encoder_backward(dseq, dpooled, cache, on_ready=None):
         # forward: x = final_LN(x), the last layer's output normalised (pre-LN only)
         dx, g["final_ln.w"], g["final_ln.b"] = layernorm_backward(dx, c_final)  # (B, T, H)
         report_ready(on_ready, g, ["final_ln.w", "final_ln.b"])
-    layer_backward = ENCODER_LAYERS[norm][1]
+    layer_forward, layer_backward = ENCODER_LAYERS[norm]
     for l in reversed(range(len(c_layers))):
+        cl = c_layers[l]
+        if isinstance(cl, KeptInput):
+            # recompute: layer l's forward again from its kept input, the same masks redrawn
+            # from a fresh fork (the kept one stays unread, so a second backward still works);
+            # its cache lives only until the backward below returns
+            _, cl = layer_forward(cl.x, cl.attn_bias, cl.p, *cl.args, rng_at(cl.rng))
         # forward: x = encoder_layer(x); dx is the gradient of the hidden state
-        dx, gl = layer_backward(dx, c_layers[l])  # (B, T, H)
+        dx, gl = layer_backward(dx, cl)  # (B, T, H)
+        del cl
         g.update({f"layers.{l}.{k}": v for k, v in gl.items()})
         report_ready(on_ready, g, [f"layers.{l}.{k}" for k in gl])
     # forward: x = dropout(emb_ln)
@@ -199,6 +226,16 @@ def encoder_backward(dseq, dpooled, cache, on_ready=None):
     g["emb.word"], g["emb.pos"], g["emb.type"] = embedding_backward(demb, c_emb)
     report_ready(on_ready, g, ["emb.ln.w", "emb.ln.b", "emb.pos", "emb.type"])
     return g
+
+
+def rng_at(rng):
+    """A fork of the dropout stream at its next draw (None stays None: no dropout). Only a
+    counter-based stream can redraw its masks, so recomputation refuses any other."""
+    if rng is None:
+        return None
+    if not isinstance(rng, philox.SequenceStreams):
+        raise TypeError(f"recompute needs a philox.SequenceStreams dropout stream to redraw the masks, got {type(rng)}")
+    return rng.fork()
 
 
 def report_ready(on_ready, g, names):
@@ -230,6 +267,9 @@ class BertBase:
         self.params = params
         check_params(self.params, shapes, config.dtype)
         self._dropout_calls = 0  # forwards that drew masks from the model's own stream
+        # True: each forward keeps only the encoder layers' inputs and the backward reruns
+        # them (encoder_forward's recompute): less memory, one more forward, the same grads
+        self.recompute = False
 
     def num_parameters(self):
         return sum(int(np.prod(p.shape)) for p in self.params.values())

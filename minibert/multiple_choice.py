@@ -118,7 +118,8 @@ class BertForMultipleChoice(BertBase):
             hb["labels"] = self.validate_labels(batch, B, C)
         db = to_device_batch(hb)
         rng = self.dropout_rng(train, rng)
-        (_, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
+        (_, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng,
+                                             recompute=self.recompute and train)
         pooled_d, c_drop = dropout_forward(pooled, c.dropout, rng)  # (B*C, H)
         scores, c_cls = linear_forward(pooled_d, p["cls.w"], p["cls.b"])  # (B*C, 1)
         logits = scores.reshape(B, C)  # (B, C) row b holds question b's choices in order

@@ -154,6 +154,15 @@ class SequenceStreams:
         draw = self.next_draw()
         return philox_uniform(shape, dtype, self.key32, draw, self.first_row)  # (B, ...)
 
+    def fork(self, draw=None):
+        """A new stream of the same key and rows whose next draw is `draw` (None: this
+        stream's next), this one untouched: it redraws exactly the numbers this stream gave
+        from that draw on (encoder.encoder_backward reruns a layer's forward with one)."""
+        twin = SequenceStreams.__new__(SequenceStreams)
+        twin.key32, twin.first_row = self.key32, self.first_row  # key32 is never written into
+        twin.draws = self.draws if draw is None else int(draw)
+        return twin
+
 
 def rng(key, first_row=0):
     """The random stream of one forward's dropout masks, keyed by an int or a tuple of ints

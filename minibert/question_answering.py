@@ -118,7 +118,8 @@ class BertForQuestionAnswering(BertBase):
             hb.update(self.validate_positions(batch, B, T))
         db = to_device_batch(hb)
         rng = self.dropout_rng(train, rng)
-        (seq, _), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
+        (seq, _), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng,
+                                          recompute=self.recompute and train)
         logits, c_qa = linear_forward(seq, p["qa.w"], p["qa.b"])  # (B, T, 2)
         start_logits, end_logits = logits[..., 0], logits[..., 1]  # (B, T) each, views
         out = {"start_logits": start_logits, "end_logits": end_logits}

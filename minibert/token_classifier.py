@@ -111,7 +111,8 @@ class BertForTokenClassification(BertBase):
             hb["labels"] = self.validate_labels(batch, B, T)
         db = to_device_batch(hb)
         rng = self.dropout_rng(train, rng)
-        (seq, _), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
+        (seq, _), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng,
+                                          recompute=self.recompute and train)
         seq_d, c_drop = dropout_forward(seq, c.dropout, rng)  # (B, T, H)
         logits, c_cls = linear_forward(seq_d, p["cls.w"], p["cls.b"])  # (B, T, C)
         preds = logits.argmax(axis=-1)  # (B, T)

@@ -1,0 +1,157 @@
+"""Activation recomputation (encoder.encoder_forward(recompute=True), BertBase.recompute):
+the forward keeps each encoder layer's input instead of its cache, and the backward reruns
+the layer just before differentiating it. The gradients must be bit for bit those of the
+plain run: post-LN and pre-LN, dropout on and off, float32 and float64, several layers,
+every model class, and on_ready (the distributed overlap) reporting the same groups in the
+same order. The stream fork (philox.SequenceStreams.fork) redraws the same numbers.
+"""
+import numpy as np
+import pytest
+
+from conftest import make_batch, tiny_config
+from test_task_heads import choice_batch
+from minibert import backend, philox
+from minibert.classifier import BertForSequenceClassification
+from minibert.encoder import KeptInput
+from minibert.model import BertForMaskedLM, BertForPreTraining, BertModel
+from minibert.multiple_choice import BertForMultipleChoice
+from minibert.question_answering import BertForQuestionAnswering
+from minibert.token_classifier import BertForTokenClassification
+
+
+def host(a):
+    return np.asarray(backend.to_host(a))
+
+
+def run(model, batch, recompute, seed=7, on_ready=None):
+    """(loss, grads as host arrays, encoder layer caches) of one forward and backward."""
+    model.recompute = recompute
+    out, cache = model.forward(batch, train=True, rng=philox.rng(seed))
+    kw = {} if on_ready is None else {"on_ready": on_ready}
+    grads = model.backward(cache, **kw)
+    c_layers = cache.c_enc.c_layers if hasattr(cache, "c_enc") else None
+    return float(out["loss"]), {k: host(v) for k, v in grads.items()}, c_layers
+
+
+def assert_bitwise(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pretraining_grads_bitwise(norm, dropout, dtype):
+    c = tiny_config(num_layers=3, norm=norm, dropout=dropout, attention_dropout=dropout, dtype=dtype)
+    model = BertForPreTraining(c, seed=1)
+    batch = make_batch(np.random.default_rng(0), 4, 9, c.vocab_size, n_masked=3)
+    loss0, g0, caches0 = run(model, batch, False)
+    loss1, g1, caches1 = run(model, batch, True)
+    assert not any(isinstance(cl, KeptInput) for cl in caches0)
+    assert all(isinstance(cl, KeptInput) for cl in caches1) and len(caches1) == 3  # it did keep only inputs
+    assert loss0 == loss1
+    assert_bitwise(g0, g1)
+    if dropout:  # the masks matter: another stream gives other gradients, so equality above says something
+        model.recompute = False
+        out, cache = model.forward(batch, train=True, rng=philox.rng(8))
+        g2 = {k: host(v) for k, v in model.backward(cache).items()}
+        assert not np.array_equal(g2["layers.0.attn.w_qkv"], g0["layers.0.attn.w_qkv"])
+
+
+def test_backward_twice_from_one_recompute_cache():
+    # the kept fork is never advanced: a second backward of the same cache redraws the same masks
+    c = tiny_config(num_layers=2, dropout=0.3, attention_dropout=0.3)
+    model = BertForMaskedLM(c, seed=2)
+    model.recompute = True
+    batch = make_batch(np.random.default_rng(1), 3, 7, c.vocab_size, n_masked=2)
+    _, cache = model.forward(batch, train=True, rng=philox.rng(3))
+    g1 = {k: host(v) for k, v in model.backward(cache).items()}
+    g2 = {k: host(v) for k, v in model.backward(cache).items()}
+    assert_bitwise(g1, g2)
+    model.recompute = False
+    _, g0, _ = run(model, batch, False, seed=3)
+    assert_bitwise(g0, g1)
+
+
+def task_models(c):
+    rng = np.random.default_rng(4)
+    V = c.vocab_size
+    span = make_batch(rng, 3, 8, V, num_labels=2)
+    del span["labels"]
+    span.update(start_positions=np.array([1, 2, 0]), end_positions=np.array([3, 2, 0]))
+    tags = make_batch(rng, 3, 8, V, num_labels=2)
+    tags["labels"] = np.where(rng.random((3, 8)) < 0.3, -100, rng.integers(0, 3, (3, 8)))  # (B, T)
+    return [
+        (BertForMaskedLM(c, seed=1), make_batch(rng, 3, 8, V, n_masked=2)),
+        (BertForSequenceClassification(c, 3, seed=1), make_batch(rng, 3, 8, V, num_labels=3)),
+        (BertForTokenClassification(c, 3, seed=1), tags),
+        (BertForQuestionAnswering(c, seed=1), span),
+        (BertForMultipleChoice(c, seed=1), choice_batch(rng, 2, 3, 8, V)),
+    ]
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_every_model_class(norm):
+    c = tiny_config(num_layers=2, norm=norm, dropout=0.1, attention_dropout=0.1)
+    for model, batch in task_models(c):
+        loss0, g0, _ = run(model, batch, False)
+        loss1, g1, _ = run(model, batch, True)
+        model.recompute = True
+        _, cache = model.forward(batch, train=True, rng=philox.rng(7))
+        assert all(isinstance(cl, KeptInput) for cl in cache.c_enc.c_layers), type(model).__name__
+        assert loss0 == loss1, type(model).__name__
+        assert_bitwise(g0, g1)
+
+
+def test_bert_model_and_evaluation_keep_caches():
+    c = tiny_config(num_layers=2, dropout=0.1)
+    model = BertModel(c, seed=1)
+    model.recompute = True
+    batch = make_batch(np.random.default_rng(5), 2, 6, c.vocab_size, num_labels=2)
+    del batch["labels"]
+    _, cache = model.forward(batch, train=True, rng=philox.rng(1))
+    assert all(isinstance(cl, KeptInput) for cl in cache.c_layers)  # BertModel's cache is the encoder's
+    # evaluation has no backward to rerun anything for: the plain caches (attention maps read them)
+    _, cache = model.forward(batch, train=False)
+    assert not any(isinstance(cl, KeptInput) for cl in cache.c_layers)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_on_ready_reports_each_layer_in_order(norm):
+    c = tiny_config(num_layers=3, norm=norm, dropout=0.1, attention_dropout=0.1)
+    model = BertForPreTraining(c, seed=1)
+    batch = make_batch(np.random.default_rng(6), 3, 8, c.vocab_size, n_masked=2)
+    reports = {}
+    for recompute in (False, True):
+        seen = []
+        _, g, _ = run(model, batch, recompute, on_ready=lambda gs: seen.append({k: host(v) for k, v in gs.items()}))
+        reports[recompute] = seen
+        reported = {k for gs in seen for k in gs}
+        assert {f"layers.{l}.attn.w_qkv" for l in range(3)} <= reported
+        for gs in seen:  # what on_ready saw is final: the same arrays the backward returns
+            for k, v in gs.items():
+                assert np.array_equal(v, g[k]), k
+    assert [list(gs) for gs in reports[False]] == [list(gs) for gs in reports[True]]
+    for a, b in zip(reports[False], reports[True]):
+        assert_bitwise(a, b)
+
+
+def test_fork_redraws_the_same_numbers():
+    s = philox.rng((3, 4), first_row=2)
+    s.random((2, 5))
+    twin = s.fork()
+    a = s.random((2, 5), np.float32)
+    assert s.draws == 2 and twin.draws == 1
+    assert np.array_equal(host(twin.random((2, 5), np.float32)), host(a))
+    assert np.array_equal(host(s.fork(0).random((2, 5))), host(philox.rng((3, 4), first_row=2).random((2, 5))))
+    assert not np.array_equal(host(s.fork(0).random((2, 5))), host(s.fork(1).random((2, 5))))
+
+
+def test_recompute_refuses_a_stream_it_cannot_redraw():
+    c = tiny_config(num_layers=1, dropout=0.1)
+    model = BertForMaskedLM(c, seed=1)
+    model.recompute = True
+    batch = make_batch(np.random.default_rng(7), 2, 5, c.vocab_size, n_masked=1)
+    with pytest.raises(TypeError, match="SequenceStreams"):
+        model.forward(batch, train=True, rng=np.random.default_rng(0))
