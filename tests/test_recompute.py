@@ -155,3 +155,24 @@ def test_recompute_refuses_a_stream_it_cannot_redraw():
     batch = make_batch(np.random.default_rng(7), 2, 5, c.vocab_size, n_masked=1)
     with pytest.raises(TypeError, match="SequenceStreams"):
         model.forward(batch, train=True, rng=np.random.default_rng(0))
+
+
+def test_pretraining_run_with_recompute_ends_where_the_plain_run_ends(tmp_path):
+    # scripts/pretrain.py --recompute, a few steps with dropout on and two layers: the last
+    # checkpoint's params bit for bit those of the plain run (so it is no resume key either)
+    import subprocess
+
+    from test_train import assert_same_params, final_params, run_args, write_corpus
+    from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+
+    corpus = str(write_corpus(tmp_path / "corpus.txt", n_docs=60))
+    tok = str(tmp_path / "tokenizer.json")
+    BPETokenizer.train_from_files(corpus, 400, special_tokens=SPECIAL_TOKENS, progress=False).save(tok)
+    runs = {}
+    for name, extra in (("plain", []), ("recompute", ["--recompute"])):
+        out = tmp_path / name
+        subprocess.run(run_args(out, corpus, tok, "--steps", "6", "--save-every", "6", "--num-layers", "2",
+                                "--dropout", "0.1", "--attention-dropout", "0.1", *extra),
+                       check=True, capture_output=True, timeout=300)
+        runs[name] = final_params(out)
+    assert_same_params(runs["plain"], runs["recompute"])
