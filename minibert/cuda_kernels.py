@@ -339,7 +339,9 @@ def scatter_rows(a, indices, values):
     two equal steps could differ in the last bit and a resumed run would not be the run it
     resumes."""
     import cupy as xp
-    order = xp.argsort(indices)  # (N,) CuPy's sort is stable
+    # CuPy's sort is stable; from CuPy 14 it runs Thrust with par_nosync, so it queues work
+    # without waiting for the GPU (CuPy 13's cuda::par synchronised: backend.use refuses it)
+    order = xp.argsort(indices)  # (N,)
     sorted_idx = indices[order].astype(xp.int64)  # (N,)
     values = xp.ascontiguousarray(values, dtype=a.dtype)  # (N, H)
     real = C_TYPE[numpy.dtype(a.dtype).name]
