@@ -51,7 +51,7 @@ from minibert import backend, interop, philox, rundir
 from minibert.checkpoint import checkpoint_exists, record_path
 from minibert.choice_task import ChoiceTask, choose, choose_run, load_chooser  # noqa: F401
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
-from minibert.optim import AdamW, clip_grad_norm, lr_at
+from minibert.optim import LAMB, OPTIMIZERS, AdamW, clip_grad_norm, lr_at
 from minibert.qa_task import QATask, answer, answer_run, load_qa  # noqa: F401
 from minibert.seq_task import (  # noqa: F401  (the sequence task's API, importable from here as before)
     SeqTask, accuracy, confusion_matrix, evaluate, format_confusion, load_classifier, log, macro_f1, predict,
@@ -99,6 +99,7 @@ class FinetuneConfig:
     warmup: float = 0.1  # fraction of all steps
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # optim.OPTIMIZERS: "adamw" or "lamb" (optim.LAMB)
     batch_size: int = 32
     max_length: int = 128  # tokens per sequence (scripts/finetune.py's default for --task qa: 384)
     seed: int = 0
@@ -113,8 +114,8 @@ class FinetuneConfig:
 
 
 # the recipe: the fields scripts/compare_pretraining.py shares with scripts/finetune.py
-RECIPE_KEYS = ("epochs", "lr", "warmup", "weight_decay", "grad_clip", "batch_size", "max_length", "num_classes",
-               "log_every", "backend", "dtype")
+RECIPE_KEYS = ("epochs", "lr", "warmup", "weight_decay", "grad_clip", "optimizer", "batch_size", "max_length",
+               "num_classes", "log_every", "backend", "dtype")
 
 
 
@@ -216,6 +217,8 @@ def finetune(fc):
     for k in ("epochs", "batch_size", "max_length"):
         if getattr(fc, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(fc, k)}")
+    if fc.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown --optimizer {fc.optimizer!r}: choose from {OPTIMIZERS}")
     if not 0.0 <= fc.warmup <= 1.0:
         raise ValueError(f"--warmup is a fraction of all steps, in [0, 1]; got {fc.warmup}")
     if fc.resume and fc.overwrite:
@@ -245,7 +248,7 @@ def _finetune(fc, task, model, tok, n_rows, data_what, init_what):
     steps_per_epoch = math.ceil(n_rows / fc.batch_size)
     total = steps_per_epoch * fc.epochs
     warmup = int(round(fc.warmup * total))
-    opt = AdamW(model.params, lr=fc.lr, weight_decay=fc.weight_decay)
+    opt = (LAMB if fc.optimizer == "lamb" else AdamW)(model.params, lr=fc.lr, weight_decay=fc.weight_decay)
     epoch0, step = 0, 0
     if fc.resume:
         epoch0, step = restore(fc, model, opt, tok, task)
@@ -262,7 +265,8 @@ def _finetune(fc, task, model, tok, n_rows, data_what, init_what):
         f"{model.num_parameters():,} parameters, {model.config.dtype}, backend {backend.name}")
 
     log(f"recipe: {fc.epochs} epochs x {steps_per_epoch} steps of {fc.batch_size} (max length {fc.max_length}), "
-        f"lr {fc.lr:.1e}, warmup {warmup} steps, linear decay, weight decay {fc.weight_decay}, seed {fc.seed}")
+        f"{'LAMB' if fc.optimizer == 'lamb' else 'AdamW'} lr {fc.lr:.1e}, warmup {warmup} steps, linear decay, "
+        f"weight decay {fc.weight_decay}, seed {fc.seed}")
     meta_base = dict(task.meta(), finetune=recorded(fc), init=init_what)
 
     t_loop, step0 = time.time(), step

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minibert import backend  # noqa: E402
 from minibert.finetune import RECIPE_KEYS, TASKS, FinetuneConfig, finetune, predict_with_run  # noqa: E402
+from minibert.optim import OPTIMIZERS  # noqa: E402
 
 
 def add_recipe_args(p, d=None):
@@ -34,6 +35,8 @@ def add_recipe_args(p, d=None):
     p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of all steps (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--optimizer", default=d.optimizer, choices=list(OPTIMIZERS), help="lamb: AdamW's moments with "
+                   "a per-tensor trust ratio (optim.LAMB), for large batches")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument("--num-classes", type=int, default=d.num_classes, help="default task: how many packages")
