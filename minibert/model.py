@@ -283,7 +283,8 @@ class BertForPreTraining(BertBase):
                               "attention_mask": hb["attention_mask"], "pos": pos, "mlm_labels": mlm_labels,
                               "nsp_labels": hb["next_sentence_label"]})
         rng = self.dropout_rng(train, rng)
-        (seq, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
+        (seq, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng,
+                                               recompute=self.recompute and train)
         B = seq.shape[0]
 
         # MLM head, only at the P labelled positions
@@ -358,7 +359,8 @@ class BertForMaskedLM(BertBase):
         db = to_device_batch({"input_ids": hb["input_ids"], "token_type_ids": hb["token_type_ids"],
                               "attention_mask": hb["attention_mask"], "pos": pos, "mlm_labels": mlm_labels})
         rng = self.dropout_rng(train, rng)
-        (seq, _), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
+        (seq, _), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng,
+                                          recompute=self.recompute and train)
         mlm_logits, c_mlm = mlm_head_forward(p, c, seq, db["pos"])  # (P, V)
         mlm_loss, c_mlm_ce = cross_entropy_forward(mlm_logits, db["mlm_labels"], (global_counts or (None,))[0])
         mlm_preds = mlm_logits.argmax(axis=1)  # (P,)
@@ -405,7 +407,8 @@ class BertModel(BertBase):
         hb = validate_batch(batch, c, require_labels=False)
         db = to_device_batch({k: hb[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
         rng = self.dropout_rng(train, rng)
-        (seq, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng)
+        (seq, pooled), c_enc = encoder_forward(p, c, db["input_ids"], db["token_type_ids"], db["attention_mask"], rng,
+                                               recompute=self.recompute and train)
         return {"sequence_output": seq, "pooled_output": pooled}, c_enc
 
     def backward(self, cache, dseq=None, dpooled=None):

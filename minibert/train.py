@@ -56,7 +56,7 @@ from minibert.instances import PretrainingData
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
 from minibert.mlm_blocks import BlockData
 from minibert.model import PRESETS, BertConfig, BertForMaskedLM, BertForPreTraining, pretraining_model
-from minibert.optim import SCHEDULES, AdamW, lr_at
+from minibert.optim import OPTIMIZERS, SCHEDULES, LAMB, AdamW, lr_at
 from minibert.token_cache import TokenizedCorpus
 from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
 from minibert.tokenizer_files import load_tokenizer
@@ -88,6 +88,7 @@ class TrainConfig:
     eps: float = 1e-6
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # optim.OPTIMIZERS: "adamw" or "lamb" (optim.LAMB: per-tensor trust ratio)
     budget_minutes: float = 0.0  # > 0: steps fixed once, at the start, so the whole job fits this budget
     corpus: list = field(default_factory=list)  # files / dirs / globs; empty = embedded stdlib docstrings
     heldout_fraction: float = 0.05
@@ -102,16 +103,18 @@ class TrainConfig:
     log_every: int = 50
     fill_mask_examples: int = 5
     zero: int = 0  # 1: shard the AdamW moments over data-parallel processes (ZeRO stage 1; zero.py)
+    recompute: bool = False  # rerun each encoder layer's forward in the backward (less memory, same numbers: no resume key)
 
 
 # settings that change what an exact resume computes: a resumed run must match them
 _RESUME_KEYS = ("seed", "batch_size", "accum", "seq_len", "length_window", "max_predictions", "short_seq_prob",
                 "corpus", "heldout_fraction", "objective", "mlm_prob", "whole_word_mask", "schedule", "peak_at",
-                "beta1", "beta2", "eps", "budget_minutes")
+                "beta1", "beta2", "eps", "budget_minutes", "optimizer")
 OBJECTIVES = ("mlm+nsp", "mlm")
 # what a run saved before these settings existed computed with (restore checks a resumed run against them)
 LEGACY_SETTINGS = {"objective": "mlm+nsp", "mlm_prob": 0.15, "whole_word_mask": False, "schedule": "linear",
-                   "peak_at": 0.5, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "budget_minutes": 0.0, "norm": "post"}
+                   "peak_at": 0.5, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "budget_minutes": 0.0, "norm": "post",
+                   "optimizer": "adamw"}
 # a fresh model pretrains without dropout (--dropout / --attention-dropout set it): on a
 # 10-minute budget the model underfits, and dropout only slows it (docs/pretraining.md's
 # ablation; Geiping and Goldstein 2022 drop it too). Fine-tuning sets its own (finetune --dropout).
@@ -138,6 +141,8 @@ def check_config(tc):
         raise ValueError(f"unknown preset {tc.preset!r}: choose from {sorted(PRESETS)}")
     if tc.zero not in (0, 1):
         raise ValueError(f"--zero must be 0 (no sharding) or 1 (AdamW moments sharded), got {tc.zero}")
+    if tc.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown --optimizer {tc.optimizer!r}: choose from {OPTIMIZERS}")
     if tc.objective not in OBJECTIVES:
         raise ValueError(f"unknown --objective {tc.objective!r}: choose from {OBJECTIVES}")
     if not 0.0 < tc.mlm_prob < 1.0:
@@ -463,6 +468,7 @@ def _pretrain(tc, model_overrides):
     if w.rank != 0:
         tok = load_tokenizer(os.path.join(tc.out, rundir.TOKENIZER_FILE))
     model = build_model(tc, tok, model_overrides)
+    model.recompute = tc.recompute  # encoder.encoder_forward(recompute=...): the same gradients, bit for bit
     config = model.config
     if config.vocab_size != tok.vocab_size:
         raise ValueError(f"vocab_size {config.vocab_size} differs from the tokenizer's {tok.vocab_size}")
@@ -470,7 +476,10 @@ def _pretrain(tc, model_overrides):
     eval_set = heldout_batches(tc, held_data)
 
     adam = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, weight_decay=tc.weight_decay)
-    opt = zero.ShardedAdamW(w, model.params, **adam) if tc.zero else AdamW(model.params, **adam)
+    if tc.zero:
+        opt = zero.ShardedAdamW(w, model.params, optimizer=tc.optimizer, **adam)
+    else:
+        opt = (LAMB if tc.optimizer == "lamb" else AdamW)(model.params, **adam)
     dp = distributed.DataParallel(w, opt)
     if tc.budget_minutes and tc.resume:  # the step count the budget fixed when the run started
         tc = dataclasses.replace(tc, steps=rundir.read_meta(tc.out, "last", rundir.PRETRAINING_KIND)["train"]["steps"])

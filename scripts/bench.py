@@ -220,14 +220,16 @@ def summarise(c, res, peak):
     return out
 
 
-def bench_one(c, compare_torch):
+def bench_one(c, compare_torch, recompute=False):
     """All children alive at once, their steps interleaved (the order alternating every
     step), so that all see the same machine load; medians over the timed steps. One PyTorch
     child per attention in c.torch_attn ("sdpa,eager": both in the same run)."""
     attns = c.torch_attn.split(",") if compare_torch else []
     torch_kinds = [f"torch/{a}" for a in attns]
-    kinds = ["minibert", *torch_kinds, "bound"]
-    children = {k: Child("torch", replace(c, torch_attn=k[6:])) if k in torch_kinds else Child(k, c) for k in kinds}
+    kinds = ["minibert", *(["minibert/recompute"] if recompute else []), *torch_kinds, "bound"]
+    children = {k: Child("torch", replace(c, torch_attn=k[6:])) if k in torch_kinds else
+                Child("minibert", replace(c, recompute=True)) if k == "minibert/recompute" else Child(k, c)
+                for k in kinds}
     reps = {k: [] for k in kinds}
     for i in range(c.warmup + c.steps):
         for k in (kinds if i % 2 == 0 else kinds[::-1]):
@@ -245,8 +247,9 @@ def bench_one(c, compare_torch):
         res["step_times"] = times[k]
         result[k] = summarise(c, res, peak)
     mb = result["minibert"]
-    for part in ("fwd", "bwd", "opt"):  # where minibert's step goes
-        mb[part + "_ms"] = statistics.median(r[part + "_s"] for r in reps["minibert"]) * 1e3
+    for k in [k for k in ("minibert", "minibert/recompute") if k in result]:
+        for part in ("fwd", "bwd", "opt"):  # where minibert's step goes
+            result[k][part + "_ms"] = statistics.median(r[part + "_s"] for r in reps[k]) * 1e3
     mb["matmul_bound_ms"] = peak["matmul_bound_s"] * 1e3
     mb["step_over_bound"] = mb["step_ms"] / mb["matmul_bound_ms"]
     for k in torch_kinds:
@@ -270,7 +273,7 @@ def print_table(results):
     print("-" * len(head))
     for r in results:
         name = r["config"]["name"]
-        for kind in ["minibert", "torch", *(k for k in r if k.startswith("torch/"))]:
+        for kind in ["minibert", "minibert/recompute", "torch", *(k for k in r if k.startswith("torch/"))]:
             if kind not in r:
                 continue
             x = r[kind]
@@ -281,7 +284,7 @@ def print_table(results):
             if rr:
                 ratios = (f"{rr['tokens_per_s']:11.2f} {rr['tokens_per_s_paired_median']:6.2f} {rr['at_bound']:8.2f} "
                           f"{rr['peak_rss']:9.2f}")
-            label = kind if kind == "minibert" else f"torch/{x['attn']}"
+            label = kind if kind.startswith("minibert") else f"torch/{x['attn']}"
             print(f"{name:<7} {label:<11} {x['step_ms']:8.1f} {x['tokens_per_s']:8.0f} {x['peak_rss_mb']:11.0f} "
                   f"{100 * x['mfu']:5.1f}% {bound} {ratios}")
 
@@ -297,7 +300,7 @@ def main():
         return
 
     cs = configs(ap, a)
-    results = [bench_one(c, a.compare_torch) for c in cs]
+    results = [bench_one(c, a.compare_torch, a.recompute) for c in cs]
     m = machine_info()
     blas = results[0]["peak"]["blas"]
     kernel = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}" for b in blas) or "unknown"
@@ -322,6 +325,12 @@ def main():
         print(f"# {r['config']['name']}: minibert forward {mb['fwd_ms']:.1f} ms, backward {mb['bwd_ms']:.1f} ms, "
               f"AdamW {mb['opt_ms']:.1f} ms (medians); best step {1e3 * min(mb['step_times']):.1f} ms"
               + "".join(f", torch/{t['attn']} best {1e3 * min(t['step_times']):.1f} ms" for t in torches))
+        if "minibert/recompute" in r:
+            rc = r["minibert/recompute"]
+            print(f"# {r['config']['name']}: --recompute: forward {rc['fwd_ms']:.1f} ms, backward {rc['bwd_ms']:.1f} ms; "
+                  f"step {rc['step_ms'] / mb['step_ms']:.2f}x, peak RSS {rc['peak_rss_mb']:.0f} vs {mb['peak_rss_mb']:.0f} MB"
+                  + (f", device memory {rc['peak_device_mb']:.0f} vs {mb['peak_device_mb']:.0f} MB (CuPy pool)"
+                     if "peak_device_mb" in rc else ""))
     print(json.dumps(results))
     if a.json:
         with open(a.json, "w") as f:

@@ -56,6 +56,7 @@ class BenchConfig:
     backend: str = "numpy"  # numpy: both on the CPU; cupy: minibert on CuPy, PyTorch on CUDA
     tf32: bool = False  # cuBLAS TF32 on the GPU (both sides); opt-in
     avx2: bool = False  # emulate an AVX2-only CPU on an AVX-512 one, both sides (AVX2_ENV)
+    recompute: bool = False  # minibert's activation recomputation (BertBase.recompute)
 
 
 # --avx2: what each library reads to stay on AVX2 code, so that an AVX-512 machine runs
@@ -138,6 +139,7 @@ def build_minibert(c):
     mc = BertConfig(vocab_size=c.V, hidden_size=c.H, num_layers=c.L, num_heads=c.A, intermediate_size=c.I,
                     dropout=c.dropout, attention_dropout=c.dropout, hidden_act=c.hidden_act, dtype="float32")
     model = BertForPreTraining(mc, seed=c.seed)
+    model.recompute = c.recompute
     return model, AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay), make_batch(c)
 
 
@@ -268,6 +270,8 @@ def add_config_arguments(ap):
     ap.add_argument("--avx2", action="store_true",
                     help="on an AVX-512 CPU, run both sides on AVX2 code, as an AVX2-only CPU would: "
                          + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()))
+    ap.add_argument("--recompute", action="store_true", help="a second minibert child with activation "
+                    "recomputation (minibert/recompute): its peak memory and step time beside the plain one's")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-config", default=None, help=argparse.SUPPRESS)
 

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minibert import distributed  # noqa: E402
 from minibert.inference import fill_mask, mask_examples  # noqa: E402
 from minibert.model import PRESETS  # noqa: E402
-from minibert.optim import SCHEDULES  # noqa: E402
+from minibert.optim import OPTIMIZERS, SCHEDULES  # noqa: E402
 from minibert.train import OBJECTIVES, TrainConfig, log, pretrain  # noqa: E402
 
 # BertConfig fields a flag may set instead of the preset's value
@@ -45,8 +45,12 @@ def build_parser():
     p.add_argument("--mlm-prob", type=float, default=d.mlm_prob, help="training masking rate (evaluation always "
                    "masks 15%%); the cap on predictions per sequence scales with it")
     p.add_argument("--whole-word-mask", action="store_true", help="mask a chosen word with all of its tokens")
+    p.add_argument("--recompute", action="store_true", help="activation recomputation: keep only each encoder "
+                   "layer's input and rerun the layer in the backward (less memory, one more forward; the same numbers)")
     p.add_argument("--schedule", default=d.schedule, choices=list(SCHEDULES), help="learning rate: linear or cosine "
                    "decay after --warmup steps; one-cycle: up to the peak at --peak-at of the run, then down")
+    p.add_argument("--optimizer", default=d.optimizer, choices=list(OPTIMIZERS), help="adamw, or lamb: AdamW's "
+                   "moments with a per-tensor trust ratio ||p|| / ||r|| (You et al. 2019; optim.LAMB)")
     p.add_argument("--peak-at", type=float, default=d.peak_at, help="one-cycle: where the peak lies, as a fraction")
     p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="fit the whole job into this "
                    "many minutes: the step count (replacing --steps) is fixed once from the measured step time "
