@@ -55,6 +55,11 @@ def use(backend_name):
         import cupy
     except ImportError as e:
         raise RuntimeError(f"backend 'cupy' asked for, but CuPy is not installed ({e}). {_INSTALL_HINT}") from None
+    if int(cupy.__version__.split(".")[0]) < 14:
+        # CuPy 13's sort (Thrust with cuda::par) waits for the GPU on every call: the
+        # embedding's scatter (cuda_kernels.scatter_rows) would sync the host each step
+        raise RuntimeError(f"backend 'cupy' needs CuPy >= 14, found {cupy.__version__}: CuPy 13's argsort "
+                           f"synchronises the host with the GPU (and bf16 arrays need CuPy 14). {_INSTALL_HINT}")
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # the driver or runtime is missing or broken

@@ -233,7 +233,8 @@ def init(backend_name="numpy"):
     nccl_comm = None
     if backend_name == "cupy":
         cp = backend.xp
-        cp.cuda.Device(w.local_rank % cp.cuda.runtime.getDeviceCount()).use()
+        check_gpus_per_node(w.local_size, cp.cuda.runtime.getDeviceCount(), w.local_rank)
+        cp.cuda.Device(w.local_rank).use()
         from cupy.cuda import nccl  # only with CuPy, under mpiexec
         uid = comm.bcast(nccl.get_unique_id() if w.rank == 0 else None, root=0)
         nccl_comm = nccl.NcclCommunicator(w.size, uid, w.rank)
@@ -246,6 +247,19 @@ def init(backend_name="numpy"):
     sys.stdout.flush()
     _world[0] = w
     return w
+
+
+def check_gpus_per_node(local_size, gpus, local_rank=0):
+    """RuntimeError unless each of this node's local_size ranks can have a GPU of its own.
+
+    NCCL refuses two ranks on one GPU, but only later and as "Duplicate GPU detected"; this
+    says what is wrong and what to do before anything is built. Raised on every rank alike."""
+    if gpus < local_size:
+        raise RuntimeError(
+            f"data parallel on CuPy needs one GPU per process: this node runs {local_size} processes "
+            f"(this one is local rank {local_rank}) but sees {gpus} GPU{'s' if gpus != 1 else ''}. Launch at most "
+            f"{gpus} process{'es' if gpus != 1 else ''} per node (mpiexec -n {gpus}), make more GPUs visible "
+            f"(CUDA_VISIBLE_DEVICES), or use MINIBERT_BACKEND=numpy")
 
 
 def set_threads(w):
@@ -442,11 +456,14 @@ class DataParallel:
         comm_span_ms_per_step      from the first bucket sent to the last one seen summed
         comm_overlapped_ms_per_step  span minus exposed: buckets in flight while the backward ran
         optimizer_state_bytes      AdamW moments held by this rank (1/N of them with ZeRO-1)
-        The compute time is ms_per_step minus comm_ms_per_step."""
+        The compute time is ms_per_step minus comm_ms_per_step. On NCCL the three comm
+        figures are left out: there `wait` only queues the summed buckets behind the device's
+        work and returns at once, so host clocks would read about 0 ms exposed whatever the
+        GPUs did (timing them needs CUDA events on the communication stream)."""
         if self.w.size == 1:
             return {}
         out = {"optimizer_state_bytes": optimizer_state_bytes(self.opt)}  # rank 0's: 1/N of all with ZeRO-1
-        if not self.sharded:
+        if not self.sharded and self.w.nccl is None:
             n = max(self.comm["steps"], 1)
             exposed, span = self.comm["comm_exposed_s"] / n, self.comm["comm_span_s"] / n
             out.update(comm_ms_per_step=1000 * exposed, comm_span_ms_per_step=1000 * span,

@@ -1,38 +1,38 @@
 #!/usr/bin/env bash
 # The GPU checks of minibert's CuPy path, as one script on a CUDA machine with
-# CuPy, and PyTorch with CUDA for the comparison (both sides on the GPU):
+# CuPy >= 14, and PyTorch with CUDA for the comparison (both sides on the GPU). The default
+# stages fit one short call: their limits add up to 470 s (GPU time is lent in minutes).
 #
 #   suite       the whole suite under MINIBERT_BACKEND=cupy (on several workers when
-#               pytest-xdist is installed): the fused kernels against their plain twins
-#               (tests/test_kernels.py, tests/test_rng.py, tests/test_layers.py), the test that
-#               counts device-to-host reads per training step
-#               (tests/test_train.py::test_steps_read_nothing_back_from_the_device), exact resume
-#   kernels     only the three kernel files of the suite, quickly
-#   bench_base  scripts/bench.py --backend cupy --compare-torch on the base preset (L=12,
-#               H=768, T=128, V=30522) with a batch of 64: pos/s, MFU against a measured cuBLAS
-#               float32 peak, device memory; TF32 off on both sides; PyTorch with its sdpa and
-#               its eager attention, both in the same run
-#   profile     scripts/profile_step.py --profile-ops on the same model: the device time of each
-#               op (CUDA events), and the host's time to issue the step beside the device's
-#   trace       scripts/profile_step.py --profile-kernels: every CUDA kernel of minibert's step and of
-#               PyTorch's (both attentions), from torch.profiler's CUPTI trace (needs torch)
-#   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 3,500 steps of the
+#               pytest-xdist is installed): the fused kernels against their plain twins,
+#               the test that counts device-to-host reads per step, exact resume
+#   bench_base  scripts/bench.py --backend cupy on the base preset (L=12, H=768, T=128,
+#               V=30522), B = 64, once per precision that bench.py accepts (fp32 today: a
+#               --precision flag it rejects is skipped and said so), against PyTorch eager
+#               and sdpa (--compare-torch --torch-attn sdpa,eager); TF32 off on both sides
+#   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 5,000 steps of the
 #               tiny preset on the embedded corpus)
+# Opt-in stages (STAGES="..."), outside the 470 s:
+#   kernels     only the three kernel test files, quickly
+#   profile     scripts/profile_step.py --profile-ops: each op's device time (CUDA events)
+#   trace       scripts/profile_step.py --profile-kernels: every CUDA kernel (needs torch)
 #   bench_tf32  bench_base with cuBLAS TF32 on both sides (the opt-in --tf32)
 #
-#   bash scripts/gpu_check.sh                          # the default stages; logs in $OUT (default /tmp/gpu_check)
+#   bash scripts/gpu_check.sh                               # the default stages; logs in $OUT
 #   STAGES="kernels bench_base" bash scripts/gpu_check.sh   # only these
 #
-# Each stage has its own time limit (seconds; the default stages' add up to 12 minutes) and the script
-# goes on after a failing stage; the last lines say which stages passed. Run from the
-# repository root; the package is used from the tree (PYTHONPATH), nothing is installed.
+# $OUT (default /tmp/gpu_check) gets one log per stage (NAME.log) and summary.txt; a caller
+# that collects a folder passes its own OUT. Each stage has its own time limit and the
+# script goes on after a failing stage; the last lines are one table: stage, exit status
+# (124 = its limit), seconds, and the figure that stage is for. Run from the repository
+# root; the package is used from the tree (PYTHONPATH), nothing is installed.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-STAGES=${STAGES:-suite bench_base profile trace pretrain bench_tf32}
+STAGES=${STAGES:-suite bench_base pretrain}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-declare -A RC
+declare -A RC SECS
 
 stage() {  # stage NAME SECONDS command...: run it with a limit, log to $OUT/NAME.log
     local name=$1 limit=$2
@@ -42,8 +42,9 @@ stage() {  # stage NAME SECONDS command...: run it with a limit, log to $OUT/NAM
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     RC[$name]=$?
+    SECS[$name]=$((SECONDS - t0))
     tail -n 25 "$OUT/$name.log"
-    echo "=== $name: exit ${RC[$name]} after $((SECONDS - t0)) s"
+    echo "=== $name: exit ${RC[$name]} after ${SECS[$name]} s"
 }
 
 if ! $PY -c "import cupy, sys; sys.exit(cupy.cuda.runtime.getDeviceCount() < 1)" 2>/dev/null; then
@@ -56,31 +57,55 @@ $PY -c "import cupy, numpy; print('cupy', cupy.__version__, '| numpy', numpy.__v
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>/dev/null \
     || echo "torch: not installed (the bench stages run without --compare-torch)"
 
-stage kernels 90 env MINIBERT_BACKEND=cupy $PY -m pytest -p no:cacheprovider \
-    tests/test_kernels.py tests/test_rng.py tests/test_layers.py
-
 WORKERS=()
 $PY -c "import xdist" 2>/dev/null && WORKERS=(-n 8 --dist loadfile)
-stage suite 150 env MINIBERT_BACKEND=cupy $PY -m pytest -p no:cacheprovider -rs --maxfail=25 --timeout 120 \
+stage suite 200 env MINIBERT_BACKEND=cupy $PY -m pytest -p no:cacheprovider -rs --maxfail=25 --timeout 120 \
     --durations=15 "${WORKERS[@]}"
+stage kernels 90 env MINIBERT_BACKEND=cupy $PY -m pytest -p no:cacheprovider \
+    tests/test_kernels.py tests/test_rng.py tests/test_layers.py
 
 TORCH_CUDA=$($PY -c "import torch, transformers; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 COMPARE=()
 [ "$TORCH_CUDA" = 1 ] && COMPARE=(--compare-torch --torch-attn sdpa,eager)
 MODEL=(--backend cupy --preset base -V 30522 -B 64)
 BENCH=($PY scripts/bench.py "${MODEL[@]}" --steps 10 --warmup 3)
-stage bench_base 120 "${BENCH[@]}" "${COMPARE[@]}"
+# one bench per precision bench.py accepts (each about 40 s); the stage's log holds them all
+bench_precisions() {
+    local p
+    for p in ${PRECISIONS:-fp32 bf16 fp16}; do
+        if [ "$p" = fp32 ]; then
+            echo "--- precision fp32"; "$@" || return
+        elif $PY scripts/bench.py --help 2>/dev/null | grep -q -- "--precision"; then
+            echo "--- precision $p"; "$@" --precision "$p" || return
+        else
+            echo "--- precision $p: skipped, scripts/bench.py has no --precision flag"
+        fi
+    done
+}
+export -f bench_precisions
+export PY
+stage bench_base 150 bash -c 'bench_precisions "$@"' bench_precisions "${BENCH[@]}" "${COMPARE[@]}"
 stage profile 60 $PY scripts/profile_step.py "${MODEL[@]}" --steps 5 --warmup 2 --profile-ops
 [ "$TORCH_CUDA" = 1 ] && stage trace 120 $PY scripts/profile_step.py "${MODEL[@]}" --steps 3 --warmup 2 \
     --profile-kernels "${COMPARE[@]}"
 
 rm -rf /tmp/gpu_check_pretrain
-stage pretrain 150 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend cupy --out /tmp/gpu_check_pretrain
+stage pretrain 120 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend cupy --out /tmp/gpu_check_pretrain
 cp /tmp/gpu_check_pretrain/metrics.jsonl "$OUT/pretrain_metrics.jsonl" 2>/dev/null
 
 stage bench_tf32 120 "${BENCH[@]}" "${COMPARE[@]}" --tf32
 
-echo "=== summary (exit status per stage; 124 = its time limit)"
-for name in $STAGES; do
-    echo "$name ${RC[$name]:-not run}"
-done
+{
+    echo "=== summary (exit status per stage; 124 = its time limit)"
+    printf '%-11s %-8s %-6s %s\n' stage exit seconds figure
+    for name in $STAGES; do
+        fig=""
+        case $name in
+            suite) fig=$(grep -E "[0-9]+ (passed|failed)" "$OUT/suite.log" 2>/dev/null | tail -n 1) ;;
+            kernels) fig=$(grep -E "[0-9]+ (passed|failed)" "$OUT/kernels.log" 2>/dev/null | tail -n 1) ;;
+            bench_base|bench_tf32) fig=$(grep -E "^base +minibert" "$OUT/$name.log" 2>/dev/null | awk '{print $3 " ms, x" $(NF-3)}' | paste -sd ';' -) ;;
+            pretrain) fig=$(grep -E "^done:" "$OUT/pretrain.log" 2>/dev/null | tail -n 1) ;;
+        esac
+        printf '%-11s %-8s %-6s %s\n' "$name" "${RC[$name]:-not run}" "${SECS[$name]:--}" "$fig"
+    done
+} | tee "$OUT/summary.txt"
