@@ -23,7 +23,8 @@ holds the params, the AdamW moments and step count, the epoch and the step, and 
 counters above give every later random draw, so a run killed at any moment and resumed
 from its last checkpoint reaches bitwise the final parameters of an uninterrupted run
 (NumPy backend). Settings that change what is computed (the task among them) and the
-labels must match the checkpoint's.
+labels must match the checkpoint's. recompute (--recompute: each encoder layer rerun in the
+backward, encoder.encoder_forward) changes memory, not numbers: a run may resume with or without it.
 
 Without a data file, every task uses its default task (task_data.default_task;
 default_tasks.default_tag_task, default_qa_task, default_choice_task), evaluated only on
@@ -111,6 +112,7 @@ class FinetuneConfig:
     resume: bool = False  # continue the run in out from its last checkpoint
     log_every: int = 10
     eval_batch_size: int = 64
+    recompute: bool = False  # rerun each encoder layer's forward in the backward (less memory, the same numbers)
 
 
 # the recipe: the fields scripts/compare_pretraining.py shares with scripts/finetune.py
@@ -187,7 +189,8 @@ def build_model(fc, num_labels=None, task=None):
 
 
 # FinetuneConfig fields that do not change what a run computes: a resumed run may differ in these
-_NOT_RESUME_KEYS = ("out", "overwrite", "resume", "log_every", "eval_batch_size", "backend")
+# (recompute: encoder.encoder_forward(recompute=True) gives the gradients bit for bit, so a run may switch it)
+_NOT_RESUME_KEYS = ("out", "overwrite", "resume", "log_every", "eval_batch_size", "backend", "recompute")
 
 
 def restore(fc, model, opt, tok, task):
@@ -227,6 +230,8 @@ def finetune(fc):
     # everything that reads the data and the model comes before the lock: bad input writes nothing
     data_what = task.load(fc, 0.05 if is_hf(fc) else rundir.run_heldout_fraction(fc.init))
     model, tok, init_what = build_model(fc, task=task)
+    # every task model is a BertBase: its training forwards keep only the layers' inputs (evaluation is unchanged)
+    model.recompute = fc.recompute
     n_rows = task.encode(tok)
     with rundir.lock(fc.out):  # one writer for the life of the run
         _check_out(fc)  # again, now that no other writer can start one
@@ -266,7 +271,7 @@ def _finetune(fc, task, model, tok, n_rows, data_what, init_what):
 
     log(f"recipe: {fc.epochs} epochs x {steps_per_epoch} steps of {fc.batch_size} (max length {fc.max_length}), "
         f"{'LAMB' if fc.optimizer == 'lamb' else 'AdamW'} lr {fc.lr:.1e}, warmup {warmup} steps, linear decay, "
-        f"weight decay {fc.weight_decay}, seed {fc.seed}")
+        f"weight decay {fc.weight_decay}, seed {fc.seed}" + (", activation recomputation" if fc.recompute else ""))
     meta_base = dict(task.meta(), finetune=recorded(fc), init=init_what)
 
     t_loop, step0 = time.time(), step

@@ -5,6 +5,7 @@
     python scripts/finetune.py --task tag --out runs/tag             # the default tagging task
     python scripts/finetune.py --task qa --out runs/qa               # the default QA task
     python scripts/finetune.py --task choice --out runs/choice       # the default multiple-choice task
+    python scripts/finetune.py --recompute --out runs/finetune       # the same numbers in less memory
     python scripts/finetune.py --task tag --train train.conll --validation dev.conll --out runs/tag
     python scripts/finetune.py --task qa --train train-v1.1.json --validation dev-v1.1.json --out runs/qa
     python scripts/finetune.py --task choice --train train.csv --validation val.csv --out runs/choice
@@ -85,6 +86,8 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                    "(after its latest epoch), with the same settings")
+    p.add_argument("--recompute", action="store_true", help="activation recomputation: keep only each encoder "
+                   "layer's input and rerun the layer in the backward (less memory, one more forward; the same numbers)")
     add_recipe_args(p, d)
     p.set_defaults(max_length=None)  # 128, or QA_MAX_LENGTH for --task qa
     g = p.add_argument_group("prediction (no training)")
@@ -112,7 +115,7 @@ def config_from_args(args):
                                         "validation", "valid_fraction", "text_column", "pair_column",
                                         "label_column", "regression", "scheme", "version_2", "doc_stride",
                                         "max_question_length", "null_threshold", "train_per_class", "seed",
-                                        "dropout", "out", "overwrite", "resume", *RECIPE_KEYS)}
+                                        "dropout", "out", "overwrite", "resume", "recompute", *RECIPE_KEYS)}
     return FinetuneConfig(**kw)
 
 

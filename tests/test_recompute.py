@@ -176,3 +176,78 @@ def test_pretraining_run_with_recompute_ends_where_the_plain_run_ends(tmp_path):
                        check=True, capture_output=True, timeout=300)
         runs[name] = final_params(out)
     assert_same_params(runs["plain"], runs["recompute"])
+
+
+def pretraining_run(path, tok, seed=11):
+    """A pretraining run directory of a tiny random BERT with two layers and both dropouts on,
+    so recomputation reruns more than one layer and has masks to redraw."""
+    from minibert.checkpoint import save_checkpoint
+    from minibert.model import BertConfig
+
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                        max_position=64, dropout=0.1, attention_dropout=0.1)
+    model = BertForPreTraining(config, seed=seed)
+    tok.save(str(path / "tokenizer.json"))
+    save_checkpoint(str(path), "last", model.params, {}, {"kind": "minibert-pretraining", "config": config.to_dict(),
+                                                          "step": 0, "tokenizer_fingerprint": tok.fingerprint()})
+    return str(path)
+
+
+def test_finetuning_run_with_recompute_ends_where_the_plain_run_ends(tmp_path):
+    # scripts/finetune.py --recompute, two epochs with dropout on: the last checkpoint's params and
+    # the evaluation bit for bit those of the plain run; and no resume key: the plain run resumes with it
+    import json
+    import os
+
+    from test_finetune import run_script, synthetic_rows
+    from minibert.tokenizer import SPECIAL_TOKENS, BPETokenizer
+    from test_train import assert_same_params, final_params
+
+    text = " ".join(["the cat sat on the mat", "a dog ran to the park", "good great fine", "bad awful poor"] * 20)
+    tok = BPETokenizer.train_from_iterator([text], 300, special_tokens=SPECIAL_TOKENS, progress=False)
+    (tmp_path / "pt").mkdir()
+    init = pretraining_run(tmp_path / "pt", tok)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(48, 5)))
+    runs, results = {}, {}
+    for name, extra in (("plain", []), ("recompute", ["--recompute"])):
+        out = str(tmp_path / name)
+        rc, stdout, stderr = run_script("finetune.py", "--from", init, "--train", str(data), "--epochs", "2",
+                                        "--batch-size", "8", "--max-length", "24", "--lr", "1e-2", "--out", out,
+                                        *extra)
+        assert rc == 0, stderr
+        assert ("activation recomputation" in stdout) == bool(extra)  # the flag reached the model
+        runs[name] = final_params(out)
+        with open(os.path.join(out, "results.json")) as f:
+            results[name] = {k: v for k, v in json.load(f).items() if k != "elapsed_s"}
+    assert_same_params(runs["plain"], runs["recompute"])
+    assert results["plain"] == results["recompute"]
+    rc, _, stderr = run_script("finetune.py", "--from", init, "--train", str(data), "--epochs", "2", "--batch-size",
+                               "8", "--max-length", "24", "--lr", "1e-2", "--out", str(tmp_path / "plain"),
+                               "--resume", "--recompute")
+    assert rc == 0, stderr
+
+
+@pytest.mark.parametrize("task", ["tag", "qa", "choice"])
+def test_every_task_finetunes_bitwise_with_recompute(tmp_path, task):
+    # the other task models through minibert.finetune (FinetuneConfig.recompute), one epoch, dropout on
+    from dataclasses import replace
+
+    from test_finetune_tasks import VOCAB, choice_examples, squad_examples, tagged_sentences
+    from minibert.finetune import FinetuneConfig, finetune
+    from minibert.wordpiece import WordPieceTokenizer
+    from test_train import assert_same_params, final_params
+
+    init = pretraining_run(tmp_path, WordPieceTokenizer(VOCAB))
+    train, val = {"tag": (tagged_sentences(24, 0), tagged_sentences(8, 1)),
+                  "qa": (squad_examples(24, 0), squad_examples(8, 1)),
+                  "choice": (choice_examples(24, 0), choice_examples(8, 1))}[task]
+    fc = FinetuneConfig(task=task, init=init, train=train, validation=val, epochs=1, lr=1e-2, batch_size=8,
+                        max_length=32, doc_stride=8, out=str(tmp_path / "plain"))
+    results = {}
+    for out, recompute in (("plain", False), ("recompute", True)):
+        model, _, res = finetune(replace(fc, out=str(tmp_path / out), recompute=recompute))
+        assert model.recompute is recompute
+        results[out] = {k: v for k, v in res.items() if k != "elapsed_s"}
+    assert_same_params(final_params(tmp_path / "plain"), final_params(tmp_path / "recompute"))
+    assert results["plain"] == results["recompute"]
