@@ -266,17 +266,22 @@ def bench_one(c, compare_torch, recompute=False):
     return result
 
 
+def table_rows(r):
+    """(label, kind, result) of each implementation's row of one config, in table order."""
+    for kind in ["minibert", "minibert/recompute", "torch", *(k for k in r if k.startswith("torch/"))]:
+        if kind in r:
+            yield (kind if kind.startswith("minibert") else f"torch/{r[kind]['attn']}"), kind, r[kind]
+
+
 def print_table(results):
-    head = (f"{'config':<7} {'impl':<11} {'step ms':>8} {'pos/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
+    w = max([11, *(len(label) for r in results for label, _, _ in table_rows(r))])  # the longest impl label
+    head = (f"{'config':<7} {'impl':<{w}} {'step ms':>8} {'pos/s':>8} {'peak RSS MB':>11} {'MFU':>6} "
             f"{'bound ms':>8} {'x bound':>7} {'pos/s ratio':>11} {'paired':>6} {'at bound':>8} {'RSS ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
         name = r["config"]["name"]
-        for kind in ["minibert", "minibert/recompute", "torch", *(k for k in r if k.startswith("torch/"))]:
-            if kind not in r:
-                continue
-            x = r[kind]
+        for label, kind, x in table_rows(r):
             bound = f"{x['matmul_bound_ms']:8.1f} {x['step_over_bound']:7.2f}" if kind == "minibert" else f"{'':8} {'':7}"
             # minibert's row: its ratios to the first PyTorch row; a further PyTorch row: to that row
             rr = r.get("ratios") if kind == "minibert" else x.get("ratios")
@@ -284,9 +289,8 @@ def print_table(results):
             if rr:
                 ratios = (f"{rr['tokens_per_s']:11.2f} {rr['tokens_per_s_paired_median']:6.2f} {rr['at_bound']:8.2f} "
                           f"{rr['peak_rss']:9.2f}")
-            label = kind if kind.startswith("minibert") else f"torch/{x['attn']}"
-            print(f"{name:<7} {label:<11} {x['step_ms']:8.1f} {x['tokens_per_s']:8.0f} {x['peak_rss_mb']:11.0f} "
-                  f"{100 * x['mfu']:5.1f}% {bound} {ratios}")
+            print(f"{name:<7} {label:<{w}} {x['step_ms']:8.1f} {x['tokens_per_s']:8.0f} {x['peak_rss_mb']:11.0f} "
+                  f"{100 * x['mfu']:5.1f}% {bound} {ratios}".rstrip())
 
 
 def main():

@@ -251,3 +251,27 @@ def test_every_task_finetunes_bitwise_with_recompute(tmp_path, task):
         results[out] = {k: v for k, v in res.items() if k != "elapsed_s"}
     assert_same_params(final_params(tmp_path / "plain"), final_params(tmp_path / "recompute"))
     assert results["plain"] == results["recompute"]
+
+
+def test_bench_table_keeps_its_columns_with_a_recompute_row(capsys):
+    # scripts/bench.py --recompute: the minibert/recompute row's figures sit under the header's columns
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    row = dict(step_ms=812.5, tokens_per_s=5041.0, peak_rss_mb=480.0, mfu=0.25)
+    r = {"config": {"name": "mini"}, "minibert": dict(row, matmul_bound_ms=300.0, step_over_bound=2.0),
+         "minibert/recompute": dict(row, step_ms=1012.5), "torch": dict(row, attn="sdpa", step_ms=900.0),
+         "ratios": dict(tokens_per_s=1.1, tokens_per_s_paired_median=1.1, at_bound=3.0, peak_rss=0.5)}
+    bench.print_table([r])
+    head, rule, *rows = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in rows] == ["minibert", "minibert/recompute", "torch/sdpa"]
+    end = head.index("step ms") + len("step ms")  # right-aligned under its header
+    assert [line[end - 6:end] for line in rows] == [" 812.5", "1012.5", " 900.0"]
+    end = head.index("peak RSS MB") + len("peak RSS MB")
+    assert all(line[end - 4:end] == " 480" for line in rows)
+    assert len(rule) == len(head) and max(map(len, rows)) <= len(head)
