@@ -170,7 +170,10 @@ def encoder_forward(params, c, input_ids, token_type_ids, attention_mask, rng=No
         kept = KeptInput(x, attn_bias, p, args, rng_at(rng)) if recompute else None
         # x is the hidden state, layer l's input before and its output after
         x, cl = layer_forward(x, attn_bias, p, *args, rng)  # (B, T, H)
-        c_layers.append(cl if kept is None else kept)  # recompute: the cache dies here
+        c_layers.append(cl if kept is None else kept)
+        # recompute: the cache dies here, not when the next layer's forward returns (the name
+        # would keep it alive through that forward: two layers' caches at the forward's peak)
+        del cl
     c_final = None
     if c.norm == "pre":
         # a pre-LN stack's output is a residual sum that no layer norm has touched (its scale
@@ -212,7 +215,7 @@ def encoder_backward(dseq, dpooled, cache, on_ready=None):
             # recompute: layer l's forward again from its kept input, the same masks redrawn
             # from a fresh fork (the kept one stays unread, so a second backward still works);
             # its cache lives only until the backward below returns
-            _, cl = layer_forward(cl.x, cl.attn_bias, cl.p, *cl.args, rng_at(cl.rng))
+            cl = layer_forward(cl.x, cl.attn_bias, cl.p, *cl.args, rng_at(cl.rng))[1]  # its output is not needed
         # forward: x = encoder_layer(x); dx is the gradient of the hidden state
         dx, gl = layer_backward(dx, cl)  # (B, T, H)
         del cl
