@@ -13,6 +13,8 @@ and CuPy differ, this module exposes one name so that ops have one code path:
     batched_matmul(a, b)     a @ b over a stack of small matrices (attention's per-head products)
     batched_operand(a)       a laid out once for several batched_matmul calls
     matmul(a, b, bias), matmul_pair(a1, b1, a2, b2)   2-D GEMMs (linear layers), split over host threads
+    gemm_precision(name)     a context in which every GEMM above rounds its float32 operands to
+                             bf16 or fp16 and accumulates in float32 (mixed precision, below)
     erf(x)                   the error function (scipy.special on the host, cupyx on device)
     to_host(a) / to_device(a)   move arrays across the edge (batches in, floats out)
     synchronize()            wait for queued device work (timing)
@@ -26,6 +28,7 @@ strided batched GEMM) are in minibert/cuda_kernels.py. The ops with a fast path 
 plain twin (GELU, layer norm, softmax, dropout, AdamW) are in minibert/kernels.py, dropout's
 random numbers in minibert/philox.py.
 """
+import contextlib
 import os
 
 import numpy
@@ -35,6 +38,8 @@ from minibert import cuda_kernels, host
 
 xp = numpy  # the array module in use: numpy or cupy
 name = "numpy"
+precision = "fp32"  # the GEMMs' operand precision: "fp32", "bf16" or "fp16" (gemm_precision)
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 _INSTALL_HINT = (
     "Install CuPy for your CUDA version, e.g. pip install -e '.[cuda12]' "
@@ -117,6 +122,71 @@ def scatter_add(a, indices, values):
     return a
 
 
+# ----------------------------------------------------------------------------------------
+# mixed precision: 16-bit GEMM operands, float32 everything else (docs/internals.md,
+# "Mixed precision")
+#
+# A tensor core multiplies 16-bit numbers and adds the products in float32. NumPy has no
+# such GEMM, so the host emulates one: each float32 operand is rounded to the nearest value
+# the 16-bit type holds (ties to even, as a cast does), and the product of the rounded
+# operands is computed in float32. The result is what a 16-bit GEMM with float32
+# accumulation gives, up to float32's own summation order. Only GEMM operands are rounded:
+# layer-norm statistics, softmax, GELU, the losses, bias-gradient sums, the gradients and
+# the weights the optimizer updates all stay float32. The same code runs on CuPy (there too
+# as rounding plus a float32 GEMM: cuBLAS's 16-bit GEMMs are not wired in).
+
+_BF16_KEEP = numpy.uint32(0xFFFF0000)  # sign, exponent and the 7 fraction bits bf16 keeps
+
+
+def round_bf16(a):
+    """a (float32) rounded to bfloat16's values, ties to even, returned as float32.
+
+    bf16 is float32's top 16 bits: the same 8-bit exponent (range up to 3.4e38), 7 of the
+    23 fraction bits. Adding 0x7FFF plus the lowest kept bit to the bit pattern and cutting
+    the low 16 bits rounds to nearest, ties to even; a carry out of the fraction moves the
+    exponent, up to inf past bf16's largest value. A NaN is kept a NaN (its quiet bit set
+    first, else a payload in the cut bits alone would round to inf)."""
+    u = a.view(xp.uint32)  # like a
+    r = u + (xp.uint32(0x7FFF) + ((u >> 16) & xp.uint32(1)))  # like a, wraps only for NaNs
+    r = xp.where(a != a, u | xp.uint32(0x00400000), r)  # like a: NaN -> quiet NaN
+    r &= _BF16_KEEP
+    return r.view(xp.float32)  # like a
+
+
+def round_fp16(a):
+    """a (float32) rounded to IEEE half's values (ties to even), returned as float32: 10
+    fraction bits, and a 5-bit exponent, so values past 65,504 (plus half a step) become
+    inf and values below 2^-24 / 2 become 0 (between those and 2^-14 fewer bits survive:
+    the subnormals)."""
+    with numpy.errstate(over="ignore"):  # past fp16's range is inf: what the format does, not an error
+        return a.astype(xp.float16).astype(xp.float32)  # like a
+
+
+_ROUND = {"bf16": round_bf16, "fp16": round_fp16}
+
+
+def low(a):
+    """A GEMM operand at the current precision: a itself in fp32 (or when a is not
+    float32: float64 gradient checks stay exact), else a rounded to bf16 or fp16."""
+    if precision == "fp32" or a.dtype != numpy.float32:
+        return a
+    return _ROUND[precision](a)
+
+
+@contextlib.contextmanager
+def gemm_precision(name):
+    """Within the block every GEMM (matmul, matmul_pair, batched_matmul) takes its float32
+    operands rounded to `name` ("bf16" or "fp16"; "fp32": unchanged). Restored after."""
+    global precision
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}: choose from {PRECISIONS}")
+    before, precision = precision, name
+    try:
+        yield
+    finally:
+        precision = before
+
+
 def matmul(a, b, bias=None):
     """a @ b (+ bias, (N,), when given) for 2-D a (M, K) and b (K, N): the linear layers' GEMMs.
 
@@ -127,6 +197,7 @@ def matmul(a, b, bias=None):
     BLAS threads at load 5, 14 ms as two one-thread halves). The result may differ from one
     two-thread GEMM in the last bit, but it is the same on every run.
     """
+    a, b = low(a), low(b)  # (M, K), (K, N): 16-bit operands under gemm_precision
     if xp is not numpy or host.host_threads() < 2 or a.ndim != 2 or a.shape[0] < 64:
         out = xp.matmul(a, b)  # (M, N)
         if bias is not None:
@@ -145,6 +216,7 @@ def matmul(a, b, bias=None):
 def matmul_pair(a1, b1, a2, b2):
     """(a1 @ b1, a2 @ b2), two independent 2-D GEMMs (a linear layer's dx and dw): on the
     host with host_threads() >= 2 each runs on one BLAS thread, the two at once."""
+    a1, b1, a2, b2 = low(a1), low(b1), low(a2), low(b2)  # 16-bit operands under gemm_precision
     if xp is not numpy or host.host_threads() < 2:
         return xp.matmul(a1, b1), xp.matmul(a2, b2)
     return host.run_both(lambda: numpy.matmul(a1, b1), lambda: numpy.matmul(a2, b2))
@@ -159,6 +231,7 @@ def batched_matmul(a, b, out=None):
     between host_threads() Python threads (halves of the first axis). Results are identical:
     every product is computed whole by one thread either way.
     """
+    a, b = low(a), low(b)  # (..., M, K), (..., K, N): 16-bit operands under gemm_precision
     if xp is numpy:
         shape = numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
         res = numpy.empty(shape, numpy.result_type(a, b)) if out is None else out  # (..., M, N)

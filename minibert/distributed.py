@@ -394,14 +394,16 @@ class DataParallel:
             return batch, None, 0
         return split_batch(self.w, batch)
 
-    def backward(self, model, cache, grads, scale, last):
+    def backward(self, model, cache, grads, scale, last, dloss=None):
         """grads (this rank's sum so far, or None) plus scale * this micro-batch's gradients:
         this rank's sum. With N processes and no sharding, the last micro-batch's backward
-        also starts summing them over ranks, bucket by bucket; reduce() waits for the sum."""
+        also starts summing them over ranks, bucket by bucket; reduce() waits for the sum.
+        dloss: the loss's gradient for model.backward (fp16's loss scale), None for 1."""
+        kw = {} if dloss is None else {"dloss": dloss}
         if self.w.size == 1 or not last or self.sharded:
-            return accumulate(grads, model.backward(cache), scale)
+            return accumulate(grads, model.backward(cache, **kw), scale)
         sync = GradientSync(self.w, grads, scale, overlap=self.overlap)
-        local = sync.send_rest(model.backward(cache, on_ready=sync.ready))
+        local = sync.send_rest(model.backward(cache, on_ready=sync.ready, **kw))
         self.in_flight = (sync, local)
         return local
 

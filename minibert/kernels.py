@@ -482,7 +482,7 @@ def adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=No
     """The update as array ops, in place on p, m, v; scratch: a buffer like p (or None)."""
     xp = backend.xp
     s = xp.empty_like(p) if scratch is None else scratch  # like p
-    if decay != 1.0:
+    if not isinstance(decay, float) or decay != 1.0:  # a 0-d device array (a skippable step) is not read
         p *= decay  # decoupled decay: p <- p * (1 - lr * wd), before the update
     # m <- b1 * m + (1 - b1) * g
     xp.multiply(g, 1.0 - b1, out=s)
@@ -502,7 +502,10 @@ def adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=No
 
 
 def adamw_update(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=None):
-    """One AdamW step in place: one fused pass on the device, else adamw_update_plain."""
+    """One AdamW step in place: one fused pass on the device, else adamw_update_plain.
+    The constants are floats, or 0-d arrays (AdamW's skippable step): on the host those
+    are read at once (no device to wait for), on the device they go to the plain path,
+    whose array ops broadcast them without a host read."""
     cpu = _cpu(p)
     if cpu is not None and p.flags.c_contiguous and all(a.flags.c_contiguous and a.dtype == p.dtype for a in (g, m, v)):
         dt = p.dtype.type
@@ -510,7 +513,7 @@ def adamw_update(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch=None):
         consts = [dt(c) for c in (decay, b1, 1.0 - b1, b2, 1.0 - b2, step_size, eps_hat)]
         host.split_run(lambda lo, hi: cpu.adamw(*flat, *consts, lo, hi), p.size, p.size)
         return
-    if not _fused():
+    if not _fused() or any(hasattr(c, "ndim") for c in (decay, b1, b2, step_size, eps_hat)):
         adamw_update_plain(p, g, m, v, decay, b1, b2, step_size, eps_hat, scratch)
         return
     cuda_kernels.adamw(p, g, m, v, decay, b1, b2, step_size, eps_hat)

@@ -308,16 +308,18 @@ class BertForPreTraining(BertBase):
         }
         return out, PretrainingCache(c_enc, c_mlm, c_mlm_ce, c_nsp, c_nsp_ce)
 
-    def backward(self, cache, on_ready=None):
-        """Gradients of out["loss"] w.r.t. every param: a dict with params' keys and shapes.
-        on_ready: called with each group of gradients once final (see encoder.encoder_backward)."""
+    def backward(self, cache, on_ready=None, dloss=1.0):
+        """Gradients of dloss * out["loss"] w.r.t. every param: a dict with params' keys and
+        shapes. on_ready: called with each group of gradients once final (see
+        encoder.encoder_backward). dloss: the loss's own gradient, 1, or fp16's loss scale
+        (a 0-d device array; mixed_precision.py)."""
         p = self.params
         g = {}
-        # forward: loss = mlm_loss + nsp_loss, so each receives gradient 1
-        (dnsp_logits,) = cross_entropy_backward(1.0, cache.c_nsp_ce)  # (B, 2)
+        # forward: loss = mlm_loss + nsp_loss, so each receives the loss's gradient dloss
+        (dnsp_logits,) = cross_entropy_backward(dloss, cache.c_nsp_ce)  # (B, 2)
         dpooled, g["nsp.w"], g["nsp.b"] = linear_backward(dnsp_logits, cache.c_nsp)  # (B, H)
         report_ready(on_ready, g, ["nsp.w", "nsp.b"])
-        (dmlm_logits,) = cross_entropy_backward(1.0, cache.c_mlm_ce)  # (P, V)
+        (dmlm_logits,) = cross_entropy_backward(dloss, cache.c_mlm_ce)  # (P, V)
         dseq, g_mlm, dword_decoder = mlm_head_backward(dmlm_logits, cache.c_mlm, p["emb.word"])  # (B, T, H)
         g.update(g_mlm)
         report_ready(on_ready, g, list(g_mlm))
@@ -369,12 +371,11 @@ class BertForMaskedLM(BertBase):
                "mlm_correct": (mlm_preds == db["mlm_labels"]).sum(), "mlm_count": len(pos)}
         return out, MaskedLMCache(c_enc, c_mlm, c_mlm_ce)
 
-    def backward(self, cache, on_ready=None):
-        """Gradients of out["loss"] w.r.t. every param: a dict with params' keys and shapes.
-        on_ready: called with each group of gradients once final (see encoder.encoder_backward)."""
+    def backward(self, cache, on_ready=None, dloss=1.0):
+        """Gradients of dloss * out["loss"] w.r.t. every param, as BertForPreTraining.backward."""
         p = self.params
         # forward: loss = mlm_loss
-        (dmlm_logits,) = cross_entropy_backward(1.0, cache.c_mlm_ce)  # (P, V)
+        (dmlm_logits,) = cross_entropy_backward(dloss, cache.c_mlm_ce)  # (P, V)
         dseq, g, dword_decoder = mlm_head_backward(dmlm_logits, cache.c_mlm, p["emb.word"])  # (B, T, H)
         report_ready(on_ready, g, list(g))
         g.update(encoder_backward(dseq, None, cache.c_enc, on_ready))

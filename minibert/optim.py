@@ -75,6 +75,7 @@ class AdamW:
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.t = 0  # optimizer steps taken so far
+        self.skipped = xp.zeros((), dtype=xp.int64)  # () of them skipped on the device (step's apply; fp16)
         pred = default_no_decay if no_decay is None else no_decay
         self.decay = {k: not pred(k, p) for k, p in params.items()}
         self.m = {k: xp.zeros_like(p) for k, p in params.items()}  # first moment, like p
@@ -86,12 +87,19 @@ class AdamW:
             sizes[p.dtype] = max(sizes.get(p.dtype, 0), p.size)
         self._scratch = {dt: xp.empty(n, dtype=dt) for dt, n in sizes.items()}  # (max size,)
 
-    def step(self, grads, lr=None):
+    def step(self, grads, lr=None, apply=None):
         """One AdamW update of every parameter from ``grads`` (same keys and shapes).
 
         lr, when given, replaces the base learning rate for this step (the schedule).
+        apply, when given, is a 0-d device bool (fp16's "the gradients are finite",
+        mixed_precision.py): where it is False the step is skipped on the device, with no host
+        read: the parameters and moments keep their bits and the step does not count in the
+        bias corrections (as torch's GradScaler, which does not call the optimizer then).
         """
         check_same(self.params, grads)
+        if apply is not None:
+            self._step_or_skip(grads, float(self.lr if lr is None else lr), apply)
+            return
         lr = self.lr if lr is None else float(lr)
         b1, b2 = self.betas
         self.t += 1
@@ -109,6 +117,35 @@ class AdamW:
             kernels.adamw_update(p, grads[k], self.m[k], self.v[k], decay_factor if self.decay[k] else 1.0,
                                  b1, b2, step_size, eps_hat, scratch)
 
+    def _step_or_skip(self, grads, lr, apply):
+        """step() with a device flag: the same update where apply is True, none where False.
+
+        The host cannot know which, so the step's constants become 0-d device arrays chosen
+        by xp.where: a skipped step has b1 = b2 = 1 (the moments keep their values), step
+        size 0 and decay 1 (the parameters keep theirs), and its gradients, which may hold
+        inf or NaN, are zeroed first (0 * inf would be NaN). self.t counts the calls and
+        self.skipped the skipped ones (a 0-d device int); the bias corrections use their
+        difference, the steps actually taken. state_dict saves that difference as t."""
+        xp = backend.xp
+        b1, b2 = self.betas
+        self.t += 1
+        self.skipped = self.skipped + xp.where(apply, 0, 1)  # ()
+        # the steps taken, this one included if applied; at least 1, so that a skip before any
+        # step still has finite (unused) constants
+        t = xp.maximum(self.t - self.skipped, 1).astype(xp.float64)  # ()
+        bc1 = 1.0 - b1 ** t  # ()
+        bc2_sqrt = xp.sqrt(1.0 - b2 ** t)  # ()
+        step_size = xp.where(apply, lr * bc2_sqrt / bc1, 0.0)  # () as step() folds it
+        eps_hat = self.eps * bc2_sqrt  # ()
+        b1_step, b2_step = xp.where(apply, b1, 1.0), xp.where(apply, b2, 1.0)  # () 1: the moments stay
+        decay_factor = xp.where(apply, 1.0 - lr * self.weight_decay, 1.0)  # ()
+        for k, p in self.params.items():
+            g = grads[k]
+            xp.copyto(g, 0, where=~apply)  # like p: a skipped step's gradients are zero
+            scratch = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
+            kernels.adamw_update(p, g, self.m[k], self.v[k], decay_factor if self.decay[k] else 1.0,
+                                 b1_step, b2_step, step_size, eps_hat, scratch)
+
     def state_dict(self):
         """The optimizer state as (tensors, meta).
 
@@ -122,7 +159,7 @@ class AdamW:
             tensors["v." + k] = numpy.array(backend.to_host(self.v[k]), copy=True)
         meta = {
             "optimizer": self.name,
-            "t": self.t,
+            "t": self.t - int(self.skipped),  # the steps taken (skipped ones, under fp16, not counted)
             "lr": self.lr,
             "betas": list(self.betas),
             "eps": self.eps,
@@ -167,6 +204,7 @@ class AdamW:
             self.m[k][...] = backend.to_device(tensors["m." + k])
             self.v[k][...] = backend.to_device(tensors["v." + k])
         self.t = t
+        self.skipped = backend.xp.zeros((), dtype=backend.xp.int64)
         self.lr = float(meta["lr"])
         self.betas = (float(meta["betas"][0]), float(meta["betas"][1]))
         self.eps = float(meta["eps"])

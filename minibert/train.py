@@ -44,6 +44,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np  # host side: the held-out batches
@@ -54,6 +55,7 @@ from minibert.corpus import default_corpus, read_documents, split_documents
 from minibert.inference import load_pretrained, load_pretrained_tokenizer
 from minibert.instances import PretrainingData
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
+from minibert.mixed_precision import PRECISIONS, scaler_for
 from minibert.mlm_blocks import BlockData
 from minibert.model import PRESETS, BertConfig, BertForMaskedLM, BertForPreTraining, pretraining_model
 from minibert.optim import OPTIMIZERS, SCHEDULES, LAMB, AdamW, lr_at
@@ -104,17 +106,18 @@ class TrainConfig:
     fill_mask_examples: int = 5
     zero: int = 0  # 1: shard the AdamW moments over data-parallel processes (ZeRO stage 1; zero.py)
     recompute: bool = False  # rerun each encoder layer's forward in the backward (less memory, same numbers: no resume key)
+    precision: str = "fp32"  # GEMM operands in "fp32", "bf16" or "fp16" (+ loss scaling): mixed_precision.py
 
 
 # settings that change what an exact resume computes: a resumed run must match them
 _RESUME_KEYS = ("seed", "batch_size", "accum", "seq_len", "length_window", "max_predictions", "short_seq_prob",
                 "corpus", "heldout_fraction", "objective", "mlm_prob", "whole_word_mask", "schedule", "peak_at",
-                "beta1", "beta2", "eps", "budget_minutes", "optimizer")
+                "beta1", "beta2", "eps", "budget_minutes", "optimizer", "precision")
 OBJECTIVES = ("mlm+nsp", "mlm")
 # what a run saved before these settings existed computed with (restore checks a resumed run against them)
 LEGACY_SETTINGS = {"objective": "mlm+nsp", "mlm_prob": 0.15, "whole_word_mask": False, "schedule": "linear",
                    "peak_at": 0.5, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "budget_minutes": 0.0, "norm": "post",
-                   "optimizer": "adamw"}
+                   "optimizer": "adamw", "precision": "fp32"}
 # a fresh model pretrains without dropout (--dropout / --attention-dropout set it): on a
 # 10-minute budget the model underfits, and dropout only slows it (docs/pretraining.md's
 # ablation; Geiping and Goldstein 2022 drop it too). Fine-tuning sets its own (finetune --dropout).
@@ -153,6 +156,12 @@ def check_config(tc):
         raise ValueError(f"--peak-at must lie in [0, 1], got {tc.peak_at}")
     if tc.budget_minutes < 0:
         raise ValueError(f"--budget-minutes must be >= 0, got {tc.budget_minutes}")
+    if tc.precision not in PRECISIONS:
+        raise ValueError(f"unknown --precision {tc.precision!r}: choose from {PRECISIONS}")
+    if tc.precision == "fp16" and (tc.optimizer != "adamw" or tc.zero):
+        # a skipped step is a device flag that AdamW.step takes; LAMB and ShardedAdamW do not yet
+        raise ValueError("--precision fp16 skips steps with non-finite gradients, which only --optimizer adamw "
+                         "without --zero can do: use --precision bf16 (no loss scaling needed) for LAMB or ZeRO-1")
 
 
 def log(msg):
@@ -295,13 +304,14 @@ def evaluate_run(run_dir, checkpoint="last", corpus=None, batch_size=32, max_bat
 # checkpoints
 
 
-def save_run_checkpoint(tc, name, model, opt, step, position, tok, best_loss):
-    """Checkpoint NAME of kind "minibert-pretraining": everything an exact resume needs.
-    Every rank calls it (a sharded optimizer gathers its moments); rank 0 alone writes."""
+def save_run_checkpoint(tc, name, model, opt, step, position, tok, best_loss, scaler=None):
+    """Checkpoint NAME of kind "minibert-pretraining": everything an exact resume needs
+    (fp16: the loss scaler's state too). Every rank calls it (a sharded optimizer gathers
+    its moments); rank 0 alone writes."""
     tensors, opt_meta = opt.state_dict()
     if distributed.world().rank != 0:
         return
-    meta = {"config": model.config.to_dict(), "model_class": type(model).__name__, "train": asdict(tc), "step": step,
+    meta = {**({"loss_scaler": scaler.state_dict()} if scaler is not None else {}),"config": model.config.to_dict(), "model_class": type(model).__name__, "train": asdict(tc), "step": step,
             "data_position": list(position),
             "optim": opt_meta, "best_eval_loss": best_loss,
             # every random draw is a function of these counters (see the module docstring)
@@ -309,8 +319,8 @@ def save_run_checkpoint(tc, name, model, opt, step, position, tok, best_loss):
     rundir.save(tc.out, name, rundir.PRETRAINING_KIND, model.params, tensors, meta, tok)
 
 
-def restore(tc, model, opt, tok):
-    """Load OUT/last into model and opt; returns (step, data position, best loss).
+def restore(tc, model, opt, tok, scaler=None):
+    """Load OUT/last into model, opt (and fp16's loss scaler); returns (step, data position, best loss).
 
     CheckpointError for a checkpoint of another kind, trained with another tokenizer, or
     with other parameters; ValueError for a model config or setting that would not replay
@@ -323,6 +333,8 @@ def restore(tc, model, opt, tok):
                 if k in saved["train"] or getattr(tc, k) != LEGACY_SETTINGS.get(k, getattr(tc, k))}
     meta = rundir.restore(tc.out, rundir.PRETRAINING_KIND, tok, model, opt, {
         "model config fields": ("config", config), "settings": ("train", settings)})
+    if scaler is not None:
+        scaler.load_state_dict(meta["loss_scaler"])
     return meta["step"], tuple(meta["data_position"]), meta.get("best_eval_loss")
 
 
@@ -449,7 +461,13 @@ def pretrain(tc, model_overrides=None):
     check_config(tc)
     # one writer for the life of the run (rank 0): nothing is written before it
     with w.abort_on_error(), (rundir.lock(tc.out) if w.rank == 0 else contextlib.nullcontext()):
-        return _pretrain(tc, model_overrides)
+        # every GEMM of the run in tc.precision, evaluations included; fp16: the GEMMs of a step that
+        # overflows make infs and NaNs on purpose (the step is skipped), which NumPy need not warn of
+        # (host threads do the GEMMs, and NumPy's errstate is per thread: a warnings filter, for the run)
+        with backend.gemm_precision(tc.precision), warnings.catch_warnings():
+            if tc.precision == "fp16":
+                warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning)
+            return _pretrain(tc, model_overrides)
 
 
 def _pretrain(tc, model_overrides):
@@ -481,13 +499,14 @@ def _pretrain(tc, model_overrides):
     else:
         opt = (LAMB if tc.optimizer == "lamb" else AdamW)(model.params, **adam)
     dp = distributed.DataParallel(w, opt)
+    scaler = scaler_for(tc.precision)  # fp16: dynamic loss scaling; else None
     if tc.budget_minutes and tc.resume:  # the step count the budget fixed when the run started
         tc = dataclasses.replace(tc, steps=rundir.read_meta(tc.out, "last", rundir.PRETRAINING_KIND)["train"]["steps"])
     elif tc.budget_minutes:
         tc = dataclasses.replace(tc, steps=budget_steps(tc, model, train_data, eval_set, t_start, w))
     step, position, best_loss = 0, (0, 0), None
     if tc.resume:
-        step, position, best_loss = restore(tc, model, opt, tok)
+        step, position, best_loss = restore(tc, model, opt, tok, scaler)
         log(f"resumed {tc.out} at step {step} (data epoch {position[0]}, batch {position[1]})")
     metrics = None
     if w.rank == 0:  # rank 0 alone writes the run directory
@@ -495,7 +514,8 @@ def _pretrain(tc, model_overrides):
         rundir.write_json(os.path.join(tc.out, rundir.CONFIG_FILE), {"model": config.to_dict(), "train": asdict(tc)})
     what = f"{type(model).__name__} from {tc.init_from}" if tc.init_from else f"BERT {tc.preset}"
     log(f"model: {what} (L={config.num_layers}, H={config.hidden_size}, A={config.num_heads}), "
-        f"{model.num_parameters():,} parameters, {config.dtype}, backend {backend.name}; "
+        f"{model.num_parameters():,} parameters, {config.dtype}"
+        + (f" (GEMMs in {tc.precision})" if tc.precision != "fp32" else "") + f", backend {backend.name}; "
         f"{tc.steps:,} steps of {tc.batch_size * tc.accum} sequences x {tc.seq_len} tokens"
         + (f"; data parallel over {w.size} processes{', ZeRO-1' if tc.zero else ''}" if w.size > 1 else ""))
 
@@ -518,7 +538,8 @@ def _pretrain(tc, model_overrides):
                                            global_counts=counts)
                 # this process's mean over micro-batches (after the last one, its sum over
                 # processes is on the way)
-                grads = dp.backward(model, cache, grads, 1.0 / tc.accum, last=micro == tc.accum - 1)
+                grads = dp.backward(model, cache, grads, 1.0 / tc.accum, last=micro == tc.accum - 1,
+                                    dloss=None if scaler is None else scaler.scale)  # fp16: the loss scaled
                 # losses stay device scalars: no host sync until the log line
                 nsp = ({"nsp_loss": out["nsp_loss"] / tc.accum, "nsp_correct": out["nsp_correct"],
                         "nsp_count": out["nsp_count"]} if model.has_nsp else {})  # MLM alone: no NSP
@@ -527,11 +548,19 @@ def _pretrain(tc, model_overrides):
                            tokens=batch["attention_mask"].sum(), positions=batch["attention_mask"].size)
                 position = next_position
             grads = dp.reduce(grads)  # summed over processes; --zero 1: this process's shard of the sum
+            if scaler is not None:
+                scaler.unscale(grads)  # fp16: back to the true gradients, in float32
             norm = dp.clip_grad_norm(grads, tc.grad_clip)  # the global norm, the same on every rank
             # stays on the device: 0 * inf and 0 * nan are nan, so one host read at the next
-            # log, eval or save step sees any bad step since the last (no wait per step)
-            probe = probe + 0.0 * (out["loss"] + norm)
-            opt.step(grads, lr=lr)
+            # log, eval or save step sees any bad step since the last (no wait per step).
+            # fp16 skips a step whose gradients overflowed instead: only its loss is probed
+            probe = probe + 0.0 * (out["loss"] + (norm if scaler is None else 0.0))
+            if scaler is None:
+                opt.step(grads, lr=lr)
+            else:  # skipped on the device when the norm is not finite; then the scale backs off
+                finite = backend.xp.isfinite(norm)  # () bool
+                opt.step(grads, lr=lr, apply=finite)
+                scaler.update(finite)
             step += 1
             window.step()
             if w.size > 1:  # every rank must take the same branches below (Ctrl-C may reach one rank first)
@@ -553,7 +582,8 @@ def _pretrain(tc, model_overrides):
                        "nsp_loss": window.mean("nsp_loss"), "mlm_acc": window.ratio("mlm_correct", "mlm_count"),
                        "nsp_acc": window.ratio("nsp_correct", "nsp_count"), "lr": lr, "grad_norm": float(norm),
                        **window.speed(), "real_token_fraction": window.tokens / max(window.sums["positions"], 1),
-                       **dp.timing(), "epoch": position[0], "elapsed_s": time.time() - t_start}
+                       **dp.timing(), "epoch": position[0], "elapsed_s": time.time() - t_start,
+                       **({"loss_scale": float(scaler.scale), "skipped_steps": int(scaler.skipped)} if scaler else {})}
                 if not model.has_nsp:
                     del rec["nsp_loss"], rec["nsp_acc"]
                 left = (time.time() - t_loop) / (step - step0) * (tc.steps - step)
@@ -572,9 +602,9 @@ def _pretrain(tc, model_overrides):
                     f"ppl {ev['perplexity']:.1f}{nsp_text(ev)}")
                 if best_loss is None or ev["loss"] < best_loss:
                     best_loss = ev["loss"]
-                    save_run_checkpoint(tc, "best", model, opt, step, position, tok, best_loss)
+                    save_run_checkpoint(tc, "best", model, opt, step, position, tok, best_loss, scaler)
             if step % tc.save_every == 0 or step == tc.steps or interrupted:
-                save_run_checkpoint(tc, "last", model, opt, step, position, tok, best_loss)
+                save_run_checkpoint(tc, "last", model, opt, step, position, tok, best_loss, scaler)
                 last_saved = step
             if interrupted:
                 log(f"interrupted: saved {record_path(tc.out, 'last')} at step {step}; continue with --resume")

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minibert import distributed  # noqa: E402
 from minibert.inference import fill_mask, mask_examples  # noqa: E402
 from minibert.model import PRESETS  # noqa: E402
+from minibert.mixed_precision import PRECISIONS  # noqa: E402
 from minibert.optim import OPTIMIZERS, SCHEDULES  # noqa: E402
 from minibert.train import OBJECTIVES, TrainConfig, log, pretrain  # noqa: E402
 
@@ -47,6 +48,9 @@ def build_parser():
     p.add_argument("--whole-word-mask", action="store_true", help="mask a chosen word with all of its tokens")
     p.add_argument("--recompute", action="store_true", help="activation recomputation: keep only each encoder "
                    "layer's input and rerun the layer in the backward (less memory, one more forward; the same numbers)")
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="mixed precision: fp32, or "
+                   "bf16 / fp16 GEMM operands with float32 accumulation and float32 master weights; fp16 adds dynamic "
+                   "loss scaling (on the host the 16-bit rounding is emulated: the numbers, not the speed)")
     p.add_argument("--schedule", default=d.schedule, choices=list(SCHEDULES), help="learning rate: linear or cosine "
                    "decay after --warmup steps; one-cycle: up to the peak at --peak-at of the run, then down")
     p.add_argument("--optimizer", default=d.optimizer, choices=list(OPTIMIZERS), help="adamw, or lamb: AdamW's "

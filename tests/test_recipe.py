@@ -1,6 +1,6 @@
 """The pretraining recipe's options (TrainConfig fields, scripts/pretrain.py flags): --mlm-prob,
 --whole-word-mask, --objective mlm, --norm pre, --schedule / --peak-at, --beta1/--beta2/--eps and
---budget-minutes. For each: an interrupted and resumed run is bitwise the uninterrupted one,
+--budget-minutes, --precision. For each: an interrupted and resumed run is bitwise the uninterrupted one,
 fill-mask works on its checkpoint, a post-LN one exports to transformers (a pre-LN one refuses,
 saying why), and its settings are checked on --resume; N processes equal one (test at the end).
 """
@@ -29,6 +29,8 @@ OPTIONS = {
     "one-cycle-betas": (dict(schedule="one-cycle", peak_at=0.3, beta1=0.8, beta2=0.98, eps=1e-8), {}),
     "cosine": (dict(schedule="cosine", warmup=3), {}),
     "dropout-0": (dict(), {"dropout": 0.0, "attention_dropout": 0.0}),
+    "precision-bf16": (dict(precision="bf16"), {}),
+    "precision-fp16": (dict(precision="fp16"), {}),  # the loss scaler's state resumes too
 }
 STEPS = 20
 
