@@ -47,11 +47,12 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 
-import numpy as np  # host side: the held-out batches
 
 from minibert import backend, distributed, philox, rundir, zero
+from minibert.budget import budget_steps
 from minibert.checkpoint import checkpoint_exists, record_path
 from minibert.corpus import default_corpus, read_documents, split_documents
+from minibert.heldout import evaluate, heldout_batches, nsp_text
 from minibert.inference import load_pretrained, load_pretrained_tokenizer
 from minibert.instances import PretrainingData
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
@@ -241,52 +242,7 @@ def build_data(tc, tok, train_docs, heldout_docs):
 
 
 # ----------------------------------------------------------------------------------------
-# evaluation
-
-
-def evaluate(model, batches, w=None):
-    """Held-out MLM loss (mean over labelled positions), accuracy, perplexity; NSP accuracy.
-    w: a distributed.World whose ranks each evaluate their rows of every batch; the sums
-    are added over ranks, so every rank returns the single-process figures."""
-    w = w or distributed.World()
-    mlm_loss_sum, mlm_correct, mlm_count, nsp_loss_sum, nsp_correct, nsp_count = 0.0, 0, 0, 0.0, 0, 0
-    for batch in batches:
-        batch = {k: v[w.rows(len(batch["input_ids"]))] for k, v in batch.items()}
-        if len(batch["input_ids"]) == 0:  # a last batch shorter than the number of ranks
-            continue
-        out = model.predict(batch)
-        mlm_loss_sum += float(out["mlm_loss"]) * out["mlm_count"]
-        mlm_correct += int(out["mlm_correct"])
-        mlm_count += out["mlm_count"]
-        if "nsp_loss" in out:  # an MLM-only model (BertForMaskedLM) has no NSP figures
-            nsp_loss_sum += float(out["nsp_loss"]) * out["nsp_count"]
-            nsp_correct += int(out["nsp_correct"])
-            nsp_count += out["nsp_count"]
-    sums = w.sum_host([mlm_loss_sum, mlm_correct, mlm_count, nsp_loss_sum, nsp_correct, nsp_count])
-    mlm_loss_sum, nsp_loss_sum = float(sums[0]), float(sums[3])
-    mlm_correct, mlm_count, nsp_correct, nsp_count = (int(x) for x in sums[[1, 2, 4, 5]])
-    mlm_loss = mlm_loss_sum / max(mlm_count, 1)
-    ev = {"mlm_loss": mlm_loss, "mlm_acc": mlm_correct / max(mlm_count, 1),
-          "perplexity": math.exp(min(mlm_loss, 50.0)), "nsp_loss": nsp_loss_sum / max(nsp_count, 1),
-          "nsp_acc": nsp_correct / max(nsp_count, 1), "loss": mlm_loss + nsp_loss_sum / max(nsp_count, 1),
-          "mlm_positions": mlm_count, "pairs": nsp_count}
-    if not nsp_count:  # MLM alone: no NSP figures to report
-        del ev["nsp_loss"], ev["nsp_acc"]
-    return ev
-
-
-def heldout_batches(tc, held):
-    """The held-out batches of a run. MLM alone (--objective mlm) sees the same pairs as one
-    segment (token types all 0, as it was trained): the same positions are predicted."""
-    batches = held.eval_batches(tc.batch_size, tc.eval_batches)  # None: all
-    if tc.objective == "mlm":
-        batches = [dict(b, token_type_ids=np.zeros_like(b["token_type_ids"])) for b in batches]
-    return batches
-
-
-def nsp_text(ev):
-    """The NSP part of an evaluation log line ("" for an MLM-only model)."""
-    return f" | nsp acc {ev['nsp_acc']:.3f}" if "nsp_acc" in ev else ""
+# evaluation of a saved run (the held-out evaluation itself: heldout.py)
 
 
 def evaluate_run(run_dir, checkpoint="last", corpus=None, batch_size=32, max_batches=None):
@@ -380,71 +336,6 @@ def build_model(tc, tok, model_overrides=None):
 
 
 # ----------------------------------------------------------------------------------------
-# a time budget
-
-
-def budget_steps(tc, model, train_data, eval_set, t_start, w):
-    """The number of steps that fit --budget-minutes, fixed once before the first step.
-
-    A step's time grows with its batch's padded length, and the first step of each new
-    length also pays for fresh memory, so the probe takes BUDGET_PROBE batches of the first
-    epoch at evenly spaced quantiles of their lengths, steps through them twice on a
-    throwaway copy of the model with a fresh optimizer, fits the second pass's times as a
-    line in the batch length and averages it over every batch of the epoch (quantile
-    midpoints alone miss the long, costly tail); then one held-out evaluation. It is an
-    estimate: a job can end some tens of seconds before or after its budget, and later on a
-    machine that gets busier. Then steps = (budget - the time since t_start - the
-    final evaluation and save) / (a step + its share of the evaluations). The count is
-    recorded in the run (config.json, checkpoints), so a resumed run takes the same steps:
-    the budget fixes the schedule, never the clock."""
-    probe = type(model)(model.config, params={k: v.copy() for k, v in model.params.items()})
-    opt = AdamW(probe.params, lr=0.0)
-    dp = distributed.DataParallel(w, opt)
-    if hasattr(train_data, "batch_rows"):  # NSP pairs: lengths vary from batch to batch
-        longest = np.asarray(train_data.epoch(0).lengths)[train_data.batch_rows(0, tc.batch_size)].max(axis=1)
-        by_length = np.argsort(longest, kind="stable")  # (n_batches,) batch indices, shortest first
-        picks = by_length[((np.arange(BUDGET_PROBE) + 0.5) * len(by_length) / BUDGET_PROBE).astype(int)]
-    else:  # packed blocks: every batch is as long as the next
-        longest, picks = None, np.arange(BUDGET_PROBE)
-    times = []
-    for index in [*picks, *picks]:
-        batches = train_data.batches(tc.batch_size, start=(0, int(index)))
-        t0 = time.perf_counter()
-        grads = None
-        for micro in range(tc.accum):
-            batch, counts, first_row = dp.slice(next(batches)[1])
-            _, cache = probe.forward(batch, train=True, rng=philox.rng((tc.seed, 0, micro), first_row),
-                                     global_counts=counts)
-            grads = dp.backward(probe, cache, grads, 1.0 / tc.accum, last=micro == tc.accum - 1)
-        grads = dp.reduce(grads)
-        dp.clip_grad_norm(grads, tc.grad_clip)
-        opt.step(grads, lr=0.0)
-        float(grads[next(iter(grads))].ravel()[0])  # wait for the device
-        times.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    evaluate(probe, eval_set, w)
-    eval_s = time.perf_counter() - t0
-    second = np.array(times[len(picks):])  # (BUDGET_PROBE,) the second pass
-    step_s = float(np.mean(second))
-    if longest is not None:  # a step's time is near linear in its length: fit, then average over every batch
-        slope, intercept = np.polyfit(longest[picks].astype(np.float64), second, 1)
-        step_s = max(float(intercept + slope * longest.mean()), step_s / 2)
-    spent_s = time.time() - t_start  # setting up and this probe
-    left = tc.budget_minutes * 60.0 - spent_s - 2 * eval_s - 1.0
-    steps = int(left / (step_s + eval_s / tc.eval_every))
-    steps = int(w.sum_host([steps if w.rank == 0 else 0])[0])  # rank 0's count on every rank
-    if steps < 1:
-        raise ValueError(f"--budget-minutes {tc.budget_minutes}: {spent_s:.0f} s went to setting up and a step takes "
-                         f"{step_s * 1000:.0f} ms: no step fits")
-    log(f"budget {tc.budget_minutes:g} min: {step_s * 1000:.1f} ms per step, {eval_s:.2f} s per evaluation "
-        f"-> {steps:,} steps")
-    return steps
-
-
-BUDGET_PROBE = 16  # timed steps
-
-
-# ----------------------------------------------------------------------------------------
 # the training loop
 
 
@@ -503,7 +394,10 @@ def _pretrain(tc, model_overrides):
     if tc.budget_minutes and tc.resume:  # the step count the budget fixed when the run started
         tc = dataclasses.replace(tc, steps=rundir.read_meta(tc.out, "last", rundir.PRETRAINING_KIND)["train"]["steps"])
     elif tc.budget_minutes:
-        tc = dataclasses.replace(tc, steps=budget_steps(tc, model, train_data, eval_set, t_start, w))
+        steps, step_s, eval_s = budget_steps(tc, model, train_data, eval_set, t_start, w)
+        log(f"budget {tc.budget_minutes:g} min: {step_s * 1000:.1f} ms per step, {eval_s:.2f} s per evaluation "
+            f"-> {steps:,} steps")
+        tc = dataclasses.replace(tc, steps=steps)
     step, position, best_loss = 0, (0, 0), None
     if tc.resume:
         step, position, best_loss = restore(tc, model, opt, tok, scaler)

@@ -25,8 +25,8 @@ Matched (taken from RUN_DIR/config.json and tokenizer.json):
   - the loss: masked-LM cross entropy (mean over labelled positions) + NSP cross entropy,
     which is what BertForPreTraining's `loss` is;
   - the evaluation: the torch weights copied back into a minibert model
-    (hf_state.from_hf_state_dict) and train.evaluate on the run's held-out batches
-    (train.heldout_batches: held_data.eval_batches(tc.batch_size, tc.eval_batches)).
+    (hf_state.from_hf_state_dict) and heldout.evaluate on the run's held-out batches
+    (heldout.heldout_batches: held_data.eval_batches(tc.batch_size, tc.eval_batches)).
   - the clock: elapsed_s counts from this script's start, everything included (reading the
     corpus, building the data, the model, and every evaluation), as minibert's elapsed_s
     counts from the start of pretrain() with its evaluations and checkpoint saves inside.
@@ -52,7 +52,7 @@ Differs:
 
 Writes OUT/metrics.jsonl in minibert's keys (training records: step, loss, mlm_loss,
 nsp_loss, mlm_acc, nsp_acc, lr, grad_norm, ms_per_step, tokens_per_s, elapsed_s; eval
-records: step, elapsed_s and eval_* as train.evaluate names them) and OUT/config.json
+records: step, elapsed_s and eval_* as heldout.evaluate names them) and OUT/config.json
 ({"model", "train"} of the run it copies, plus "hf": what this script ran).
 """
 import argparse
@@ -70,7 +70,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from minibert import backend, hf_state, interop, optim, rundir, train  # noqa: E402
+from minibert import backend, heldout, hf_state, interop, optim, rundir, train  # noqa: E402
 from minibert.metrics import MetricsFile, log_line  # noqa: E402
 from minibert.model import BertConfig  # noqa: E402
 from minibert.tokenizer_files import load_tokenizer  # noqa: E402
@@ -204,8 +204,7 @@ def main(argv=None):
     if mb_model.config != config:
         raise ValueError(f"rebuilt model config {mb_model.config} differs from the run's {config}")
     train_data, held_data = train.build_data(tc, tok, train_docs, heldout_docs)
-    eval_set = (train.heldout_batches(tc, held_data) if hasattr(train, "heldout_batches")
-                else held_data.eval_batches(tc.batch_size, tc.eval_batches))
+    eval_set = heldout.heldout_batches(tc, held_data)
 
     torch.manual_seed(tc.seed)  # dropout masks: torch's own stream
     model = hf_model(config, kind, args.attn)
@@ -227,11 +226,11 @@ def main(argv=None):
 
     def evaluate(step):
         model.eval()
-        ev = train.evaluate(to_minibert(model, mb_model, kind), eval_set)
+        ev = heldout.evaluate(to_minibert(model, mb_model, kind), eval_set)
         model.train()
         metrics.write({"step": step, "elapsed_s": time.time() - T_START, **{f"eval_{k}": v for k, v in ev.items()}})
         print(f"eval  step {step} | held-out mlm loss {ev['mlm_loss']:.3f} acc {ev['mlm_acc']:.3f} "
-              f"ppl {ev['perplexity']:.1f}{train.nsp_text(ev)}", flush=True)
+              f"ppl {ev['perplexity']:.1f}{heldout.nsp_text(ev)}", flush=True)
         return ev
 
     batches = train_data.batches(tc.batch_size, start=(0, 0))

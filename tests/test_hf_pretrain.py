@@ -13,7 +13,7 @@ from tests.test_train import write_corpus
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from minibert import backend, rundir, train  # noqa: E402
+from minibert import backend, heldout, rundir, train  # noqa: E402
 from minibert.tokenizer_files import load_tokenizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,10 +68,10 @@ def test_starts_from_minibert_weights(runs):
         torch_loss = float(model(**hf.torch_batch(batch, nsp=True)).loss)
     assert torch_loss == pytest.approx(float(mb.forward(batch, train=False)[0]["loss"]), abs=1e-10)
     # and the weights carried back give minibert's own held-out evaluation
-    ev_mb = train.evaluate(mb, eval_set)
+    ev_mb = heldout.evaluate(mb, eval_set)
     back = hf.to_minibert(model, train.build_model(tc, tok, config.to_dict()),
                           "BertForPreTraining")
-    ev_back = train.evaluate(back, eval_set)
+    ev_back = heldout.evaluate(back, eval_set)
     for k in ("mlm_loss", "mlm_acc", "nsp_acc", "nsp_loss"):
         assert ev_back[k] == pytest.approx(ev_mb[k], abs=1e-6)
 

@@ -17,7 +17,8 @@ from minibert.checkpoint import load_checkpoint
 from minibert.inference import fill_mask, load_pretrained
 from minibert.instances import PretrainingData
 from minibert.interop import export_run
-from minibert.train import TrainConfig, heldout_batches, pretrain, train_max_predictions
+from minibert.heldout import heldout_batches
+from minibert.train import TrainConfig, pretrain, train_max_predictions
 from test_train import SMALL, small_tc, write_corpus
 
 # each option against today's recipe (model overrides in the second slot)
