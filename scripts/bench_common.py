@@ -57,6 +57,7 @@ class BenchConfig:
     tf32: bool = False  # cuBLAS TF32 on the GPU (both sides); opt-in
     avx2: bool = False  # emulate an AVX2-only CPU on an AVX-512 one, both sides (AVX2_ENV)
     recompute: bool = False  # minibert's activation recomputation (BertBase.recompute)
+    precision: str = "fp32"  # bf16 / fp16: minibert's --precision, PyTorch's autocast (fp16: with loss scaling)
 
 
 # --avx2: what each library reads to stay on AVX2 code, so that an AVX-512 machine runs
@@ -143,15 +144,41 @@ def build_minibert(c):
     return model, AdamW(model.params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay), make_batch(c)
 
 
+def minibert_update(c, opt):
+    """(backward(model, cache) -> grads, apply(grads)): the backward and the AdamW update of
+    minibert's training loop at c.precision. fp16 as minibert/train.py: the loss scaled in
+    the backward; apply unscales, and skips the step on the device when the norm is not finite."""
+    from minibert import backend
+    from minibert.mixed_precision import scaler_for
+    from minibert.optim import clip_grad_norm
+    scaler = scaler_for(c.precision)
+
+    def backward(model, cache):
+        with backend.gemm_precision(c.precision):
+            return model.backward(cache) if scaler is None else model.backward(cache, dloss=scaler.scale)
+
+    def apply(grads):
+        if scaler is None:
+            opt.step(grads)
+            return
+        scaler.unscale(grads)
+        finite = backend.xp.isfinite(clip_grad_norm(grads, None))  # () the norm, measured only
+        opt.step(grads, apply=finite)
+        scaler.update(finite)
+    return backward, apply
+
+
 def minibert_training_step(c):
     """step(i): one forward, backward and AdamW update of minibert for config c with dropout
     keyed by (seed, i), no synchronisation; returns the loss (a device scalar on CuPy)."""
-    from minibert import philox
+    from minibert import backend, philox
     model, opt, batch = build_minibert(c)
+    backward, apply = minibert_update(c, opt)
 
     def step(i):
-        out, cache = model.forward(batch, rng=philox.rng((c.seed, i)))
-        opt.step(model.backward(cache))
+        with backend.gemm_precision(c.precision):
+            out, cache = model.forward(batch, rng=philox.rng((c.seed, i)))
+        apply(backward(model, cache))
         return out["loss"]
     return step
 
@@ -162,18 +189,20 @@ def minibert_timed_step(c):
     and the three times in seconds."""
     from minibert import backend, philox
     model, opt, batch = build_minibert(c)
+    backward, apply = minibert_update(c, opt)
     count = [0]
 
     def step():
         count[0] += 1
         t0 = time.perf_counter()
-        out, cache = model.forward(batch, rng=philox.rng((c.seed, count[0])))
+        with backend.gemm_precision(c.precision):
+            out, cache = model.forward(batch, rng=philox.rng((c.seed, count[0])))
         loss = float(out["loss"])  # the one host sync
         t1 = time.perf_counter()
-        grads = model.backward(cache)
+        grads = backward(model, cache)
         backend.synchronize()
         t2 = time.perf_counter()
-        opt.step(grads)
+        apply(grads)  # fp16: with the unscale and the finiteness check
         backend.synchronize()
         return {"loss": loss, "fwd_s": t1 - t0, "bwd_s": t2 - t1, "opt_s": time.perf_counter() - t2}
     return step
@@ -203,10 +232,19 @@ def setup_torch(c):
                              {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, eps=c.eps)
     batch = {k: torch.from_numpy(v).to(device) for k, v in make_batch(c).items()}
 
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.precision)  # autocast's 16-bit type, or None
+    scaler = torch.amp.GradScaler(device) if c.precision == "fp16" else None
+
     def step():
-        out = model(**batch)
-        out.loss.backward()
-        opt.step()
+        with torch.autocast(device, dtype=amp, enabled=amp is not None):
+            out = model(**batch)
+        if scaler is None:
+            out.loss.backward()
+            opt.step()
+        else:
+            scaler.scale(out.loss).backward()
+            scaler.step(opt)
+            scaler.update()
         opt.zero_grad(set_to_none=True)
         loss = out.loss.item()
         if cuda:
@@ -214,7 +252,7 @@ def setup_torch(c):
         return loss
 
     def info():
-        out = dict(impl="torch", torch=torch.__version__, transformers=transformers.__version__,
+        out = dict(impl="torch", precision=c.precision, torch=torch.__version__, transformers=transformers.__version__,
                    attn=model.config._attn_implementation, threads=torch.get_num_threads(), blas=blas_info(),
                    cpu_capability=torch.backends.cpu.get_cpu_capability())
         if cuda:
@@ -272,6 +310,9 @@ def add_config_arguments(ap):
                          + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()))
     ap.add_argument("--recompute", action="store_true", help="a second minibert child with activation "
                     "recomputation (minibert/recompute): its peak memory and step time beside the plain one's")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="bf16 / fp16: minibert's "
+                    "--precision (16-bit GEMM operands; emulated on the host) against PyTorch's autocast at the same "
+                    "type (fp16: both with dynamic loss scaling)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-config", default=None, help=argparse.SUPPRESS)
 
@@ -286,5 +327,5 @@ def configs(ap, a):
         kw.update({k: getattr(a, k) for k in ("L", "H", "A", "I", "V", "T", "B") if getattr(a, k) is not None})
         out.append(BenchConfig(name=name, threads=a.threads, steps=a.steps, warmup=a.warmup, dropout=a.dropout,
                                hidden_act=a.hidden_act, torch_attn=a.torch_attn, backend=a.backend, tf32=a.tf32,
-                               avx2=a.avx2, **kw))
+                               avx2=a.avx2, precision=a.precision, **kw))
     return out

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # The GPU checks of minibert's CuPy path, as one script on a CUDA machine with
 # CuPy >= 14, and PyTorch with CUDA for the comparison (both sides on the GPU). The default
-# stages fit one short call: their limits add up to 470 s (GPU time is lent in minutes).
+# stages fit one short call: their limits add up to 480 s (GPU time is lent in minutes).
 #
 #   suite       the whole suite under MINIBERT_BACKEND=cupy (on several workers when
 #               pytest-xdist is installed): the fused kernels against their plain twins,
 #               the test that counts device-to-host reads per step, exact resume
 #   bench_base  scripts/bench.py --backend cupy on the base preset (L=12, H=768, T=128,
-#               V=30522), B = 64, once per precision that bench.py accepts (fp32 today: a
-#               --precision flag it rejects is skipped and said so), against PyTorch eager
-#               and sdpa (--compare-torch --torch-attn sdpa,eager); TF32 off on both sides
+#               V=30522), B = 64, once per precision (fp32, bf16, fp16; PRECISIONS="..." to
+#               choose) against PyTorch eager and sdpa (--compare-torch --torch-attn
+#               sdpa,eager), in bf16 / fp16 under autocast (fp16 with GradScaler); TF32 off
+#               on both sides. minibert's 16-bit GEMMs are the host's emulation on the
+#               device too (rounding, then a float32 GEMM): expect them slower than fp32
 #   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 5,000 steps of the
 #               tiny preset on the embedded corpus)
-# Opt-in stages (STAGES="..."), outside the 470 s:
+# Opt-in stages (STAGES="..."), outside the 480 s:
 #   kernels     only the three kernel test files, quickly
 #   profile     scripts/profile_step.py --profile-ops: each op's device time (CUDA events)
 #   trace       scripts/profile_step.py --profile-kernels: every CUDA kernel (needs torch)
 #   bench_tf32  bench_base with cuBLAS TF32 on both sides (the opt-in --tf32)
+#   pretrain_bf16  the default job with --precision bf16, to compare its held-out accuracy
 #
 #   bash scripts/gpu_check.sh                               # the default stages; logs in $OUT
 #   STAGES="kernels bench_base" bash scripts/gpu_check.sh   # only these
@@ -69,22 +72,16 @@ COMPARE=()
 [ "$TORCH_CUDA" = 1 ] && COMPARE=(--compare-torch --torch-attn sdpa,eager)
 MODEL=(--backend cupy --preset base -V 30522 -B 64)
 BENCH=($PY scripts/bench.py "${MODEL[@]}" --steps 10 --warmup 3)
-# one bench per precision bench.py accepts (each about 40 s); the stage's log holds them all
+# one bench per precision (each about 40 s); the stage's log holds them all
 bench_precisions() {
     local p
     for p in ${PRECISIONS:-fp32 bf16 fp16}; do
-        if [ "$p" = fp32 ]; then
-            echo "--- precision fp32"; "$@" || return
-        elif $PY scripts/bench.py --help 2>/dev/null | grep -q -- "--precision"; then
-            echo "--- precision $p"; "$@" --precision "$p" || return
-        else
-            echo "--- precision $p: skipped, scripts/bench.py has no --precision flag"
-        fi
+        echo "--- precision $p"; "$@" --precision "$p" || return
     done
 }
 export -f bench_precisions
 export PY
-stage bench_base 150 bash -c 'bench_precisions "$@"' bench_precisions "${BENCH[@]}" "${COMPARE[@]}"
+stage bench_base 160 bash -c 'bench_precisions "$@"' bench_precisions "${BENCH[@]}" "${COMPARE[@]}"
 stage profile 60 $PY scripts/profile_step.py "${MODEL[@]}" --steps 5 --warmup 2 --profile-ops
 [ "$TORCH_CUDA" = 1 ] && stage trace 120 $PY scripts/profile_step.py "${MODEL[@]}" --steps 3 --warmup 2 \
     --profile-kernels "${COMPARE[@]}"
@@ -94,6 +91,9 @@ stage pretrain 120 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend c
 cp /tmp/gpu_check_pretrain/metrics.jsonl "$OUT/pretrain_metrics.jsonl" 2>/dev/null
 
 stage bench_tf32 120 "${BENCH[@]}" "${COMPARE[@]}" --tf32
+rm -rf /tmp/gpu_check_pretrain_bf16
+stage pretrain_bf16 150 env MINIBERT_BACKEND=cupy $PY scripts/pretrain.py --backend cupy --precision bf16 \
+    --out /tmp/gpu_check_pretrain_bf16
 
 {
     echo "=== summary (exit status per stage; 124 = its time limit)"
@@ -104,7 +104,7 @@ stage bench_tf32 120 "${BENCH[@]}" "${COMPARE[@]}" --tf32
             suite) fig=$(grep -E "[0-9]+ (passed|failed)" "$OUT/suite.log" 2>/dev/null | tail -n 1) ;;
             kernels) fig=$(grep -E "[0-9]+ (passed|failed)" "$OUT/kernels.log" 2>/dev/null | tail -n 1) ;;
             bench_base|bench_tf32) fig=$(grep -E "^base +minibert" "$OUT/$name.log" 2>/dev/null | awk '{print $3 " ms, x" $(NF-3)}' | paste -sd ';' -) ;;
-            pretrain) fig=$(grep -E "^done:" "$OUT/pretrain.log" 2>/dev/null | tail -n 1) ;;
+            pretrain|pretrain_bf16) fig=$(grep -E "^done:" "$OUT/$name.log" 2>/dev/null | tail -n 1) ;;
         esac
         printf '%-11s %-8s %-6s %s\n' "$name" "${RC[$name]:-not run}" "${SECS[$name]:--}" "$fig"
     done
