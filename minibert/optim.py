@@ -119,32 +119,36 @@ class AdamW:
 
     def _step_or_skip(self, grads, lr, apply):
         """step() with a device flag: the same update where apply is True, none where False.
+        The constants are 0-d device arrays (skippable_step), the gradients zeroed when skipped."""
+        xp = backend.xp
+        bc1, bc2, b1_step, b2_step, lr_step = self.skippable_step(grads, lr, apply)
+        bc2_sqrt = xp.sqrt(bc2)  # ()
+        step_size = lr_step * bc2_sqrt / bc1  # () as step() folds it; 0 when skipped
+        eps_hat = self.eps * bc2_sqrt  # ()
+        decay_factor = 1.0 - lr_step * self.weight_decay  # () 1 when skipped
+        for k, p in self.params.items():
+            scratch = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
+            kernels.adamw_update(p, grads[k], self.m[k], self.v[k], decay_factor if self.decay[k] else 1.0,
+                                 b1_step, b2_step, step_size, eps_hat, scratch)
 
-        The host cannot know which, so the step's constants become 0-d device arrays chosen
-        by xp.where: a skipped step has b1 = b2 = 1 (the moments keep their values), step
-        size 0 and decay 1 (the parameters keep theirs), and its gradients, which may hold
-        inf or NaN, are zeroed first (0 * inf would be NaN). self.t counts the calls and
-        self.skipped the skipped ones (a 0-d device int); the bias corrections use their
-        difference, the steps actually taken. state_dict saves that difference as t."""
+    def skippable_step(self, grads, lr, apply):
+        """The constants of a step that apply (a 0-d device bool) may cancel, as 0-d device
+        arrays, without a host read: (1 - b1^t, 1 - b2^t, b1, b2, lr) for a step taken, and
+        for a skipped one b1 = b2 = 1 (the moments keep their values: m <- 1 m + 0 g) and
+        lr 0 (the parameters keep theirs, no decay either). The gradients of a skipped step,
+        which may hold inf or NaN, are zeroed in place (0 * inf would be NaN). self.t counts
+        the calls, self.skipped the skipped ones; t in the bias corrections is their
+        difference, the steps taken (at least 1, so that a skip before any step still has
+        finite, unused, constants). state_dict saves that difference as t."""
         xp = backend.xp
         b1, b2 = self.betas
         self.t += 1
         self.skipped = self.skipped + xp.where(apply, 0, 1)  # ()
-        # the steps taken, this one included if applied; at least 1, so that a skip before any
-        # step still has finite (unused) constants
         t = xp.maximum(self.t - self.skipped, 1).astype(xp.float64)  # ()
-        bc1 = 1.0 - b1 ** t  # ()
-        bc2_sqrt = xp.sqrt(1.0 - b2 ** t)  # ()
-        step_size = xp.where(apply, lr * bc2_sqrt / bc1, 0.0)  # () as step() folds it
-        eps_hat = self.eps * bc2_sqrt  # ()
-        b1_step, b2_step = xp.where(apply, b1, 1.0), xp.where(apply, b2, 1.0)  # () 1: the moments stay
-        decay_factor = xp.where(apply, 1.0 - lr * self.weight_decay, 1.0)  # ()
-        for k, p in self.params.items():
-            g = grads[k]
-            xp.copyto(g, 0, where=~apply)  # like p: a skipped step's gradients are zero
-            scratch = self._scratch[p.dtype][: p.size].reshape(p.shape)  # view, like p
-            kernels.adamw_update(p, g, self.m[k], self.v[k], decay_factor if self.decay[k] else 1.0,
-                                 b1_step, b2_step, step_size, eps_hat, scratch)
+        for g in grads.values():
+            xp.copyto(g, 0, where=~apply)  # like g: zero when skipped
+        return (1.0 - b1 ** t, 1.0 - b2 ** t, xp.where(apply, b1, 1.0), xp.where(apply, b2, 1.0),
+                xp.where(apply, lr, 0.0))
 
     def state_dict(self):
         """The optimizer state as (tensors, meta).
@@ -280,7 +284,7 @@ class LAMB(AdamW):
             out += self.weight_decay * self.params[k]  # the decay inside the update; one temporary
         return out
 
-    def step(self, grads, lr=None):
+    def step(self, grads, lr=None, apply=None):
         """One LAMB update of every parameter from ``grads`` (same keys and shapes).
 
         Two passes: the moments and the sums of squares of p and r of every tensor, then the
@@ -290,13 +294,17 @@ class LAMB(AdamW):
         beyond m and v.
 
         lr, when given, replaces the base learning rate for this step (the schedule).
+        apply: as AdamW.step's, a 0-d device bool that skips the step where False (fp16).
         """
         xp = backend.xp
         check_same(self.params, grads)
         lr = self.lr if lr is None else float(lr)
-        b1, b2 = self.betas
-        self.t += 1
-        bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        if apply is None:
+            b1, b2 = self.betas
+            self.t += 1
+            bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        else:  # 0-d device arrays: a skipped step keeps the moments (b = 1) and the parameters (lr 0)
+            bc1, bc2, b1, b2, lr = self.skippable_step(grads, lr, apply)
         trusted = [k for k in self.params if self.decay[k] or self.trust_all]
         sums = {}
         for k, p in self.params.items():

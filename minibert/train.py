@@ -159,10 +159,6 @@ def check_config(tc):
         raise ValueError(f"--budget-minutes must be >= 0, got {tc.budget_minutes}")
     if tc.precision not in PRECISIONS:
         raise ValueError(f"unknown --precision {tc.precision!r}: choose from {PRECISIONS}")
-    if tc.precision == "fp16" and (tc.optimizer != "adamw" or tc.zero):
-        # a skipped step is a device flag that AdamW.step takes; LAMB and ShardedAdamW do not yet
-        raise ValueError("--precision fp16 skips steps with non-finite gradients, which only --optimizer adamw "
-                         "without --zero can do: use --precision bf16 (no loss scaling needed) for LAMB or ZeRO-1")
 
 
 def log(msg):

@@ -102,11 +102,12 @@ class ShardedAdamW:
         check_same(self.params, grads)  # whole gradients, not a shard
         return self._shard_views(self.w.reduce_scatter(self._flat(grads), self.chunk))
 
-    def step(self, grads, lr=None):
+    def step(self, grads, lr=None, apply=None):
         """Update this rank's chunk from grads (its shard of the summed gradients, see
         reduce_scatter; anything else of other keys or shapes is refused), then all-gather
-        the parameters."""
-        self.inner.step(grads, lr=lr)
+        the parameters. apply: the inner optimizer's skip flag (fp16), the same on every
+        rank (it comes from the global grad norm)."""
+        self.inner.step(grads, lr=lr, **({} if apply is None else {"apply": apply}))
         base = self.w.rank * self.chunk
         shard = self._flat(self.params)[base:base + self.chunk]  # (chunk,) this rank's updated values
         full = self.w.all_gather(shard)  # (N * chunk,)

@@ -115,8 +115,9 @@ def test_one_two_three_processes_give_one_run(tmp_path, data, dtype, accum, tol)
     # 16-bit operands: a float32 last-bit difference (the ranks sum dW in another order) now
     # and then moves an operand to the next 16-bit value, 2^-11 (fp16) or 2^-8 (bf16) away
     (["--precision", "fp16"], 1e-4),
+    (["--precision", "fp16", "--zero", "1", "--optimizer", "lamb"], 1e-4),
     (["--precision", "bf16", "--objective", "mlm"], 1e-3),
-], ids=["pairs-recipe", "mlm-pre-ln", "fp16", "bf16-mlm"])
+], ids=["pairs-recipe", "mlm-pre-ln", "fp16", "fp16-zero1-lamb", "bf16-mlm"])
 def test_recipe_options_on_two_processes_give_one_run(tmp_path, data, flags, tol):
     """The recipe's options (test_recipe.py) split over ranks as today's: 2 processes = 1."""
     run(1, tmp_path / "n1", data, *flags)

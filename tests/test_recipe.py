@@ -32,6 +32,7 @@ OPTIONS = {
     "dropout-0": (dict(), {"dropout": 0.0, "attention_dropout": 0.0}),
     "precision-bf16": (dict(precision="bf16"), {}),
     "precision-fp16": (dict(precision="fp16"), {}),  # the loss scaler's state resumes too
+    "precision-fp16-lamb": (dict(precision="fp16", optimizer="lamb"), {}),
 }
 STEPS = 20
 
