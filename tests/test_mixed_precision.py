@@ -118,6 +118,64 @@ LAYER_C = 4.0  # measured: logits 0.8 u, the loss 0.01 u
 GRAD_C = 8.0  # measured: 2 u at worst (the pooler's bias)
 
 
+def layer_cases(rng):
+    """name -> (forward(*inputs) -> (out, cache), backward(dout, cache) -> grads, inputs):
+    each layer with a GEMM, on float32 inputs of BERT-like scale."""
+    B, T, H, A, I = 3, 10, 32, 4, 64
+    f = lambda *shape, s=1.0: (s * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    bias = np.zeros((B, 1, 1, T), np.float32)
+    bias[0, ..., 7:] = layers.MASK_VALUE
+    lp = {"attn.w_qkv": f(H, 3 * H, s=0.2), "attn.b_qkv": f(3 * H, s=0.1), "attn.w_o": f(H, H, s=0.2),
+          "attn.b_o": f(H, s=0.1), "ln1.w": 1 + f(H, s=0.1), "ln1.b": f(H, s=0.1), "ffn.w_fc": f(H, I, s=0.2),
+          "ffn.b_fc": f(I, s=0.1), "ffn.w_proj": f(I, H, s=0.2), "ffn.b_proj": f(H, s=0.1),
+          "ln2.w": 1 + f(H, s=0.1), "ln2.b": f(H, s=0.1)}
+    x = f(B, T, H)
+    return {
+        "attention": (lambda x, b: layers.attention_forward(x, b, lp["attn.w_qkv"], lp["attn.b_qkv"], lp["attn.w_o"],
+                                                            lp["attn.b_o"], A),
+                      layers.attention_backward, (x, bias)),
+        "ffn": (lambda x: layers.ffn_forward(x, lp["ffn.w_fc"], lp["ffn.b_fc"], lp["ffn.w_proj"], lp["ffn.b_proj"]),
+                layers.ffn_backward, (x,)),
+        "post-LN layer": (lambda x, b: layers.encoder_layer_forward(x, b, lp, A, 1e-12),
+                          lambda d, c: layers.encoder_layer_backward(d, c), (x, bias)),
+        "pre-LN layer": (lambda x, b: layers.pre_ln_encoder_layer_forward(x, b, lp, A, 1e-12),
+                         lambda d, c: layers.pre_ln_encoder_layer_backward(d, c), (x, bias)),
+        "pooler": (lambda x: layers.pooler_forward(x, lp["attn.w_o"], lp["attn.b_o"]), layers.pooler_backward, (x,)),
+    }
+
+
+def flat_arrays(o):
+    """Every float array in a (nested) tuple / dict of layer outputs, in order."""
+    if isinstance(o, dict):
+        return [a for k in sorted(o) for a in flat_arrays(o[k])]
+    if isinstance(o, (tuple, list)):
+        return [a for x in o for a in flat_arrays(x)]
+    return [o] if hasattr(o, "dtype") and o.dtype == np.float32 else []
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["attention", "ffn", "post-LN layer", "pre-LN layer", "pooler"])
+def test_each_layer_within_the_stated_bound(fmt, name):
+    """Each layer with a GEMM alone: its output and every gradient (inputs and weights) within
+    LAYER_C u and GRAD_C u of float32, relative (Frobenius, per tensor)."""
+    u = FORMATS[fmt]["u"]
+    rng = np.random.default_rng(7)
+    forward, backward, inputs = layer_cases(rng)[name]
+    inputs = tuple(backend.to_device(a) for a in inputs)
+
+    def run(p):
+        with backend.gemm_precision(p):
+            out, cache = forward(*inputs)
+            dout = backend.to_device(np.random.default_rng(8).standard_normal(out.shape).astype(np.float32))
+            return out, flat_arrays(backward(dout, cache))
+    out32, g32 = run("fp32")
+    out16, g16 = run(fmt)
+    assert len(g16) == len(g32) >= 2
+    assert 0.01 * u < rel(out16, out32) <= LAYER_C * u  # it rounded, and stayed within the bound
+    for a, b in zip(g16, g32):
+        assert rel(a, b) <= GRAD_C * u
+
+
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_every_layer_and_the_model_within_the_stated_bound(fmt, norm):
