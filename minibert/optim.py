@@ -74,7 +74,7 @@ class AdamW:
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
-        self.t = 0  # optimizer steps taken so far
+        self.t = 0  # step() calls so far (all of them steps taken, unless some were skipped: skipped)
         self.skipped = xp.zeros((), dtype=xp.int64)  # () of them skipped on the device (step's apply; fp16)
         pred = default_no_decay if no_decay is None else no_decay
         self.decay = {k: not pred(k, p) for k, p in params.items()}
