@@ -6,6 +6,8 @@
     python scripts/bench.py --backend cupy --preset base -B 64 --compare-torch   # both on the GPU
     python scripts/bench.py --preset mini --compare-torch --torch-attn sdpa,eager  # both attentions
     python scripts/bench.py --preset mini --compare-torch --avx2   # both sides as on an AVX2-only CPU
+    python scripts/bench.py --preset mini,base -B 32 --recompute   # a minibert/recompute child beside the plain one
+    python scripts/bench.py --preset base -B 32 --recompute --trace-memory   # what the host memory holds, part by part
 
 --avx2, on an AVX-512 CPU, runs both sides on AVX2 code, as on an AVX2-only machine (Haswell,
 AMD Zen 2/3): OpenBLAS's Haswell kernels and Numba's haswell target (with Haswell's own
@@ -37,6 +39,12 @@ the backward; the MLM decoder at the P labelled positions only, which is all the
 needs) divided by step time and the measured matmul peak. The same count is used for
 PyTorch, which also computes the decoder at the unlabelled positions.
 
+--recompute adds a child with activation recomputation (encoder.encoder_forward(recompute=True)):
+its step time and peak RSS beside the plain child's, from the same interleaved run.
+--trace-memory times nothing: it runs two steps in this process under tracemalloc (NumPy's host
+allocations, not the libraries') and prints the params, AdamW moments, grads and the forward's
+cache in MiB, and the traced peaks of forward, backward and update: what a peak RSS is made of.
+
 pos/s is B x T / step time: every position of the batch, padding included (the JSON field
 keeps its name, tokens_per_s). It is not the pretraining log's tok/s, which counts real
 tokens only (the sum of attention_mask); the batch here has a quarter of its rows padded.
@@ -52,8 +60,8 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from bench_common import (AVX2_ENV, add_config_arguments, blas_info, child_command, child_config, child_env,
-                          configs, limit_threads, make_batch, minibert_timed_step, n_labels, setup_torch,
+from bench_common import (AVX2_ENV, add_config_arguments, blas_info, build_minibert, child_command, child_config,
+                          child_env, configs, limit_threads, make_batch, minibert_timed_step, n_labels, setup_torch,
                           step_flops, step_gemms)
 
 # ----------------------------------------------------------------------------------------
@@ -206,6 +214,65 @@ class Child:
 
 
 # ----------------------------------------------------------------------------------------
+# --trace-memory: what minibert's host memory holds, part by part
+
+
+MIB = 2 ** 20
+
+
+def array_bytes(obj, skip=()):
+    """Bytes of the distinct NumPy buffers reachable from obj through tuples (NamedTuples),
+    lists and dicts: a view counts its whole base once (host.empty_apart's page of slack
+    included), and a buffer in skip (by id: the params, which caches reference) not at all."""
+    seen, total, todo = set(skip), 0, [obj]
+    while todo:
+        o = todo.pop()
+        if isinstance(o, np.ndarray):
+            while isinstance(o.base, np.ndarray):
+                o = o.base
+            if id(o) not in seen:
+                seen.add(id(o))
+                total += o.nbytes
+        elif isinstance(o, dict):
+            todo.extend(o.values())
+        elif isinstance(o, (tuple, list)):
+            todo.extend(o)
+    return total
+
+
+def trace_memory(c):
+    """minibert's training step for config c (NumPy) under tracemalloc, which sees NumPy's
+    allocations but not the libraries' or the interpreter's: MiB of the params, the AdamW
+    moments, the gradients and the cache the forward leaves for the backward (its encoder
+    layers' part apart), and the traced peaks of the forward, the backward and the update
+    (static state included). The second step's figures: the first writes the moments."""
+    import tracemalloc
+    from minibert import philox
+    tracemalloc.start()
+    try:
+        model, opt, batch = build_minibert(c)
+        for s in (1, 2):
+            out = {}
+            tracemalloc.reset_peak()
+            _, cache = model.forward(batch, rng=philox.rng((c.seed, s)))
+            out["forward_peak"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            grads = model.backward(cache)
+            out["backward_peak"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            opt.step(grads)
+            out["update_peak"] = tracemalloc.get_traced_memory()[1]
+            params = {id(p) for p in model.params.values()}
+            out.update(params=array_bytes(model.params), moments=array_bytes([opt.m, opt.v], params),
+                       grads=array_bytes(grads, params), cache=array_bytes(cache, params),
+                       layers=array_bytes(cache.c_enc.c_layers, params))
+            del cache, grads
+    finally:
+        tracemalloc.stop()
+    return {k: v / MIB for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------
 # orchestration
 
 
@@ -297,6 +364,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--trace-memory", action="store_true", help="instead of timing: minibert's host memory part "
+                    "by part (tracemalloc, in this process): params, AdamW moments, grads, the cache, the peaks of "
+                    "forward, backward and update; with --recompute, for both steps")
     a = ap.parse_args()
 
     if a.child:
@@ -304,6 +374,17 @@ def main():
         return
 
     cs = configs(ap, a)
+    if a.trace_memory:
+        if a.backend != "numpy":
+            ap.error("--trace-memory traces the host's NumPy allocations: --backend numpy only")
+        for c in cs:
+            for kind, rc in [("minibert", False), *([("minibert/recompute", True)] if a.recompute else [])]:
+                m = trace_memory(replace(c, recompute=rc))
+                print(f"# {c.name} {kind}, B={c.B} T={c.T}, traced MiB: peaks forward {m['forward_peak']:.0f}, backward "
+                      f"{m['backward_peak']:.0f}, update {m['update_peak']:.0f}; params {m['params']:.0f}, AdamW moments "
+                      f"{m['moments']:.0f}, grads {m['grads']:.0f}; the forward's cache {m['cache']:.0f}, of which "
+                      f"the encoder layers {m['layers']:.0f}", flush=True)
+        return
     results = [bench_one(c, a.compare_torch, a.recompute) for c in cs]
     m = machine_info()
     blas = results[0]["peak"]["blas"]

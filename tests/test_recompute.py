@@ -253,16 +253,23 @@ def test_every_task_finetunes_bitwise_with_recompute(tmp_path, task):
     assert results["plain"] == results["recompute"]
 
 
-def test_bench_table_keeps_its_columns_with_a_recompute_row(capsys):
-    # scripts/bench.py --recompute: the minibert/recompute row's figures sit under the header's columns
+def import_bench():
+    """scripts/bench.py as a module (it imports bench_common from scripts/)."""
     import os
     import sys
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
     try:
         import bench
+        import bench_common
     finally:
         sys.path.pop(0)
+    return bench, bench_common
+
+
+def test_bench_table_keeps_its_columns_with_a_recompute_row(capsys):
+    # scripts/bench.py --recompute: the minibert/recompute row's figures sit under the header's columns
+    bench, _ = import_bench()
     row = dict(step_ms=812.5, tokens_per_s=5041.0, peak_rss_mb=480.0, mfu=0.25)
     r = {"config": {"name": "mini"}, "minibert": dict(row, matmul_bound_ms=300.0, step_over_bound=2.0),
          "minibert/recompute": dict(row, step_ms=1012.5), "torch": dict(row, attn="sdpa", step_ms=900.0),
@@ -275,3 +282,26 @@ def test_bench_table_keeps_its_columns_with_a_recompute_row(capsys):
     end = head.index("peak RSS MB") + len("peak RSS MB")
     assert all(line[end - 4:end] == " 480" for line in rows)
     assert len(rule) == len(head) and max(map(len, rows)) <= len(head)
+
+
+def test_bench_trace_memory_counts_each_part():
+    # scripts/bench.py --trace-memory: each part against a count made here from shapes
+    from dataclasses import replace
+
+    bench, bench_common = import_bench()
+    a = np.zeros((4, 5), np.float32)
+    assert bench.array_bytes([a, a[1:], {"t": a.T, "n": 3}, (a.reshape(20),)]) == 80  # a view counts its base once
+    assert bench.array_bytes([a, np.ones(3)], skip={id(a)}) == 24
+    c = bench_common.BenchConfig(name="t", L=2, H=32, A=2, I=64, V=128, T=16, B=4, dropout=0.1)
+    model, _, _ = bench.build_minibert(c)
+    n_params = sum(int(np.prod(p.shape)) for p in model.params.values()) * 4 / 2**20  # float32, MiB
+    plain, rc = bench.trace_memory(c), bench.trace_memory(replace(c, recompute=True))
+    for m in (plain, rc):
+        assert m["params"] == m["grads"] == n_params and m["moments"] == 2 * n_params
+        assert m["backward_peak"] >= 4 * n_params  # params, both moments and the grads are all alive by then
+    # recompute keeps each layer's input (B, T, H) and the one padding bias (B, 1, 1, T) they share;
+    # an input may be a view into a buffer one page longer (host.empty_apart), counted whole
+    kept = (c.L * c.B * c.T * c.H + c.B * c.T) * 4
+    assert kept <= rc["layers"] * 2**20 <= kept + c.L * 4096
+    assert plain["layers"] > 4 * rc["layers"] and plain["cache"] - plain["layers"] == rc["cache"] - rc["layers"]
+    assert rc["backward_peak"] < plain["backward_peak"] and rc["forward_peak"] < plain["forward_peak"]
