@@ -161,19 +161,20 @@ class BertForSequenceClassification(BertBase):
                 out["correct"] = (preds == db["labels"]).sum()
         return out, ClassifierCache(c_enc, c_drop, c_cls, c_loss, B)
 
-    def backward(self, cache):
-        """Gradients of out["loss"] w.r.t. every param: a dict with params' keys and shapes."""
+    def backward(self, cache, dloss=1.0):
+        """Gradients of dloss * out["loss"] w.r.t. every param: a dict with params' keys and
+        shapes (dloss: 1, or fp16's loss scale, a 0-d device array)."""
         c_enc, c_drop, c_cls, c_loss, B = cache  # see ClassifierCache
         if c_loss is None:
             raise ValueError("backward needs a loss: the batch given to forward had no 'labels'")
         g = {}
         if self.is_regression:
             # forward: loss = mse(logits[:, 0], y)
-            (dpred,) = mse_backward(1.0, c_loss)  # (B,)
+            (dpred,) = mse_backward(dloss, c_loss)  # (B,)
             dlogits = dpred.reshape(B, 1)  # (B, 1)
         else:
             # forward: loss = cross_entropy(logits, y)
-            (dlogits,) = cross_entropy_backward(1.0, c_loss)  # (B, C)
+            (dlogits,) = cross_entropy_backward(dloss, c_loss)  # (B, C)
         # forward: logits = pooled_d @ cls.w + cls.b
         dpooled_d, g["cls.w"], g["cls.b"] = linear_backward(dlogits, c_cls)  # (B, H)
         # forward: pooled_d = dropout(pooled)

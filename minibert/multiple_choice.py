@@ -131,15 +131,15 @@ class BertForMultipleChoice(BertBase):
             out["correct"] = (preds == db["labels"]).sum()
         return out, MultipleChoiceCache(c_enc, c_drop, c_cls, c_loss, (B, C))
 
-    def backward(self, cache, dlogits=None):
-        """Gradients of out["loss"] w.r.t. every param, or, given dlogits (B, C), of
-        sum(logits * dlogits)."""
+    def backward(self, cache, dlogits=None, dloss=1.0):
+        """Gradients of dloss * out["loss"] w.r.t. every param (dloss: 1, or fp16's loss
+        scale), or, given dlogits (B, C), of sum(logits * dlogits)."""
         c_enc, c_drop, c_cls, c_loss, (B, C) = cache  # see MultipleChoiceCache
         if dlogits is None:
             if c_loss is None:
                 raise ValueError("backward needs a loss or dlogits: the batch given to forward had no 'labels'")
             # forward: loss = cross_entropy(logits, y), the softmax across each row's C choices
-            (dlogits,) = cross_entropy_backward(1.0, c_loss)  # (B, C)
+            (dlogits,) = cross_entropy_backward(dloss, c_loss)  # (B, C)
         # forward: logits = scores.reshape(B, C): a reshape moves no number, so neither does its gradient
         dscores = dlogits.reshape(B * C, 1)  # (B*C, 1)
         g = {}

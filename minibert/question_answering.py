@@ -133,8 +133,9 @@ class BertForQuestionAnswering(BertBase):
             out["count"] = int(((hb["start_positions"] < T) | (hb["end_positions"] < T)).sum())
         return out, QACache(c_enc, c_qa, c_start, c_end)
 
-    def backward(self, cache, dstart_logits=None, dend_logits=None):
-        """Gradients of out["loss"] w.r.t. every param, or, given dstart_logits and
+    def backward(self, cache, dstart_logits=None, dend_logits=None, dloss=1.0):
+        """Gradients of dloss * out["loss"] w.r.t. every param (dloss: 1, or fp16's loss
+        scale), or, given dstart_logits and
         dend_logits (B, T), of sum(start_logits * dstart_logits + end_logits * dend_logits)."""
         c_enc, c_qa, c_start, c_end = cache  # see QACache
         if (dstart_logits is None) != (dend_logits is None):
@@ -143,9 +144,9 @@ class BertForQuestionAnswering(BertBase):
             if c_start is None:
                 raise ValueError("backward needs a loss or upstream gradients: the batch given to forward had no "
                                  "start_positions and end_positions")
-            # forward: loss = (start_loss + end_loss) / 2, so each loss gets upstream 1/2
-            (dstart_logits,) = cross_entropy_ignore_backward(0.5, c_start)  # (B, T)
-            (dend_logits,) = cross_entropy_ignore_backward(0.5, c_end)  # (B, T)
+            # forward: loss = (start_loss + end_loss) / 2, so each loss gets upstream dloss / 2
+            (dstart_logits,) = cross_entropy_ignore_backward(0.5 * dloss, c_start)  # (B, T)
+            (dend_logits,) = cross_entropy_ignore_backward(0.5 * dloss, c_end)  # (B, T)
         xp = backend.xp
         # forward: start_logits, end_logits = logits[..., 0], logits[..., 1]: the split's
         # gradient puts each back in its column

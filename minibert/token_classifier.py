@@ -127,15 +127,16 @@ class BertForTokenClassification(BertBase):
             out["count"] = int(labelled.sum())
         return out, TokenClassifierCache(c_enc, c_drop, c_cls, c_loss, tuple(logits.shape))
 
-    def backward(self, cache, dlogits=None):
-        """Gradients of out["loss"] w.r.t. every param, or, given dlogits (B, T, C), of
-        sum(logits * dlogits) (an upstream gradient from elsewhere: distillation, a test)."""
+    def backward(self, cache, dlogits=None, dloss=1.0):
+        """Gradients of dloss * out["loss"] w.r.t. every param (dloss: 1, or fp16's loss
+        scale), or, given dlogits (B, T, C), of sum(logits * dlogits) (an upstream gradient
+        from elsewhere: distillation, a test)."""
         c_enc, c_drop, c_cls, c_loss, logits_shape = cache  # see TokenClassifierCache
         if dlogits is None:
             if c_loss is None:
                 raise ValueError("backward needs a loss or dlogits: the batch given to forward had no 'labels'")
             # forward: loss = cross_entropy_ignore(logits.reshape(N, C), labels.reshape(N))
-            (dflat,) = cross_entropy_ignore_backward(1.0, c_loss)  # (N, C)
+            (dflat,) = cross_entropy_ignore_backward(dloss, c_loss)  # (N, C)
             dlogits = dflat.reshape(logits_shape)  # (B, T, C)
         g = {}
         # forward: logits = seq_d @ cls.w + cls.b, at every position
