@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import make_batch, tiny_config
 from minibert import backend, layers, philox, train
 from minibert.mixed_precision import LossScaler
+from minibert.classifier import BertForSequenceClassification
 from minibert.model import BertForPreTraining
 from minibert.optim import LAMB, AdamW
 from minibert.checkpoint import load_checkpoint
@@ -357,3 +358,21 @@ def test_an_fp16_run_skips_overflowing_steps_and_goes_on(tmp_path, monkeypatch):
     recs = [r for r in map(json.loads, open(tmp_path / "recovers" / "metrics.jsonl")) if "loss_scale" in r]
     assert 0 < recs[-1]["skipped_steps"] < 60 and recs[-1]["loss_scale"] <= 2.0 ** 60 / 2 ** recs[-1]["skipped_steps"]
     assert recs[-1]["mlm_loss"] < recs[0]["mlm_loss"]
+
+
+def test_every_model_scales_its_gradients_by_dloss():
+    """backward(cache, dloss=S) is S times backward(cache), bit for bit for S a power of 2, in
+    every model class: the loss scale enters at the loss and nowhere else."""
+    from test_recompute import task_models
+    c = tiny_config(num_layers=1)
+    cases = [(BertForPreTraining(c, seed=1), make_batch(np.random.default_rng(5), 3, 8, c.vocab_size, n_masked=2)),
+             *task_models(c)]
+    regression = BertForSequenceClassification(c, 1, seed=1)  # C = 1: mean squared error
+    cases.append((regression, dict(make_batch(np.random.default_rng(6), 3, 8, c.vocab_size, num_labels=2),
+                                   labels=np.array([0.5, -1.0, 2.0]))))
+    for model, batch in cases:
+        _, cache = model.forward(batch, train=False)
+        g1 = {k: host(v) for k, v in model.backward(cache).items()}
+        g4 = {k: host(v) for k, v in model.backward(cache, dloss=backend.xp.asarray(4.0)).items()}
+        assert all(np.array_equal(g4[k], 4 * g1[k]) for k in g1), type(model).__name__
+        assert any(np.abs(g1[k]).max() > 0 for k in g1)
