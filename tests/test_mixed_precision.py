@@ -14,11 +14,11 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import make_batch, tiny_config
 from minibert import backend, layers, philox, train
-from minibert.mixed_precision import LossScaler
+from minibert.checkpoint import load_checkpoint
 from minibert.classifier import BertForSequenceClassification
+from minibert.mixed_precision import LossScaler
 from minibert.model import BertForPreTraining
 from minibert.optim import LAMB, AdamW
-from minibert.checkpoint import load_checkpoint
 from minibert.train import TrainConfig, check_config, pretrain
 from test_train import SMALL, small_tc, write_corpus
 
