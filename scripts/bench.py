@@ -317,6 +317,9 @@ def bench_one(c, compare_torch, recompute=False):
     for k in [k for k in ("minibert", "minibert/recompute") if k in result]:
         for part in ("fwd", "bwd", "opt"):  # where minibert's step goes
             result[k][part + "_ms"] = statistics.median(r[part + "_s"] for r in reps[k]) * 1e3
+    if "minibert/recompute" in result:  # its step over the plain one's, per interleaved pair
+        result["minibert/recompute"]["step_paired_median"] = statistics.median(
+            b / a for a, b in zip(times["minibert"], times["minibert/recompute"]))
     mb["matmul_bound_ms"] = peak["matmul_bound_s"] * 1e3
     mb["step_over_bound"] = mb["step_ms"] / mb["matmul_bound_ms"]
     for k in torch_kinds:
@@ -413,7 +416,7 @@ def main():
         if "minibert/recompute" in r:
             rc = r["minibert/recompute"]
             print(f"# {r['config']['name']}: --recompute: forward {rc['fwd_ms']:.1f} ms, backward {rc['bwd_ms']:.1f} ms; "
-                  f"step {rc['step_ms'] / mb['step_ms']:.2f}x, peak RSS {rc['peak_rss_mb']:.0f} vs {mb['peak_rss_mb']:.0f} MB"
+                  f"step {rc['step_ms'] / mb['step_ms']:.2f}x (paired {rc['step_paired_median']:.2f}x), peak RSS {rc['peak_rss_mb']:.0f} vs {mb['peak_rss_mb']:.0f} MB"
                   + (f", device memory {rc['peak_device_mb']:.0f} vs {mb['peak_device_mb']:.0f} MB (CuPy pool)"
                      if "peak_device_mb" in rc else ""))
     print(json.dumps(results))
