@@ -52,6 +52,7 @@ from minibert import backend, interop, philox, rundir
 from minibert.checkpoint import checkpoint_exists, record_path
 from minibert.choice_task import ChoiceTask, choose, choose_run, load_chooser  # noqa: F401
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
+from minibert.mixed_precision import PRECISIONS, optimizer_step, run_precision, scaler_for
 from minibert.optim import LAMB, OPTIMIZERS, AdamW, clip_grad_norm, lr_at
 from minibert.qa_task import QATask, answer, answer_run, load_qa  # noqa: F401
 from minibert.seq_task import (  # noqa: F401  (the sequence task's API, importable from here as before)
@@ -113,6 +114,7 @@ class FinetuneConfig:
     log_every: int = 10
     eval_batch_size: int = 64
     recompute: bool = False  # rerun each encoder layer's forward in the backward (less memory, the same numbers)
+    precision: str = "fp32"  # GEMM operands in "fp32", "bf16" or "fp16" (+ loss scaling): mixed_precision.py
 
 
 # the recipe: the fields scripts/compare_pretraining.py shares with scripts/finetune.py
@@ -193,8 +195,8 @@ def build_model(fc, num_labels=None, task=None):
 _NOT_RESUME_KEYS = ("out", "overwrite", "resume", "log_every", "eval_batch_size", "backend", "recompute")
 
 
-def restore(fc, model, opt, tok, task):
-    """Load OUT/last into model and opt; returns (epoch, step) it was saved at.
+def restore(fc, model, opt, tok, task, scaler=None):
+    """Load OUT/last into model, opt (and fp16's loss scaler); returns (epoch, step) it was saved at.
 
     CheckpointError for a checkpoint of another kind or tokenizer, or other parameters;
     ValueError for settings or labels that would not replay the same steps."""
@@ -204,6 +206,8 @@ def restore(fc, model, opt, tok, task):
     now = {k: v for k, v in recorded(fc).items() if k not in _NOT_RESUME_KEYS and (k in saved or v != default[k])}
     meta = rundir.restore(fc.out, task.kind, tok, model, opt, {
         "settings": ("finetune", now), "labels": (None, task.labels())})
+    if scaler is not None:
+        scaler.load_state_dict(meta["loss_scaler"])
     return meta["epoch"], meta["step"]
 
 
@@ -222,6 +226,8 @@ def finetune(fc):
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(fc, k)}")
     if fc.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown --optimizer {fc.optimizer!r}: choose from {OPTIMIZERS}")
+    if fc.precision not in PRECISIONS:
+        raise ValueError(f"unknown --precision {fc.precision!r}: choose from {PRECISIONS}")
     if not 0.0 <= fc.warmup <= 1.0:
         raise ValueError(f"--warmup is a fraction of all steps, in [0, 1]; got {fc.warmup}")
     if fc.resume and fc.overwrite:
@@ -233,7 +239,7 @@ def finetune(fc):
     # every task model is a BertBase: its training forwards keep only the layers' inputs (evaluation is unchanged)
     model.recompute = fc.recompute
     n_rows = task.encode(tok)
-    with rundir.lock(fc.out):  # one writer for the life of the run
+    with rundir.lock(fc.out), run_precision(fc.precision):  # one writer for the life of the run; its GEMMs' precision
         _check_out(fc)  # again, now that no other writer can start one
         return _finetune(fc, task, model, tok, n_rows, data_what, init_what)
 
@@ -254,9 +260,10 @@ def _finetune(fc, task, model, tok, n_rows, data_what, init_what):
     total = steps_per_epoch * fc.epochs
     warmup = int(round(fc.warmup * total))
     opt = (LAMB if fc.optimizer == "lamb" else AdamW)(model.params, lr=fc.lr, weight_decay=fc.weight_decay)
+    scaler = scaler_for(fc.precision)  # fp16: dynamic loss scaling; else None
     epoch0, step = 0, 0
     if fc.resume:
-        epoch0, step = restore(fc, model, opt, tok, task)
+        epoch0, step = restore(fc, model, opt, tok, task, scaler)
         log(f"resumed {fc.out} at step {step} (after epoch {epoch0})")
 
     tok.save(os.path.join(fc.out, rundir.TOKENIZER_FILE))
@@ -271,7 +278,8 @@ def _finetune(fc, task, model, tok, n_rows, data_what, init_what):
 
     log(f"recipe: {fc.epochs} epochs x {steps_per_epoch} steps of {fc.batch_size} (max length {fc.max_length}), "
         f"{'LAMB' if fc.optimizer == 'lamb' else 'AdamW'} lr {fc.lr:.1e}, warmup {warmup} steps, linear decay, "
-        f"weight decay {fc.weight_decay}, seed {fc.seed}" + (", activation recomputation" if fc.recompute else ""))
+        f"weight decay {fc.weight_decay}, seed {fc.seed}" + (", activation recomputation" if fc.recompute else "")
+        + (f", GEMMs in {fc.precision}" if fc.precision != "fp32" else ""))
     meta_base = dict(task.meta(), finetune=recorded(fc), init=init_what)
 
     t_loop, step0 = time.time(), step
@@ -281,12 +289,15 @@ def _finetune(fc, task, model, tok, n_rows, data_what, init_what):
         for batch in task.epoch_batches(epoch, pad):
             lr = lr_at(step, fc.lr, warmup, total)
             out, cache = model.forward(batch, train=True, rng=philox.rng((fc.seed, step)))
-            grads = model.backward(cache)
+            grads = model.backward(cache) if scaler is None else model.backward(cache, dloss=scaler.scale)
+            if scaler is not None:
+                scaler.unscale(grads)  # fp16: back to the true gradients, in float32
             norm = clip_grad_norm(grads, fc.grad_clip)
-            if not math.isfinite(norm) or not math.isfinite(float(out["loss"])):
+            # fp16 skips a step whose gradients overflowed (optimizer_step) instead of stopping
+            if (scaler is None and not math.isfinite(float(norm))) or not math.isfinite(float(out["loss"])):
                 raise FloatingPointError(f"non-finite loss or gradient at step {step + 1} (grad norm {norm}); "
                                          "try a lower --lr")
-            opt.step(grads, lr=lr)
+            optimizer_step(opt, grads, lr, norm, scaler)
             step += 1
             window.add(loss=float(out["loss"]), correct=int(out.get("correct", 0)), count=out["count"],
                        tokens=batch["attention_mask"].sum())
@@ -308,7 +319,8 @@ def _finetune(fc, task, model, tok, n_rows, data_what, init_what):
         metrics.write({"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in summary.items()}})
         log(task.eval_line(epoch, ev))
         save_task_model(fc.out, "last", task.kind, model, opt, tok,
-                        dict(meta_base, epoch=epoch, step=step, eval=summary))
+                        dict(meta_base, epoch=epoch, step=step, eval=summary,
+                             **({"loss_scaler": scaler.state_dict()} if scaler is not None else {})))
 
     if ev is None:  # resumed a run that had finished: its last epoch is evaluated again
         ev = task.evaluate(model, pad)

@@ -23,6 +23,9 @@ S and the count of finite steps are 0-d device arrays updated with xp.where, so 
 waits for nothing on the host. Both go into the checkpoint (state_dict), so resume is exact.
 bf16 has float32's exponent range and needs no scaling.
 """
+import contextlib
+import warnings
+
 from minibert import backend
 
 PRECISIONS = backend.PRECISIONS  # "fp32", "bf16", "fp16"
@@ -87,3 +90,27 @@ def scaler_for(precision):
     if precision not in PRECISIONS:
         raise ValueError(f"unknown --precision {precision!r}: choose from {PRECISIONS}")
     return LossScaler() if precision == "fp16" else None
+
+
+@contextlib.contextmanager
+def run_precision(precision):
+    """The context a training run's steps and evaluations run in: backend.gemm_precision, and
+    for fp16 a filter for NumPy's overflow / invalid-value warnings, since a step whose scaled
+    gradients overflow makes infs and NaNs on purpose (it is then skipped). A filter, not
+    numpy.errstate: errstate is per thread, and the host's GEMMs run on threads of their own."""
+    with backend.gemm_precision(precision), warnings.catch_warnings():
+        if precision == "fp16":
+            warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning)
+        yield
+
+
+def optimizer_step(opt, grads, lr, norm, scaler):
+    """opt.step(grads, lr) of a step whose gradients (unscaled) have the global norm `norm`:
+    without a scaler, as it is; with one, skipped on the device when the norm is not finite,
+    and the scale updated. Nothing is read on the host."""
+    if scaler is None:
+        opt.step(grads, lr=lr)
+        return
+    finite = backend.xp.isfinite(norm)  # () bool
+    opt.step(grads, lr=lr, apply=finite)
+    scaler.update(finite)

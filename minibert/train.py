@@ -44,7 +44,6 @@ import math
 import os
 import signal
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 
 
@@ -56,7 +55,7 @@ from minibert.heldout import evaluate, heldout_batches, nsp_text
 from minibert.inference import load_pretrained, load_pretrained_tokenizer
 from minibert.instances import PretrainingData
 from minibert.metrics import MetricsFile, MetricsWindow, fmt_time, log_line
-from minibert.mixed_precision import PRECISIONS, scaler_for
+from minibert.mixed_precision import PRECISIONS, optimizer_step, run_precision, scaler_for
 from minibert.mlm_blocks import BlockData
 from minibert.model import PRESETS, BertConfig, BertForMaskedLM, BertForPreTraining, pretraining_model
 from minibert.optim import OPTIMIZERS, SCHEDULES, LAMB, AdamW, lr_at
@@ -348,12 +347,7 @@ def pretrain(tc, model_overrides=None):
     check_config(tc)
     # one writer for the life of the run (rank 0): nothing is written before it
     with w.abort_on_error(), (rundir.lock(tc.out) if w.rank == 0 else contextlib.nullcontext()):
-        # every GEMM of the run in tc.precision, evaluations included; fp16: the GEMMs of a step that
-        # overflows make infs and NaNs on purpose (the step is skipped), which NumPy need not warn of
-        # (host threads do the GEMMs, and NumPy's errstate is per thread: a warnings filter, for the run)
-        with backend.gemm_precision(tc.precision), warnings.catch_warnings():
-            if tc.precision == "fp16":
-                warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning)
+        with run_precision(tc.precision):  # every GEMM of the run in tc.precision, evaluations included
             return _pretrain(tc, model_overrides)
 
 
@@ -445,12 +439,7 @@ def _pretrain(tc, model_overrides):
             # log, eval or save step sees any bad step since the last (no wait per step).
             # fp16 skips a step whose gradients overflowed instead: only its loss is probed
             probe = probe + 0.0 * (out["loss"] + (norm if scaler is None else 0.0))
-            if scaler is None:
-                opt.step(grads, lr=lr)
-            else:  # skipped on the device when the norm is not finite; then the scale backs off
-                finite = backend.xp.isfinite(norm)  # () bool
-                opt.step(grads, lr=lr, apply=finite)
-                scaler.update(finite)
+            optimizer_step(opt, grads, lr, norm, scaler)  # fp16: skipped on the device if the norm is not finite
             step += 1
             window.step()
             if w.size > 1:  # every rank must take the same branches below (Ctrl-C may reach one rank first)

@@ -6,6 +6,7 @@
     python scripts/finetune.py --task qa --out runs/qa               # the default QA task
     python scripts/finetune.py --task choice --out runs/choice       # the default multiple-choice task
     python scripts/finetune.py --recompute --out runs/finetune       # the same numbers in less memory
+    python scripts/finetune.py --precision bf16 --out runs/finetune  # 16-bit GEMM operands (docs/internals.md)
     python scripts/finetune.py --task tag --train train.conll --validation dev.conll --out runs/tag
     python scripts/finetune.py --task qa --train train-v1.1.json --validation dev-v1.1.json --out runs/qa
     python scripts/finetune.py --task choice --train train.csv --validation val.csv --out runs/choice
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minibert import backend  # noqa: E402
 from minibert.finetune import RECIPE_KEYS, TASKS, FinetuneConfig, finetune, predict_with_run  # noqa: E402
+from minibert.mixed_precision import PRECISIONS  # noqa: E402
 from minibert.optim import OPTIMIZERS  # noqa: E402
 
 
@@ -88,6 +90,9 @@ def build_parser():
                    "(after its latest epoch), with the same settings")
     p.add_argument("--recompute", action="store_true", help="activation recomputation: keep only each encoder "
                    "layer's input and rerun the layer in the backward (less memory, one more forward; the same numbers)")
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS), help="mixed precision: fp32, or "
+                   "bf16 / fp16 GEMM operands with float32 accumulation and master weights; fp16 adds dynamic loss "
+                   "scaling (on the host the 16-bit rounding is emulated: the numbers, not the speed)")
     add_recipe_args(p, d)
     p.set_defaults(max_length=None)  # 128, or QA_MAX_LENGTH for --task qa
     g = p.add_argument_group("prediction (no training)")
@@ -115,7 +120,8 @@ def config_from_args(args):
                                         "validation", "valid_fraction", "text_column", "pair_column",
                                         "label_column", "regression", "scheme", "version_2", "doc_stride",
                                         "max_question_length", "null_threshold", "train_per_class", "seed",
-                                        "dropout", "out", "overwrite", "resume", "recompute", *RECIPE_KEYS)}
+                                        "dropout", "out", "overwrite", "resume", "recompute", "precision",
+                                        *RECIPE_KEYS)}
     return FinetuneConfig(**kw)
 
 

@@ -369,15 +369,16 @@ def test_refusals(tmp_path, pretrained):
         predict_run(pretrained, ["hello"])
 
 
-def test_resume_after_interruption_is_exact(tmp_path, pretrained, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_resume_after_interruption_is_exact(tmp_path, pretrained, monkeypatch, precision):
     """A fine-tune interrupted in its second epoch, resumed (--resume) from the checkpoint
     after the first, reaches bitwise the final parameters of an uninterrupted run (dropout
-    on, so the dropout stream and the AdamW state must both carry over), and its
-    metrics.jsonl has each logged step once."""
+    on, so the dropout stream and the AdamW state must both carry over; fp16: the loss
+    scaler's state too), and its metrics.jsonl has each logged step once."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(96, 4)))
     fc = FinetuneConfig(init=pretrained, train=str(data), epochs=3, lr=1e-2, batch_size=16, max_length=32,
-                        dropout=0.1, log_every=2, out=str(tmp_path / "full"))
+                        dropout=0.1, log_every=2, out=str(tmp_path / "full"), precision=precision)
     finetune(fc)
     per_epoch = read_meta(fc.out, "last", CLASSIFICATION_KIND)["step"] // fc.epochs
 
@@ -412,6 +413,11 @@ def test_resume_after_interruption_is_exact(tmp_path, pretrained, monkeypatch):
     steps = [[r["step"] for r in map(json.loads, open(os.path.join(d, "metrics.jsonl"))) if "loss" in r]
              for d in (fc.out, part.out)]
     assert steps[0] == steps[1]
+    if precision == "fp16":  # the scaler's state went through the checkpoint
+        assert read_meta(part.out, "last", CLASSIFICATION_KIND)["loss_scaler"]["growth_tracker"] == steps[0][-1]
+    if precision != "fp32":  # and the precision is a setting a resume must match
+        with pytest.raises(ValueError, match="settings differ.*precision"):
+            finetune(replace(part, resume=True, precision="fp32"))
 
 
 def test_random_init_keeps_shape_and_tokenizer(pretrained):
