@@ -166,7 +166,8 @@ def round_fp16(a):
     r = (u + (xp.uint32(0x0FFF) + ((u >> 13) & xp.uint32(1)))) & xp.uint32(0xFFFFE000)  # like a
     normal = r.view(xp.float32)  # like a: rounded as if the exponent had no limit
     mag = xp.abs(a)  # like a
-    sub = xp.copysign((mag + xp.float32(0.5)) - xp.float32(0.5), a)  # like a: multiples of 2^-24
+    with numpy.errstate(invalid="ignore"):  # inf and NaN go through the unused branch too
+        sub = xp.copysign((mag + xp.float32(0.5)) - xp.float32(0.5), a)  # like a: multiples of 2^-24
     out = xp.where(mag < xp.float32(2.0 ** -14), sub, normal)  # like a
     out = xp.where(xp.abs(out) > xp.float32(65504.0), xp.copysign(xp.float32(xp.inf), a), out)
     return xp.where(a != a, a, out)  # like a: NaN stays NaN
@@ -177,10 +178,24 @@ _ROUND = {"bf16": round_bf16, "fp16": round_fp16}
 
 def low(a):
     """A GEMM operand at the current precision: a itself in fp32 (or when a is not
-    float32: float64 gradient checks stay exact), else a rounded to bf16 or fp16."""
+    float32: float64 gradient checks stay exact), else a rounded to bf16 or fp16: on the
+    host one compiled pass (cpu_kernels.round_bf16 / round_fp16) over a C- or F-ordered
+    array, split over the host's threads; else the array code above."""
     if precision == "fp32" or a.dtype != numpy.float32:
         return a
-    return _ROUND[precision](a)
+    cpu = host.compiled_loops() if xp is numpy and a.size else None
+    if cpu is None or not (a.flags.c_contiguous or a.flags.f_contiguous):
+        return _ROUND[precision](a)
+    if not a.flags.c_contiguous:  # a transpose (w.T, x.T in dw = x^T @ dout): round the C-ordered array under it
+        return low(a.T).T
+    flat = a.reshape(-1)  # (n,) a view
+    out = numpy.empty_like(flat)  # (n,)
+    bits, out_bits = flat.view(numpy.uint32), out.view(numpy.uint32)  # (n,) each
+    if precision == "bf16":
+        host.split_run(lambda lo, hi: cpu.round_bf16(bits, out_bits, lo, hi), a.size, 2 * a.size)
+    else:
+        host.split_run(lambda lo, hi: cpu.round_fp16(flat, bits, out, out_bits, lo, hi), a.size, 2 * a.size)
+    return out.reshape(a.shape)  # like a
 
 
 @contextlib.contextmanager

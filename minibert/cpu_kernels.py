@@ -14,6 +14,7 @@ registers, and the rows (or elements) are shared between the host's two threads.
     philox_uniform32 / 64           philox.philox_uniform_plain (bit for bit)
     dropout32                       kernels.dropout_plain (bit for bit)
     dropout_backward32              kernels.dropout_backward_plain (bit for bit)
+    round_bf16 / round_fp16         backend.round_bf16 / backend.round_fp16 (bit for bit; backend.low calls them)
 
 exp32 is the one piece of hand-written math: a float32 exp that LLVM can vectorize (a call
 to libm's expf in the loop cannot be), so the exp-heavy loops (GELU, softmax) run on SIMD
@@ -337,3 +338,37 @@ def philox_uniform64(out, key0, key1, draw, first_row, lo, hi):
             if j + 1 < n:
                 out[b, j + 1] = (np.float64(w2 >> np.uint64(5)) * 67108864.0 + np.float64(w3 >> np.uint64(6))) \
                     * (1.0 / 9007199254740992.0)
+
+
+# ----------------------------------------------------------------------------------------
+# mixed precision: float32 rounded to bf16's or fp16's values (backend.round_bf16 and
+# backend.round_fp16 are the plain twins), on the uint32 bits; no fastmath (fp16's
+# subnormal step, (a + 0.5) - 0.5, must not be simplified to a)
+
+@njit(**_JIT)
+def round_bf16(u, out, lo, hi):
+    """out[i] = u[i] (float32 bits) rounded to bf16 (ties to even), NaN kept a NaN."""
+    for i in range(_U(lo), _U(hi)):
+        x = u[i]
+        if (x & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (x & np.uint32(0x007FFFFF)) != np.uint32(0):
+            out[i] = (x | np.uint32(0x00400000)) & np.uint32(0xFFFF0000)  # NaN -> quiet NaN
+        else:
+            out[i] = np.uint32(x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+@njit(**_JIT)
+def round_fp16(x, u, out, out_u, lo, hi):
+    """out[i] = x[i] (float32; u its bits) rounded to fp16 (ties to even): 13 bits cut in the
+    normal range, a multiple of 2^-24 below 2^-14, inf past 65,504, NaN kept. out_u is
+    out's uint32 view (the same memory). Two branch-free loops over the range, so that both
+    vectorize: the bits first, then the cases the bits get wrong."""
+    for i in range(_U(lo), _U(hi)):
+        b = u[i]
+        out_u[i] = np.uint32(b + np.uint32(0x0FFF) + ((b >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    for i in range(_U(lo), _U(hi)):
+        f = x[i]
+        a = abs(f)
+        g = out[i]
+        r = math.copysign(_F(np.inf), f) if abs(g) > _F(65504.0) else g  # past fp16's largest
+        r = math.copysign((a + _F(0.5)) - _F(0.5), f) if a < _F(2.0 ** -14) else r  # the subnormals' fixed step
+        out[i] = f if f != f else r

@@ -64,6 +64,15 @@ def test_rounding_matches_the_reference_on_any_bit_pattern(words, fmt):
     assert np.isnan(got[nan]).all(), "a NaN must stay a NaN"
     np.testing.assert_array_equal(got[~nan], want[~nan])
     assert np.array_equal(np.signbit(got[~nan]), np.signbit(want[~nan]))  # -0 stays -0
+    # the GEMMs' operand rounding (on the host: cpu_kernels' compiled pass) gives the plain
+    # array code's bits, NaN payloads included, in C and F order
+    plain = host(ROUND[fmt](backend.to_device(x))).view(np.uint32)
+    with backend.gemm_precision(fmt):
+        fast = host(backend.low(backend.to_device(x))).view(np.uint32)
+        n = x.size - x.size % 2
+        fast_t = host(backend.low(backend.to_device(x[:n].reshape(2, -1)).T)).T.reshape(-1).view(np.uint32)
+    np.testing.assert_array_equal(fast, plain)
+    np.testing.assert_array_equal(fast_t, plain[:n])
 
 
 def gemm_bound(a, b, u):
