@@ -241,7 +241,10 @@ def matmul(a, b, bias=None):
 def matmul_pair(a1, b1, a2, b2):
     """(a1 @ b1, a2 @ b2), two independent 2-D GEMMs (a linear layer's dx and dw): on the
     host with host_threads() >= 2 each runs on one BLAS thread, the two at once."""
-    a1, b1, a2, b2 = low(a1), low(b1), low(a2), low(b2)  # 16-bit operands under gemm_precision
+    # 16-bit operands under gemm_precision; a linear layer's dout is both a1 and b2: rounded once
+    b2 = None if b2 is a1 else low(b2)
+    a1, b1, a2 = low(a1), low(b1), low(a2)
+    b2 = a1 if b2 is None else b2
     if xp is not numpy or host.host_threads() < 2:
         return xp.matmul(a1, b1), xp.matmul(a2, b2)
     return host.run_both(lambda: numpy.matmul(a1, b1), lambda: numpy.matmul(a2, b2))
