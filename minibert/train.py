@@ -15,6 +15,10 @@ One training step (AdamW with linear warmup then linear decay, Devlin et al. 201
     optimizer.step(grads, lr=lr_at(step))
     at log, eval and save steps: stop, saving nothing, if any loss or norm since the last check was not finite
 
+--precision bf16 / fp16 runs all of it with the GEMMs' operands rounded to 16 bits
+(backend.gemm_precision); fp16 also backpropagates from dloss = S, unscales grads before the
+norm, and skips a step whose norm is not finite instead of stopping (mixed_precision.py).
+
 Exact resume. Everything random is a function of counters: dropout masks of micro-batch m of
 step s come from the stream (seed, s, m), each sequence's from its own counter within it
 (philox.rng); the instances and masks of data epoch e come from
