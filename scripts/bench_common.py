@@ -149,7 +149,7 @@ def minibert_update(c, opt):
     minibert's training loop at c.precision. fp16 as minibert/train.py: the loss scaled in
     the backward; apply unscales, and skips the step on the device when the norm is not finite."""
     from minibert import backend
-    from minibert.mixed_precision import scaler_for
+    from minibert.mixed_precision import optimizer_step, scaler_for
     from minibert.optim import clip_grad_norm
     scaler = scaler_for(c.precision)
 
@@ -159,12 +159,10 @@ def minibert_update(c, opt):
 
     def apply(grads):
         if scaler is None:
-            opt.step(grads)
+            opt.step(grads)  # no norm to measure: the plain step as before
             return
         scaler.unscale(grads)
-        finite = backend.xp.isfinite(clip_grad_norm(grads, None))  # () the norm, measured only
-        opt.step(grads, apply=finite)
-        scaler.update(finite)
+        optimizer_step(opt, grads, None, clip_grad_norm(grads, None), scaler)  # the training loop's fp16 step
     return backward, apply
 
 
