@@ -132,8 +132,8 @@ def scatter_add(a, indices, values):
 # operands is computed in float32. The result is what a 16-bit GEMM with float32
 # accumulation gives, up to float32's own summation order. Only GEMM operands are rounded:
 # layer-norm statistics, softmax, GELU, the losses, bias-gradient sums, the gradients and
-# the weights the optimizer updates all stay float32. The same code runs on CuPy (there too
-# as rounding plus a float32 GEMM: cuBLAS's 16-bit GEMMs are not wired in).
+# the weights the optimizer updates all stay float32. On CuPy the GEMMs are the real thing
+# (device_gemm): 16-bit operand arrays multiplied by cuBLAS on tensor cores, summed in float32.
 
 _BF16_KEEP = numpy.uint32(0xFFFF0000)  # sign, exponent and the 7 fraction bits bf16 keeps
 
@@ -198,6 +198,39 @@ def low(a):
     return out.reshape(a.shape)  # like a
 
 
+def device_operand(a):
+    """On the device: float32 a as the 16-bit operand cuBLAS reads, rounded as low(a) rounds
+    it (ties to even): float16 for fp16; for bf16 the upper half of round_bf16's bit pattern,
+    held as uint16 (cuBLAS's CUDA_R_16BF). An F-ordered a (a transpose) stays F-ordered, so
+    the GEMM reads it transposed; any other layout becomes C-ordered."""
+    order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    if precision == "fp16":
+        return a.astype(xp.float16, order=order)  # like a: CUDA's __float2half_rn, ties to even
+    bits = round_bf16(xp.asarray(a, order=order)).view(xp.uint32)  # like a
+    return (bits >> 16).astype(xp.uint16, order=order)  # like a
+
+
+def device_gemm(a, b):
+    """a @ b on the device under bf16 / fp16: the operands made 16-bit (device_operand), one
+    cuBLAS GEMM on tensor cores with float32 sums and a float32 result (cuda_kernels.
+    gemm_strided_batched). None where it does not apply: on the host, in fp32, for operands
+    that are not both float32 (float64 gradient checks stay exact), or batch axes that
+    differ (a broadcast product): the caller then rounds with low() and multiplies in float32,
+    the same numbers up to the order of the float32 sums."""
+    if xp is numpy or precision == "fp32" or a.dtype != numpy.float32 or b.dtype != numpy.float32 \
+            or a.ndim != b.ndim or a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or 0 in a.shape or 0 in b.shape:
+        return None
+    a16, b16 = device_operand(a), device_operand(b)  # like a, like b
+    a3, b3 = (a16, b16) if a.ndim >= 3 else (a16[None], b16[None])  # (..., M, K), (..., K, N)
+    c = xp.empty(a3.shape[:-1] + b3.shape[-1:], xp.float32)  # (..., M, N)
+    la, lb = cuda_kernels.gemm_layout(a3), cuda_kernels.gemm_layout(b3)
+    if la is None or lb is None:  # batch axes with two strides: a C-ordered copy has one
+        a3, b3 = xp.ascontiguousarray(a3), xp.ascontiguousarray(b3)
+        la, lb = cuda_kernels.gemm_layout(a3), cuda_kernels.gemm_layout(b3)
+    cuda_kernels.gemm_strided_batched(a3, la, b3, lb, c, cuda_kernels.gemm_layout(c))
+    return c if a.ndim >= 3 else c[0]
+
+
 @contextlib.contextmanager
 def gemm_precision(name):
     """Within the block every GEMM (matmul, matmul_pair, batched_matmul) takes its float32
@@ -222,6 +255,11 @@ def matmul(a, b, bias=None):
     BLAS threads at load 5, 14 ms as two one-thread halves). The result may differ from one
     two-thread GEMM in the last bit, but it is the same on every run.
     """
+    out = device_gemm(a, b)  # (M, N): on the device under bf16 / fp16, else None
+    if out is not None:
+        if bias is not None:
+            out += bias
+        return out
     a, b = low(a), low(b)  # (M, K), (K, N): 16-bit operands under gemm_precision
     if xp is not numpy or host.host_threads() < 2 or a.ndim != 2 or a.shape[0] < 64:
         out = xp.matmul(a, b)  # (M, N)
@@ -241,6 +279,10 @@ def matmul(a, b, bias=None):
 def matmul_pair(a1, b1, a2, b2):
     """(a1 @ b1, a2 @ b2), two independent 2-D GEMMs (a linear layer's dx and dw): on the
     host with host_threads() >= 2 each runs on one BLAS thread, the two at once."""
+    if xp is not numpy and precision != "fp32" and a1.dtype == numpy.float32:  # cuBLAS 16-bit GEMMs
+        c1, c2 = device_gemm(a1, b1), device_gemm(a2, b2)
+        if c1 is not None and c2 is not None:
+            return c1, c2
     # 16-bit operands under gemm_precision; a linear layer's dout is both a1 and b2: rounded once
     b2 = None if b2 is a1 else low(b2)
     a1, b1, a2 = low(a1), low(b1), low(a2)
@@ -259,6 +301,12 @@ def batched_matmul(a, b, out=None):
     between host_threads() Python threads (halves of the first axis). Results are identical:
     every product is computed whole by one thread either way.
     """
+    c = device_gemm(a, b)  # (..., M, N): on the device under bf16 / fp16, else None
+    if c is not None:
+        if out is None:
+            return c
+        out[...] = c
+        return out
     a, b = low(a), low(b)  # (..., M, K), (..., K, N): 16-bit operands under gemm_precision
     if xp is numpy:
         shape = numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])

@@ -386,13 +386,19 @@ def gemm_layout(a):
 
 _GEMM_SCALARS = {numpy.dtype(numpy.float32): (numpy.array(1, numpy.float32), numpy.array(0, numpy.float32)),
                  numpy.dtype(numpy.float64): (numpy.array(1, numpy.float64), numpy.array(0, numpy.float64))}
+# cudaDataType of 16-bit operands (library_types.h): fp16 arrays are float16, bf16 ones the
+# upper 16 bits of the float32 pattern held as uint16 (so no bfloat16 dtype is needed)
+CUDA_R_16F, CUDA_R_16BF = 2, 14
+_OPERAND_TYPES = {numpy.dtype(numpy.float16): CUDA_R_16F, numpy.dtype(numpy.uint16): CUDA_R_16BF}
 
 
 def gemm_strided_batched(a, la, b, lb, c, lc):
     """c = a @ b for every matrix of the batch, in one cuBLAS call, reading a and b where
     they lie (transposes included); la, lb, lc their gemm_layout. cuBLAS is column-major:
     a row-major c (M, N) is the column-major c^T = b^T a^T, so b is cuBLAS's first operand
-    and a its second."""
+    and a its second. a and b float32 or float64 like c; or both 16-bit (float16 for fp16,
+    uint16 bf16 bits, backend.device_operand) with c float32: the products on tensor cores,
+    summed in float32 (CUBLAS_COMPUTE_32F), as a mixed-precision GEMM is."""
     import cupy as xp
     from cupy_backends.cuda.libs import cublas
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -406,7 +412,11 @@ def gemm_strided_batched(a, la, b, lb, c, lc):
         # CUPY_TF32=1 lets CuPy's own matmul use TF32; the batched products follow it
         compute = cublas.CUBLAS_COMPUTE_32F_FAST_TF32 if os.environ.get("CUPY_TF32", "0") == "1" \
             else cublas.CUBLAS_COMPUTE_32F
+    in_type = dtype
+    if a.dtype in _OPERAND_TYPES:  # 16-bit operands, float32 result and sums
+        assert b.dtype == a.dtype and c.dtype == numpy.float32, (a.dtype, b.dtype, c.dtype)
+        in_type, compute = _OPERAND_TYPES[a.dtype], cublas.CUBLAS_COMPUTE_32F
     cublas.gemmStridedBatchedEx(
         xp.cuda.device.get_cublas_handle(), int(tb), int(ta), N, M, K, one.ctypes.data,
-        b.data.ptr, dtype, ldb, sb, a.data.ptr, dtype, lda, sa, zero.ctypes.data,
+        b.data.ptr, in_type, ldb, sb, a.data.ptr, in_type, lda, sa, zero.ctypes.data,
         c.data.ptr, dtype, ldc, sc, batch, compute, cublas.CUBLAS_GEMM_DEFAULT)

@@ -10,8 +10,8 @@
 #               V=30522), B = 64, once per precision (fp32, bf16, fp16; PRECISIONS="..." to
 #               choose) against PyTorch eager and sdpa (--compare-torch --torch-attn
 #               sdpa,eager), in bf16 / fp16 under autocast (fp16 with GradScaler); TF32 off
-#               on both sides. minibert's 16-bit GEMMs are the host's emulation on the
-#               device too (rounding, then a float32 GEMM): expect them slower than fp32
+#               on both sides. minibert's 16-bit GEMMs are cuBLAS's (16-bit operands,
+#               float32 sums); its activations stay float32
 #   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 5,000 steps of the
 #               tiny preset on the embedded corpus)
 # Opt-in stages (STAGES="..."), outside the 480 s:

@@ -100,3 +100,41 @@ def test_the_embedding_scatter_does_not_wait_for_the_device():
     waited = time.perf_counter() - t0
     assert waited > 0.5, f"the spin kernel did not run ({waited:.3f} s)"
     assert issued < 0.25, f"scatter_add waited {issued:.3f} s for the device (a host sync)"
+
+
+@on_device
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_16_bit_gemms_on_tensor_cores_are_the_rounded_products_summed_in_float32(fmt):
+    """Under --precision bf16 / fp16 the GEMMs are cuBLAS's (backend.device_gemm): 16-bit
+    operands, float32 sums, a float32 result. Each one (a linear layer's product, a transposed
+    operand, matmul_pair, attention's batched product on a transposed view) equals the product
+    of low()'s rounded operands computed in float64 to within float32 summation, gamma_K |a| @ |b|."""
+    cp, r = backend.xp, np.random.default_rng(0)
+
+    def check(got, a, b):
+        with backend.gemm_precision(fmt):
+            la, lb = (backend.to_host(backend.low(x)).astype(np.float64) for x in (a, b))
+        want = np.matmul(la, lb)  # (..., M, N)
+        bound = (a.shape[-1] + 2) * 2.0 ** -24 * np.matmul(np.abs(la), np.abs(lb)) + 1e-30
+        got = backend.to_host(got)
+        assert got.dtype == np.float32
+        assert np.all(np.abs(got - want) <= bound), float(np.max(np.abs(got - want) / bound))
+
+    x = cp.asarray(r.standard_normal((96, 200)), cp.float32)  # (96, 200)
+    w = cp.asarray(r.standard_normal((200, 72)), cp.float32)  # (200, 72)
+    d = cp.asarray(r.standard_normal((96, 72)), cp.float32)  # (96, 72)
+    q = cp.asarray(r.standard_normal((2, 3, 17, 8)), cp.float32)  # (B, A, T, D)
+    k = cp.asarray(r.standard_normal((2, 3, 17, 8)), cp.float32)  # (B, A, T, D)
+    with backend.gemm_precision(fmt):
+        assert backend.device_gemm(x, w) is not None  # the cuBLAS path, not the emulation
+        y = backend.matmul(x, w)  # (96, 200) @ (200, 72)
+        dx, dw = backend.matmul_pair(d, w.T, x.T, d)  # (96, 72) @ (72, 200), (200, 96) @ (96, 72)
+        s = backend.batched_matmul(q, k.transpose(0, 1, 3, 2))  # (2, 3, 17, 17)
+    check(y, x, w)
+    check(dx, d, w.T)
+    check(dw, x.T, d)
+    check(s, q, k.transpose(0, 1, 3, 2))
+    if fmt == "fp16":  # past fp16's range the operand is inf, and so is the product
+        big = cp.full((64, 4), 7e4, cp.float32)  # (64, 4)
+        with backend.gemm_precision(fmt):
+            assert bool(cp.all(cp.isinf(backend.matmul(big, cp.ones((4, 8), cp.float32)))))

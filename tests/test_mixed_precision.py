@@ -385,3 +385,23 @@ def test_every_model_scales_its_gradients_by_dloss():
         g4 = {k: host(v) for k, v in model.backward(cache, dloss=backend.xp.asarray(4.0)).items()}
         assert all(np.array_equal(g4[k], 4 * g1[k]) for k in g1), type(model).__name__
         assert any(np.abs(g1[k]).max() > 0 for k in g1)
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_the_device_gemms_16_bit_operands_hold_the_values_low_rounds_to(fmt, order):
+    """backend.device_operand, the 16-bit arrays cuBLAS multiplies on the GPU (float16, or bf16
+    bits as uint16), widened back to float32: the values low() rounds to, bit for bit, with
+    infinities and NaN; a transpose stays a transpose. Runs on NumPy here and on CuPy in
+    scripts/gpu_check.sh's suite (where backend.device_gemm's product is checked, test_gpu_path.py)."""
+    rng = np.random.default_rng(3)
+    a = (rng.standard_normal((37, 29)) * np.exp2(rng.integers(-30, 20, (37, 29)))).astype(np.float32)  # (37, 29)
+    a[0, :4] = [np.inf, -np.inf, np.nan, 7e4]  # 7e4: past fp16's 65,504
+    a = np.asfortranarray(a) if order == "F" else a
+    with backend.gemm_precision(fmt), np.errstate(over="ignore"):  # NumPy warns of the 7e4 -> inf cast
+        d = host(backend.device_operand(backend.to_device(a)))  # (37, 29) float16 / uint16
+        want = host(backend.low(backend.to_device(a)))  # (37, 29) float32
+    assert d.dtype == (np.float16 if fmt == "fp16" else np.uint16)
+    assert d.flags.f_contiguous == (order == "F")
+    wide = d.astype(np.float32) if fmt == "fp16" else (d.astype(np.uint32) << 16).view(np.float32)  # (37, 29)
+    assert np.array_equal(wide, want, equal_nan=True)
