@@ -77,7 +77,7 @@ def main(argv=None):
         ax.set_xlabel("wall-clock seconds (setup and evaluations included)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    ax_acc.legend()
+    ax_acc.legend(loc="lower right")  # the 600 s mark leaves the lower right empty
     command = "python scripts/plot_pretraining.py " + " ".join(argv if argv is not None else sys.argv[1:])
     fig.text(0.01, 0.01, " | ".join(x for x in (args.machine, args.date, command) if x), fontsize=7, color="grey")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
