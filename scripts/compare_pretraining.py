@@ -39,6 +39,8 @@ def main(argv=None):
     p.add_argument("--tokenizer", default="", help="tokenizer.json (default: the pretraining run's, checked "
                    "against the fingerprint its checkpoint records)")
     add_recipe_args(p)
+    p.add_argument("--dropout", type=float, default=None, help="hidden dropout while fine-tuning, both arms "
+                   "(default: the pretrained config's; the default job pretrains without dropout, so 0)")
     p.set_defaults(max_length=None)  # 128, or QA_MAX_LENGTH for --task qa, as scripts/finetune.py
     args = p.parse_args(argv)
     if args.max_length is None:
@@ -46,7 +48,8 @@ def main(argv=None):
     try:
         compare_pretraining(args.pretrained, args.out, tuple(args.seeds), tuple(args.train_per_class),
                             task=args.task, train_examples=tuple(args.train_examples),
-                            tokenizer=args.tokenizer, **{k: getattr(args, k) for k in RECIPE_KEYS})
+                            tokenizer=args.tokenizer, **{k: getattr(args, k) for k in RECIPE_KEYS},
+                            **({} if args.dropout is None else {"dropout": args.dropout}))
     except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
