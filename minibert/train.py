@@ -74,8 +74,8 @@ class TrainConfig:
     preset: str = "tiny"
     backend: str = field(default_factory=backend.default_name)  # MINIBERT_BACKEND, else numpy
     seed: int = 0
-    steps: int = 5000
-    batch_size: int = 32
+    steps: int = 2700
+    batch_size: int = 64
     accum: int = 1  # micro-batches per optimizer step (gradient accumulation)
     seq_len: int = 128
     length_window: int = 64  # group batches by length within windows of this many (instances.py); 0: epoch order
@@ -84,7 +84,7 @@ class TrainConfig:
     objective: str = "mlm+nsp"  # "mlm": MLM alone on packed full-sentence blocks (mlm_blocks.py), no NSP
     mlm_prob: float = 0.3  # training masking rate (evaluation always masks 15%)
     whole_word_mask: bool = False  # mask a chosen word with all its tokens (instances.mask_tokens)
-    lr: float = 2e-3
+    lr: float = 3e-3
     min_lr: float = 0.0
     schedule: str = "linear"  # optim.SCHEDULES: "linear" / "cosine" after `warmup` steps; "one-cycle": peak at peak_at
     warmup: int = 300

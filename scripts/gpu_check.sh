@@ -12,7 +12,7 @@
 #               sdpa,eager), in bf16 / fp16 under autocast (fp16 with GradScaler); TF32 off
 #               on both sides. minibert's 16-bit GEMMs are cuBLAS's (16-bit operands,
 #               float32 sums); its activations stay float32
-#   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 5,000 steps of the
+#   pretrain    the default pretraining job on cupy (scripts/pretrain.py, 2,700 steps of 64 on the
 #               tiny preset on the embedded corpus)
 # Opt-in stages (STAGES="..."), outside the 480 s:
 #   kernels     only the three kernel test files, quickly

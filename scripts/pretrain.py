@@ -29,7 +29,7 @@ MODEL_FLOAT_FLAGS = ("dropout", "attention_dropout")
 
 def build_parser():
     p = argparse.ArgumentParser(description="Pretrain BERT (MLM + NSP) with minibert. With no arguments: the "
-                                "whole default job on the embedded corpus (tiny preset, CPU, about 8 minutes on 2 cores).")
+                                "whole default job on the embedded corpus (tiny preset, CPU, about 7 minutes on 2 cores).")
     d = TrainConfig()
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     p.add_argument("--backend", default=os.environ.get("MINIBERT_BACKEND", d.backend), choices=["numpy", "cupy"])
