@@ -210,17 +210,19 @@ def device_operand(a):
     return (bits >> 16).astype(xp.uint16, order=order)  # like a
 
 
-def device_gemm(a, b):
+def device_gemm(a, b, a16=None, b16=None):
     """a @ b on the device under bf16 / fp16: the operands made 16-bit (device_operand), one
     cuBLAS GEMM on tensor cores with float32 sums and a float32 result (cuda_kernels.
     gemm_strided_batched). None where it does not apply: on the host, in fp32, for operands
     that are not both float32 (float64 gradient checks stay exact), or batch axes that
     differ (a broadcast product): the caller then rounds with low() and multiplies in float32,
-    the same numbers up to the order of the float32 sums."""
+    the same numbers up to the order of the float32 sums. a16 / b16: an operand already made
+    16-bit (matmul_pair's dout, read by both of its GEMMs)."""
     if xp is numpy or precision == "fp32" or a.dtype != numpy.float32 or b.dtype != numpy.float32 \
             or a.ndim != b.ndim or a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or 0 in a.shape or 0 in b.shape:
         return None
-    a16, b16 = device_operand(a), device_operand(b)  # like a, like b
+    a16 = device_operand(a) if a16 is None else a16  # like a
+    b16 = device_operand(b) if b16 is None else b16  # like b
     a3, b3 = (a16, b16) if a.ndim >= 3 else (a16[None], b16[None])  # (..., M, K), (..., K, N)
     c = xp.empty(a3.shape[:-1] + b3.shape[-1:], xp.float32)  # (..., M, N)
     la, lb = cuda_kernels.gemm_layout(a3), cuda_kernels.gemm_layout(b3)
@@ -280,7 +282,8 @@ def matmul_pair(a1, b1, a2, b2):
     """(a1 @ b1, a2 @ b2), two independent 2-D GEMMs (a linear layer's dx and dw): on the
     host with host_threads() >= 2 each runs on one BLAS thread, the two at once."""
     if xp is not numpy and precision != "fp32" and a1.dtype == numpy.float32:  # cuBLAS 16-bit GEMMs
-        c1, c2 = device_gemm(a1, b1), device_gemm(a2, b2)
+        d16 = device_operand(a1) if b2 is a1 else None  # a linear layer's dout: made 16-bit once
+        c1, c2 = device_gemm(a1, b1, a16=d16), device_gemm(a2, b2, b16=d16)
         if c1 is not None and c2 is not None:
             return c1, c2
     # 16-bit operands under gemm_precision; a linear layer's dout is both a1 and b2: rounded once
