@@ -210,16 +210,21 @@ def device_operand(a):
     return (bits >> 16).astype(xp.uint16, order=order)  # like a
 
 
+def on_tensor_cores(a, b):
+    """Whether a @ b runs as cuBLAS's 16-bit GEMM (device_gemm): on the device under bf16 /
+    fp16, both operands float32 (float64 gradient checks stay exact), equal batch axes (not
+    a broadcast product), nothing empty. Otherwise the caller rounds with low() and
+    multiplies in float32: the same numbers up to the order of the float32 sums."""
+    return xp is not numpy and precision != "fp32" and a.dtype == b.dtype == numpy.float32 \
+        and a.ndim == b.ndim >= 2 and a.shape[:-2] == b.shape[:-2] and a.size > 0 and b.size > 0
+
+
 def device_gemm(a, b, a16=None, b16=None):
     """a @ b on the device under bf16 / fp16: the operands made 16-bit (device_operand), one
     cuBLAS GEMM on tensor cores with float32 sums and a float32 result (cuda_kernels.
-    gemm_strided_batched). None where it does not apply: on the host, in fp32, for operands
-    that are not both float32 (float64 gradient checks stay exact), or batch axes that
-    differ (a broadcast product): the caller then rounds with low() and multiplies in float32,
-    the same numbers up to the order of the float32 sums. a16 / b16: an operand already made
-    16-bit (matmul_pair's dout, read by both of its GEMMs)."""
-    if xp is numpy or precision == "fp32" or a.dtype != numpy.float32 or b.dtype != numpy.float32 \
-            or a.ndim != b.ndim or a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or 0 in a.shape or 0 in b.shape:
+    gemm_strided_batched); None where on_tensor_cores(a, b) is False. a16 / b16: an operand
+    already made 16-bit (matmul_pair's dout, read by both of its GEMMs)."""
+    if not on_tensor_cores(a, b):
         return None
     a16 = device_operand(a) if a16 is None else a16  # like a
     b16 = device_operand(b) if b16 is None else b16  # like b
@@ -281,11 +286,9 @@ def matmul(a, b, bias=None):
 def matmul_pair(a1, b1, a2, b2):
     """(a1 @ b1, a2 @ b2), two independent 2-D GEMMs (a linear layer's dx and dw): on the
     host with host_threads() >= 2 each runs on one BLAS thread, the two at once."""
-    if xp is not numpy and precision != "fp32" and a1.dtype == numpy.float32:  # cuBLAS 16-bit GEMMs
+    if on_tensor_cores(a1, b1) and on_tensor_cores(a2, b2):  # cuBLAS 16-bit GEMMs
         d16 = device_operand(a1) if b2 is a1 else None  # a linear layer's dout: made 16-bit once
-        c1, c2 = device_gemm(a1, b1, a16=d16), device_gemm(a2, b2, b16=d16)
-        if c1 is not None and c2 is not None:
-            return c1, c2
+        return device_gemm(a1, b1, a16=d16), device_gemm(a2, b2, b16=d16)
     # 16-bit operands under gemm_precision; a linear layer's dout is both a1 and b2: rounded once
     b2 = None if b2 is a1 else low(b2)
     a1, b1, a2 = low(a1), low(b1), low(a2)

@@ -48,8 +48,7 @@ def main(argv=None):
     try:
         compare_pretraining(args.pretrained, args.out, tuple(args.seeds), tuple(args.train_per_class),
                             task=args.task, train_examples=tuple(args.train_examples),
-                            tokenizer=args.tokenizer, **{k: getattr(args, k) for k in RECIPE_KEYS},
-                            **({} if args.dropout is None else {"dropout": args.dropout}))
+                            tokenizer=args.tokenizer, dropout=args.dropout, **{k: getattr(args, k) for k in RECIPE_KEYS})
     except (ValueError, FloatingPointError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
